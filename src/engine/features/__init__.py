@@ -1,0 +1,1 @@
+"""Raw trades to model inputs: columns, validation and the feature catalog."""

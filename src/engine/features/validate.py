@@ -1,0 +1,124 @@
+"""Vectorised validation of raw trades: the reason a trade is refused, by field and index.
+
+Each rule is a mask over the rows; `validate` raises `InvalidInput` for the
+lowest trade index that breaks any rule, naming the field, the reason, and how
+many trades share that problem. Valid input passes through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import InvalidInput
+from engine.features.columns import ASSET_CLASSES, SIDES, TradeColumns
+
+Mask = npt.NDArray[np.bool_]
+
+MAX_CYCLE_DAYS = 30
+MAX_ID_LENGTH = 128
+
+
+def _empty(a: npt.NDArray[np.str_]) -> Mask:
+    return np.strings.str_len(a) == 0
+
+
+def _too_long(a: npt.NDArray[np.str_]) -> Mask:
+    return np.strings.str_len(a) > MAX_ID_LENGTH
+
+
+def _bad_enum(codes: npt.NDArray[np.int32], table: dict[int, str]) -> Mask:
+    return ~np.isin(codes, np.fromiter(table, dtype=np.int32))
+
+
+def _set(x: npt.NDArray[np.float64]) -> Mask:
+    return ~np.isnan(x)
+
+
+def _duplicates(ids: npt.NDArray[np.str_]) -> Mask:
+    if ids.shape[0] < 2:
+        return np.zeros(ids.shape[0], dtype=bool)
+    order = np.argsort(ids, kind="stable")
+    s = ids[order]
+    dup_sorted = np.zeros(s.shape[0], dtype=bool)
+    dup_sorted[1:] = s[1:] == s[:-1]  # every repeat after the first occurrence
+    out = np.zeros(ids.shape[0], dtype=bool)
+    out[order] = dup_sorted
+    return out & ~_empty(ids)
+
+
+def _rules(t: TradeColumns) -> list[tuple[str, str, Callable[[], Mask]]]:
+    day_ok = ~np.isnat(t.trade_date)
+    settle_set = ~np.isnat(t.settlement_date)
+    cycle = t.settlement_cycle_days
+    return [
+        ("trade_id", "is required", lambda: _empty(t.trade_id)),
+        ("trade_id", f"is longer than {MAX_ID_LENGTH} characters", lambda: _too_long(t.trade_id)),
+        ("trade_id", "repeats an earlier trade_id in this request", lambda: _duplicates(t.trade_id)),
+        ("account_id", "is required", lambda: _empty(t.account_id)),
+        ("counterparty_id", "is required", lambda: _empty(t.counterparty_id)),
+        ("counterparty_id", f"is longer than {MAX_ID_LENGTH} characters", lambda: _too_long(t.counterparty_id)),
+        ("instrument_id", "is required", lambda: _empty(t.instrument_id)),
+        ("instrument_id", f"is longer than {MAX_ID_LENGTH} characters", lambda: _too_long(t.instrument_id)),
+        ("asset_class", "is unspecified or not a known AssetClass value", lambda: _bad_enum(t.asset_class, ASSET_CLASSES)),
+        ("side", "is unspecified or not a known Side value", lambda: _bad_enum(t.side, SIDES)),
+        ("quantity", "must be a finite number > 0", lambda: ~(np.isfinite(t.quantity) & (t.quantity > 0))),
+        ("price", "must be a finite number > 0", lambda: ~(np.isfinite(t.price) & (t.price > 0))),
+        ("currency", "is required", lambda: _empty(t.currency)),
+        ("settlement_venue", "is required", lambda: _empty(t.settlement_venue)),
+        ("trade_date", "is required (YYYY-MM-DD)", lambda: ~day_ok),
+        (
+            "settlement_date",
+            "is before trade_date",
+            lambda: settle_set & day_ok & (t.settlement_date < np.where(day_ok, t.trade_date, t.settlement_date)),
+        ),
+        (
+            "settlement_cycle_days",
+            f"must be 0..{MAX_CYCLE_DAYS} business days",
+            lambda: _set(cycle) & ~((cycle >= 0) & (cycle <= MAX_CYCLE_DAYS)),
+        ),
+        (
+            "settlement_date",
+            "give settlement_date or settlement_cycle_days",
+            lambda: ~settle_set & ~_set(cycle),
+        ),
+        (
+            "inventory_ratio",
+            "must be a finite number >= 0 when set",
+            lambda: _set(t.inventory_ratio) & ~(np.isfinite(t.inventory_ratio) & (t.inventory_ratio >= 0)),
+        ),
+        (
+            "counterparty_fail_rate",
+            "must be within [0, 1] when set",
+            lambda: _set(t.counterparty_fail_rate)
+            & ~((t.counterparty_fail_rate >= 0) & (t.counterparty_fail_rate <= 1)),
+        ),
+        (
+            "instrument_adv",
+            "must be a finite number > 0 when set",
+            lambda: _set(t.instrument_adv) & ~(np.isfinite(t.instrument_adv) & (t.instrument_adv > 0)),
+        ),
+    ]
+
+
+def validate(trades: TradeColumns, max_trades: int) -> None:
+    """Raise InvalidInput for the first problem (lowest trade index) in `trades`."""
+    n = len(trades)
+    if n == 0:
+        raise InvalidInput("trades", "at least one trade is required")
+    if n > max_trades:
+        raise InvalidInput("trades", f"{n} trades exceed the limit of {max_trades} per request")
+    first: InvalidInput | None = None
+    for field, reason, rule in _rules(trades):
+        bad = rule()
+        if not bad.any():
+            continue
+        idx = int(np.argmax(bad))
+        if first is None or idx < (first.index or 0):
+            first = InvalidInput(field, reason, idx, int(bad.sum()))
+            if idx == 0:
+                break
+    if first is not None:
+        raise first

@@ -1,0 +1,1 @@
+"""Model bundles: manifest, reference tables, loading, validation and hot swap."""

@@ -1,0 +1,230 @@
+"""Model bundles: a folder the engine loads atomically, or refuses.
+
+Layout::
+
+    manifest.json                  name, version, created_at, feature spec, risk
+                                   bands, metrics, parity, golden rows, file hashes
+    model.onnx                     the classifier: float32 [n, F] -> probabilities [n, 2]
+    model.lgb.txt                  the LightGBM model it was exported from (optional)
+    reference/counterparties.csv   enrichment tables (see engine.models.reference)
+    reference/instruments.csv
+    reference/fx.csv
+
+A bundle is valid when every file listed in the manifest is present with the
+recorded sha256, the content hash over those matches, the ONNX model loads with
+the declared input width, and the model reproduces the manifest's golden rows.
+Writers put the manifest last (`write_manifest`), so a half-written bundle fails
+the hash check instead of being served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import BundleError
+from engine.models.reference import ReferenceTables
+from engine.models.spec import FeatureSpec, RiskBands
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.onnx"
+#: the golden rows must reproduce within this (same runtime, same inputs)
+GOLDEN_TOLERANCE = 1e-6
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default"
+
+F32 = npt.NDArray[np.float32]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_hash(files: Mapping[str, str]) -> str:
+    """One hash over the bundle's files: sha256 of "path sha256" lines, sorted by path."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(f"{rel} {files[rel]}\n".encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    name: str
+    version: str
+    created_at: str  # ISO 8601, UTC
+    features: FeatureSpec
+    risk_bands: RiskBands
+    metrics: Mapping[str, float]
+    parity: Mapping[str, Any]
+    files: Mapping[str, str]  # bundle-relative path -> sha256
+    content_hash: str
+    golden_inputs: F32
+    golden_probabilities: npt.NDArray[np.float64]
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @staticmethod
+    def parse(raw: Mapping[str, Any]) -> Manifest:
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"manifest format_version must be {FORMAT_VERSION}")
+        try:
+            golden = raw["golden"]
+            m = Manifest(
+                name=str(raw["name"]),
+                version=str(raw["version"]),
+                created_at=str(raw["created_at"]),
+                features=FeatureSpec.from_json(raw["features"]),
+                risk_bands=RiskBands.from_json(raw["risk_bands"]),
+                metrics={str(k): float(v) for k, v in raw.get("metrics", {}).items()},
+                parity=dict(raw["parity"]),
+                files={str(k): str(v) for k, v in raw["files"].items()},
+                content_hash=str(raw["content_hash"]),
+                golden_inputs=np.asarray(golden["inputs"], dtype=np.float32),
+                golden_probabilities=np.asarray(golden["probabilities"], dtype=np.float64),
+                raw=raw,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"manifest is malformed: {exc!r}") from exc
+        if not m.name or not m.version:
+            raise BundleError("manifest needs a name and a version")
+        if MODEL_FILE not in m.files:
+            raise BundleError(f"manifest does not list {MODEL_FILE}")
+        if m.golden_inputs.ndim != 2 or m.golden_inputs.shape[1] != len(m.features):
+            raise BundleError("manifest golden inputs do not match the feature count")
+        if m.golden_probabilities.shape != (m.golden_inputs.shape[0],):
+            raise BundleError("manifest golden probabilities do not match golden inputs")
+        return m
+
+    def created_at_unix(self) -> float:
+        return datetime.fromisoformat(self.created_at).timestamp()
+
+
+class ModelBundle:
+    """A validated bundle with its ONNX Runtime session, ready to score."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        references: ReferenceTables,
+        session: Any,
+        input_name: str,
+        output_name: str,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.references = references
+        self._session = session
+        self._input_name = input_name
+        self._output = [output_name]
+        self.loaded_at = time.time()
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def predict(self, features: F32) -> F32:
+        """Failure probability for each row of a float32 [n, F] matrix."""
+        probs = self._session.run(self._output, {self._input_name: features})[0]
+        return np.ascontiguousarray(probs[:, 1])
+
+    @staticmethod
+    def load(path: Path | str, intra_op_threads: int = 1) -> ModelBundle:
+        """Load and validate the bundle at `path`; raises BundleError when it must not serve."""
+        import onnxruntime as ort
+
+        root = Path(path).resolve()
+        try:
+            raw = json.loads((root / MANIFEST).read_text())
+        except FileNotFoundError as exc:
+            raise BundleError(f"{root}: no {MANIFEST}") from exc
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{root / MANIFEST}: unreadable: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise BundleError(f"{root / MANIFEST}: not a JSON object")
+        manifest = Manifest.parse(raw)
+        for rel, digest in manifest.files.items():
+            file = root / rel
+            if not file.is_file():
+                raise BundleError(f"{root}: missing file {rel}")
+            if sha256_file(file) != digest:
+                raise BundleError(f"{root}: {rel} does not match its sha256 in the manifest")
+        if content_hash(manifest.files) != manifest.content_hash:
+            raise BundleError(f"{root}: content hash does not match the manifest's files")
+        references = ReferenceTables.read(root)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                str(root / MODEL_FILE), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BundleError(f"{root}: ONNX Runtime cannot load {MODEL_FILE}: {exc}") from exc
+        inputs = session.get_inputs()
+        if len(inputs) != 1 or inputs[0].type != "tensor(float)":
+            raise BundleError(f"{root}: model must take one float32 tensor")
+        width = inputs[0].shape[1] if len(inputs[0].shape) == 2 else None
+        if width != len(manifest.features):
+            raise BundleError(
+                f"{root}: model takes {width} features, manifest declares {len(manifest.features)}"
+            )
+        outputs = [o.name for o in session.get_outputs()]
+        output = "probabilities" if "probabilities" in outputs else outputs[-1]
+        bundle = ModelBundle(root, manifest, references, session, inputs[0].name, output)
+        try:
+            got = bundle.predict(manifest.golden_inputs)
+        except Exception as exc:  # noqa: BLE001 - any failure here means "do not serve"
+            raise BundleError(f"{root}: model failed on its golden rows: {exc}") from exc
+        diff = float(np.max(np.abs(got - manifest.golden_probabilities), initial=0.0))
+        if not np.isfinite(got).all() or diff > GOLDEN_TOLERANCE:
+            raise BundleError(f"{root}: model does not reproduce its golden rows (max diff {diff:.3g})")
+        return bundle
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Hash every bundle file, complete `manifest` and write it last, atomically.
+
+    `manifest` carries everything but `files`, `content_hash` and
+    `format_version`, which are filled in here. Returns the written manifest.
+    """
+    files = {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+    full = {
+        "format_version": FORMAT_VERSION,
+        **manifest,
+        "files": files,
+        "content_hash": content_hash(files),
+    }
+    tmp = root / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, root / MANIFEST)
+    return full
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()

@@ -1,0 +1,1 @@
+"""Synthetic data, LightGBM training, ONNX export and parity checks."""
