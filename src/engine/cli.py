@@ -1,0 +1,255 @@
+"""`engine`: the one command-line entry point.
+
+    engine serve     serve the model bundle over gRPC (flags, or ENGINE_* variables)
+    engine score     send trades from a file or a generated sample to a server; print scores
+    engine info      describe a bundle on disk, or the model a server is running
+    engine health    ask a server's gRPC health service (exit 0 when SERVING)
+    engine train     train a LightGBM model and write a bundle        ([train] extra)
+    engine export    turn a LightGBM model file into a bundle         ([train] extra)
+    engine generate  write synthetic trades with labels to a file     ([train] extra for Parquet)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine import __version__
+from engine.config import SettingsError, add_arguments, from_sources
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+# -- serve ------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from engine.server import run
+
+    try:
+        settings = from_sources(args)
+    except SettingsError as exc:
+        print(f"engine serve: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    return run(settings)
+
+
+# -- client commands ----------------------------------------------------------------
+
+
+def _load_trades(args: argparse.Namespace) -> Any:
+    from engine.features.columns import from_table
+    from engine.tables import read_table
+
+    if args.file is not None:
+        return from_table(read_table(args.file))
+    from engine.training.synthetic import generate_trades
+
+    cols, _labels, _history = generate_trades(args.sample, seed=args.seed)
+    return cols
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    import grpc
+
+    from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+    from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
+    from engine.errors import InvalidInput
+    from engine.features.columns import RISK_BANDS
+    from engine.scoring.codec import columns_to_trades
+    from engine.tables import TableError
+
+    try:
+        trades = columns_to_trades(_load_trades(args))
+    except (TableError, KeyError, InvalidInput) as exc:
+        print(f"engine score: {exc}", file=sys.stderr)
+        return 2
+    requests = [
+        pb.ScoreRequest(request_id=f"req-{i}", trades=trades[s])
+        for i, s in enumerate(_chunks(len(trades), args.batch_size))
+    ]
+    failures = 0
+    with grpc.insecure_channel(args.target) as channel:
+        stub = pb_grpc.TradeScorerStub(channel)
+        try:
+            if args.stream:
+                responses: Iterator[pb.ScoreResponse] = stub.ScoreStream(iter(requests), timeout=args.timeout)
+            else:
+                responses = (stub.Score(r, timeout=args.timeout) for r in requests)
+            for resp in responses:
+                if resp.HasField("error"):
+                    failures += 1
+                    print(f"{resp.request_id}: refused: {resp.error.message}", file=sys.stderr)
+                    continue
+                for s in resp.scores:
+                    band = RISK_BANDS.get(s.risk_band, "UNSPECIFIED")
+                    if args.format == "jsonl":
+                        row = {"trade_id": s.trade_id, "fail_probability": s.fail_probability,
+                               "risk_band": band, "model_version": resp.model_version}
+                        print(json.dumps(row))
+                    else:
+                        print(f"{s.trade_id}\t{s.fail_probability:.6f}\t{band}")
+        except grpc.RpcError as exc:
+            print(f"engine score: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    return 1 if failures else 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    if args.target is None:
+        from engine.errors import BundleError
+        from engine.scoring.servable import load_serving_model
+
+        try:
+            model = load_serving_model(Path(args.bundle))
+        except BundleError as exc:
+            print(f"engine info: invalid bundle: {exc}", file=sys.stderr)
+            return 1
+        manifest = dict(model.bundle.manifest.raw)
+        manifest.pop("golden", None)
+        manifest["path"] = str(model.bundle.path)
+        print(json.dumps(manifest, indent=2))
+        return 0
+    import grpc
+    from google.protobuf import json_format
+
+    from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+    from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            info = pb_grpc.TradeScorerStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"engine info: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    out = json_format.MessageToDict(info, preserving_proto_field_name=True)
+    out.pop("manifest_json", None)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(status)
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+# -- parser -------------------------------------------------------------------------
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engine",
+        description="TradeScore engine: gRPC scoring of settlement-fail risk.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument("--version", action="version", version=f"engine {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the model bundle over gRPC",
+        description="Serve TradeScorer, gRPC health and reflection. Every flag can also be set "
+        "with its ENGINE_* environment variable; flags win. SIGTERM drains, SIGHUP reloads the bundle.",
+    )
+    add_arguments(serve)
+    serve.set_defaults(func=_cmd_serve)
+
+    score = sub.add_parser(
+        "score",
+        help="score trades from a file or a generated sample against a running server",
+        description="Send trades to a running engine and print one line per trade: "
+        "trade_id, failure probability, risk band (or JSON lines with --format jsonl).",
+    )
+    src = score.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", type=Path, help="trades as .csv, .json, .jsonl or .parquet (columns: see README)")
+    src.add_argument("--sample", type=_positive_int, metavar="N", help="score N synthetic trades instead")
+    score.add_argument("--seed", type=int, default=7, help="seed for --sample (default 7)")
+    score.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+    score.add_argument("--batch-size", type=_positive_int, default=100,
+                       help="trades per request (default 100; the server's limit applies)")
+    score.add_argument("--stream", action="store_true", help="send the requests on one ScoreStream call")
+    score.add_argument("--timeout", type=float, default=10.0, help="deadline per call in seconds (default 10)")
+    score.add_argument("--format", choices=("table", "jsonl"), default="table",
+                       help="tab-separated lines (default) or JSON lines")
+    score.set_defaults(func=_cmd_score)
+
+    info = sub.add_parser(
+        "info",
+        help="describe a bundle on disk or the model a server runs",
+        description="Print the manifest of a bundle (validating it) or, with --target, the "
+        "GetModelInfo answer of a running server, as JSON.",
+    )
+    info.add_argument("--bundle", type=Path, default=None,
+                      help="bundle folder (default: the bundle shipped in the package)")
+    info.add_argument("--target", default=None, help="ask this server instead, e.g. 127.0.0.1:50051")
+    info.add_argument("--timeout", type=float, default=5.0, help="deadline with --target (default 5 s)")
+    info.set_defaults(func=_cmd_info)
+
+    health = sub.add_parser(
+        "health",
+        help="check a server's gRPC health (exit 0 when SERVING)",
+        description="Call grpc.health.v1.Health/Check; prints the status, exits 0 only when SERVING.",
+    )
+    health.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+    health.add_argument("--service", default="", help="service name to check (default: the whole server)")
+    health.add_argument("--timeout", type=float, default=3.0, help="deadline in seconds (default 3)")
+    health.set_defaults(func=_cmd_health)
+
+    from engine.training.cli import add_export_parser, add_generate_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_export_parser(sub)
+    add_generate_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "info" and args.bundle is None and args.target is None:
+        from engine.models.bundle import DEFAULT_BUNDLE
+
+        args.bundle = DEFAULT_BUNDLE
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""One settings object for the server: command-line flags > ENGINE_* environment > defaults.
+
+Every field of `Settings` is one flag of `engine serve` (`--max-batch-rows`) and
+one environment variable (`ENGINE_MAX_BATCH_ROWS`); the help text lives here,
+beside the default, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from engine.models.bundle import DEFAULT_BUNDLE
+
+ENV_PREFIX = "ENGINE_"
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+class SettingsError(ValueError):
+    """A setting has a value it cannot take."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = _opt("0.0.0.0", "interface to listen on")
+    port: int = _opt(50051, "gRPC port (0 picks a free port; needs --workers 1)")
+    bundle: Path = _opt(DEFAULT_BUNDLE, "model bundle folder (default: the bundle shipped in the package)")
+    workers: int = _opt(1, "server processes sharing the port through SO_REUSEPORT")
+    max_batch_rows: int = _opt(256, "largest batch, in trades, sent to ONNX Runtime in one call")
+    max_wait_ms: float = _opt(
+        1.0, "longest a trade waits for its batch to fill, from the batch's first trade (0: no waiting)"
+    )
+    batching: bool = _opt(True, "coalesce trades from concurrent calls into shared batches", bool_flag=True)
+    max_queue_rows: int = _opt(
+        4096, "trades allowed to wait for inference; beyond it calls get RESOURCE_EXHAUSTED at once"
+    )
+    max_trades_per_request: int = _opt(1000, "most trades one ScoreRequest may carry")
+    max_inflight_batches: int = _opt(1, "batches running in ONNX Runtime at the same time")
+    intra_op_threads: int = _opt(1, "ONNX Runtime threads per inference call")
+    stream_window: int = _opt(128, "requests of one ScoreStream in flight before the engine stops reading it")
+    grace_seconds: float = _opt(10.0, "on SIGTERM, how long in-flight calls may take to finish")
+    watch: bool = _opt(False, "reload the bundle when its manifest.json changes", bool_flag=True)
+    watch_interval_s: float = _opt(2.0, "how often --watch looks at the bundle's manifest")
+    max_message_bytes: int = _opt(16 * 1024 * 1024, "largest gRPC message accepted or sent")
+    metrics_port: int = _opt(0, "serve Prometheus /metrics on this port (0: off)")
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    def __post_init__(self) -> None:
+        positive = ("max_batch_rows", "max_queue_rows", "max_trades_per_request", "max_inflight_batches",
+                    "intra_op_threads", "workers", "stream_window", "max_message_bytes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1")
+        if self.max_wait_ms < 0 or self.grace_seconds < 0 or self.watch_interval_s <= 0:
+            raise SettingsError("max_wait_ms and grace_seconds must be >= 0, watch_interval_s > 0")
+        if self.max_trades_per_request > self.max_queue_rows:
+            raise SettingsError("max_trades_per_request must not exceed max_queue_rows")
+        if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
+            raise SettingsError("ports must be within 0..65535")
+        if self.workers > 1 and self.port == 0:
+            raise SettingsError("--workers > 1 needs a fixed --port to share")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"unknown log level {self.log_level!r}")
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _parse(kind: type, raw: str, name: str) -> Any:
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: cannot read {raw!r} as {kind.__name__}") from exc
+
+
+_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str, "Path": Path}
+
+
+def _kind(f: Any) -> type:
+    return _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; unset flags stay None so the environment can fill them."""
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{f.metadata['help']} [env {env}; default {default}]"
+        if f.metadata.get("bool_flag"):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=_kind(f), default=None, help=help_text,
+                                metavar=f.name.upper())
+
+
+def from_sources(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags (where given), else ENGINE_* variables, else the defaults."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        given = getattr(args, f.name, None) if args is not None else None
+        if given is not None:
+            values[f.name] = given
+        elif ENV_PREFIX + f.name.upper() in env:
+            values[f.name] = _parse(_kind(f), env[ENV_PREFIX + f.name.upper()], ENV_PREFIX + f.name.upper())
+    return Settings(**values)

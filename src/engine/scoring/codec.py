@@ -1,0 +1,120 @@
+"""Protobuf <-> columns. The only per-trade Python in the request path lives here.
+
+Decoding reads one field at a time across all trades (`map(attrgetter)`, a C
+loop) into numpy columns. Optional numbers are told apart from zero without a
+`HasField` call per trade: only trades whose value reads as 0 can be unset, so
+only those are asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from operator import attrgetter
+
+import numpy as np
+import numpy.typing as npt
+
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine.features.columns import TradeColumns, parse_dates
+
+_ids = attrgetter("trade_id")
+
+
+def _text(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.str_]:
+    return np.array(list(map(attrgetter(name), trades)), dtype=np.str_)
+
+
+def _number(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.float64]:
+    return np.array(list(map(attrgetter(name), trades)), dtype=np.float64)
+
+
+def _optional(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.float64]:
+    values = _number(trades, name)
+    for i in np.flatnonzero(values == 0.0).tolist():
+        if not trades[i].HasField(name):
+            values[i] = np.nan
+    return values
+
+
+def decode_trades(trades: Sequence[pb.Trade]) -> tuple[TradeColumns, list[str]]:
+    """Columns for `trades`, and their ids as a list (for the response).
+
+    Raises InvalidInput for malformed dates; everything else is checked by
+    `engine.features.validate`.
+    """
+    ids = list(map(_ids, trades))
+    cols = TradeColumns(
+        trade_id=np.array(ids, dtype=np.str_),
+        account_id=_text(trades, "account_id"),
+        counterparty_id=_text(trades, "counterparty_id"),
+        instrument_id=_text(trades, "instrument_id"),
+        asset_class=np.array(list(map(attrgetter("asset_class"), trades)), dtype=np.int32),
+        side=np.array(list(map(attrgetter("side"), trades)), dtype=np.int32),
+        quantity=_number(trades, "quantity"),
+        price=_number(trades, "price"),
+        currency=_text(trades, "currency"),
+        trade_date=parse_dates(_text(trades, "trade_date"), "trade_date"),
+        settlement_date=parse_dates(_text(trades, "settlement_date"), "settlement_date"),
+        settlement_cycle_days=_optional(trades, "settlement_cycle_days"),
+        settlement_venue=_text(trades, "settlement_venue"),
+        inventory_ratio=_optional(trades, "inventory_ratio"),
+        on_loan_recall_pending=_optional(trades, "on_loan_recall_pending"),
+        ssi_matched=_optional(trades, "ssi_matched"),
+        counterparty_fail_rate=_optional(trades, "counterparty_fail_rate"),
+        instrument_adv=_optional(trades, "instrument_adv"),
+    )
+    return cols, ids
+
+
+def encode_scores(
+    response: pb.ScoreResponse,
+    trade_ids: Sequence[str],
+    probabilities: npt.NDArray[np.floating],
+    bands: npt.NDArray[np.int32],
+) -> pb.ScoreResponse:
+    """Append one TradeScore per trade to `response`, in order."""
+    score = pb.TradeScore
+    response.scores.extend(
+        [
+            score(trade_id=i, fail_probability=p, risk_band=b)
+            for i, p, b in zip(trade_ids, probabilities.tolist(), bands.tolist(), strict=True)
+        ]
+    )
+    return response
+
+
+def columns_to_trades(cols: TradeColumns) -> list[pb.Trade]:
+    """Protobuf trades for `cols` (clients: the CLI, tests, the benchmark)."""
+    table = cols.to_table()
+    n = len(cols)
+    out: list[pb.Trade] = []
+    optional = ("settlement_cycle_days", "inventory_ratio", "counterparty_fail_rate", "instrument_adv")
+    flags = ("on_loan_recall_pending", "ssi_matched")
+    for i in range(n):
+        t = pb.Trade(
+            trade_id=str(table["trade_id"][i]),
+            account_id=str(table["account_id"][i]),
+            counterparty_id=str(table["counterparty_id"][i]),
+            instrument_id=str(table["instrument_id"][i]),
+            asset_class=int(cols.asset_class[i]),
+            side=int(cols.side[i]),
+            quantity=float(cols.quantity[i]),
+            price=float(cols.price[i]),
+            currency=str(table["currency"][i]),
+            trade_date=str(table["trade_date"][i]),
+            settlement_date=str(table["settlement_date"][i]),
+            settlement_venue=str(table["settlement_venue"][i]),
+        )
+        for name in optional:
+            v = float(getattr(cols, name)[i])
+            if not np.isnan(v):
+                if name == "settlement_cycle_days":
+                    t.settlement_cycle_days = int(v)
+                else:
+                    setattr(t, name, v)
+        for name in flags:
+            v = float(getattr(cols, name)[i])
+            if not np.isnan(v):
+                setattr(t, name, bool(v))
+        out.append(t)
+    return out

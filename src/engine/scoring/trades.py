@@ -1,0 +1,179 @@
+"""TradeScorer servicer: decode -> validate + features -> micro-batch -> encode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
+from engine.batching import MicroBatcher
+from engine.errors import EngineError, InvalidInput
+from engine.metrics import EngineMetrics
+from engine.models.registry import ModelRegistry
+from engine.models.spec import BAND_NAMES
+from engine.scoring.codec import decode_trades, encode_scores
+from engine.scoring.servable import ServingModel
+
+log = logging.getLogger(__name__)
+
+_REASON = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "overload",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid",
+    grpc.StatusCode.UNAVAILABLE: "shutdown",
+}
+
+
+@dataclass(slots=True)
+class _Prepared:
+    model: ServingModel
+    trade_ids: list[str]
+    scores: asyncio.Future[npt.NDArray[Any]]
+
+
+class TradeScorerService(pb_grpc.TradeScorerServicer):
+    def __init__(
+        self,
+        registry: ModelRegistry[ServingModel],
+        batcher: MicroBatcher[ServingModel],
+        metrics: EngineMetrics,
+        *,
+        max_trades_per_request: int,
+        stream_window: int,
+    ) -> None:
+        self._registry = registry
+        self._batcher = batcher
+        self._metrics = metrics
+        self._max_trades = max_trades_per_request
+        self._stream_window = stream_window
+
+    # -- shared steps ------------------------------------------------------------
+
+    def _prepare(self, request: pb.ScoreRequest, deadline: float | None) -> _Prepared:
+        """Decode, validate and queue one request; raises EngineError before queueing on bad input."""
+        trades = request.trades
+        if len(trades) > self._max_trades:
+            raise InvalidInput("trades", f"{len(trades)} trades exceed the limit of {self._max_trades} per request")
+        model = self._registry.current
+        cols, ids = decode_trades(trades)
+        features = model.prepare(cols, self._max_trades)
+        future = self._batcher.submit(model, features, deadline)
+        return _Prepared(model, ids, future)
+
+    @staticmethod
+    def _respond(request_id: str, prepared: _Prepared, probabilities: npt.NDArray[Any]) -> pb.ScoreResponse:
+        model = prepared.model
+        response = pb.ScoreResponse(request_id=request_id, model_name=model.name, model_version=model.version)
+        bands = model.bundle.manifest.risk_bands.assign(probabilities)
+        return encode_scores(response, prepared.trade_ids, probabilities, bands)
+
+    def _count_reject(self, error: EngineError) -> None:
+        reason = _REASON.get(error.code)
+        if reason is not None:
+            self._metrics.rejected.labels(reason).inc()
+
+    # -- RPCs ----------------------------------------------------------------------
+
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+        self._metrics.inflight_calls.inc()
+        try:
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + remaining if remaining is not None else None
+            try:
+                prepared = self._prepare(request, deadline)
+                probabilities = await prepared.scores
+            except EngineError as exc:
+                self._count_reject(exc)
+                await context.abort(exc.code, exc.client_message())
+            return self._respond(request.request_id, prepared, probabilities)
+        finally:
+            self._metrics.inflight_calls.dec()
+
+    async def ScoreStream(
+        self, request_iterator: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ScoreResponse]:
+        """Pipelined: reads ahead up to `stream_window` requests, answers in request order."""
+        window: asyncio.Queue[tuple[str, _Prepared | EngineError] | None] = asyncio.Queue(self._stream_window)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    try:
+                        item: _Prepared | EngineError = self._prepare(request, None)
+                    except EngineError as exc:
+                        self._count_reject(exc)
+                        item = exc
+                    await window.put((request.request_id, item))
+            finally:
+                await window.put(None)
+
+        self._metrics.inflight_calls.inc()
+        reader = asyncio.get_running_loop().create_task(read(), name="score-stream-reader")
+        try:
+            while True:
+                entry = await window.get()
+                if entry is None:
+                    break
+                request_id, item = entry
+                if isinstance(item, _Prepared):
+                    try:
+                        yield self._respond(request_id, item, await item.scores)
+                        continue
+                    except EngineError as exc:
+                        item = exc
+                yield pb.ScoreResponse(request_id=request_id, error=_request_error(item))
+            await reader  # surfaces a broken request stream as the call's error
+        finally:
+            self._metrics.inflight_calls.dec()
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+            while not window.empty():  # the caller went away: drop what it will never read
+                left = window.get_nowait()
+                if left is not None and isinstance(left[1], _Prepared):
+                    left[1].scores.cancel()
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        return model_info(self._registry.current)
+
+
+def _request_error(exc: EngineError) -> pb.RequestError:
+    err = pb.RequestError(code=exc.code.value[0], message=exc.client_message())
+    if isinstance(exc, InvalidInput):
+        err.field = exc.field
+        err.trade_index = exc.index if exc.index is not None else -1
+    return err
+
+
+def model_info(model: ServingModel) -> pb.ModelInfo:
+    m = model.bundle.manifest
+    info = pb.ModelInfo(
+        name=m.name,
+        version=m.version,
+        content_hash=m.content_hash,
+        parity_max_abs_diff=float(m.parity.get("max_abs_diff", float("nan"))),
+        parity_rows=int(m.parity.get("rows", 0)),
+        manifest_json=json.dumps(m.raw, sort_keys=True),
+    )
+    info.created_at.FromSeconds(int(m.created_at_unix()))
+    info.loaded_at.FromNanoseconds(int(model.loaded_at * 1e9))
+    for f in m.features.features:
+        info.features.add(name=f.name, dtype=f.dtype, kind=f.kind, categories=f.categories, description=f.description)
+    for name, threshold in zip(BAND_NAMES[1:], m.risk_bands.thresholds, strict=True):
+        info.risk_bands.add(band=pb.RiskBand.Value(f"RISK_BAND_{name}"), min_probability=threshold)
+    info.metrics.update({k: v for k, v in m.metrics.items() if np.isfinite(v)})
+    return info

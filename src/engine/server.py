@@ -1,0 +1,199 @@
+"""grpc.aio wiring: servicers, health, reflection, signals, worker processes.
+
+Shutdown (SIGTERM / SIGINT): health goes NOT_SERVING for every service, the
+server stops accepting calls, in-flight calls get `grace_seconds` to finish
+(the micro-batcher keeps running for them), then the batcher drains and the
+process exits 0. SIGHUP reloads the model bundle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
+from engine.batching import MicroBatcher
+from engine.config import Settings
+from engine.metrics import EngineMetrics
+from engine.models.registry import ModelRegistry
+from engine.scoring.servable import ServingModel, load_serving_model
+from engine.scoring.trades import TradeScorerService
+
+log = logging.getLogger(__name__)
+
+SCORER_SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
+
+
+def _run_model(model: ServingModel, features: Any) -> Any:
+    return model.predict(features)
+
+
+class EngineServer:
+    """One engine process: a gRPC server, its model registry and its micro-batcher."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = EngineMetrics(registry)
+        threads = settings.intra_op_threads
+        self.models: ModelRegistry[ServingModel] = ModelRegistry(
+            settings.bundle,
+            lambda path: load_serving_model(path, threads),
+            on_swap=lambda m: self.metrics.set_model(m.name, m.version, m.loaded_at),
+            on_outcome=lambda ok: self.metrics.model_reloads.labels("success" if ok else "failure").inc(),
+        )
+        self.batcher: MicroBatcher[ServingModel] | None = None
+        self.health = health_aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Load the model, bind, start serving; returns the bound port."""
+        s = self.settings
+        model = self.models.load_initial()
+        log.info("model %s %s loaded from %s", model.name, model.version, s.bundle)
+        self.batcher = MicroBatcher(
+            _run_model,
+            max_batch_rows=s.max_batch_rows,
+            max_wait_s=s.max_wait_s,
+            max_queue_rows=s.max_queue_rows,
+            max_inflight_batches=s.max_inflight_batches,
+            coalesce=s.batching,
+            metrics=self.metrics,
+        )
+        self.batcher.start()
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            # workers share the port on purpose; a lone server must fail loudly on a taken port
+            ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+        ]
+        server = grpc.aio.server(options=options)
+        pb_grpc.add_TradeScorerServicer_to_server(
+            TradeScorerService(
+                self.models,
+                self.batcher,
+                self.metrics,
+                max_trades_per_request=s.max_trades_per_request,
+                stream_window=s.stream_window,
+            ),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SCORER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {s.host}:{s.port}")
+        await server.start()
+        self._server = server
+        for service in ("", SCORER_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if s.watch:
+            self._watcher = asyncio.get_running_loop().create_task(
+                self.models.watch(s.watch_interval_s), name="bundle-watcher"
+            )
+        return self.port
+
+    async def reload(self) -> bool:
+        return await self.models.reload()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
+        grace = self.settings.grace_seconds if grace is None else grace
+        started = time.monotonic()
+        await self.health.enter_graceful_shutdown()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.batcher is not None:
+            await self.batcher.close(timeout=max(0.0, grace - (time.monotonic() - started)) + 1.0)
+        log.info("stopped after draining for %.2fs", time.monotonic() - started)
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(settings: Settings) -> int:
+    """Run one engine process until SIGTERM/SIGINT; returns the exit code."""
+    engine = EngineServer(settings)
+    if settings.metrics_port and settings.workers == 1:
+        start_http_server(settings.metrics_port, registry=engine.metrics.registry)
+    port = await engine.start()
+    log.info("serving %s on %s:%d (pid %d)", SCORER_SERVICE, settings.host, port, os.getpid())
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(engine.reload()))
+    await stop.wait()
+    log.info("shutdown requested: draining for up to %.1fs", settings.grace_seconds)
+    await engine.stop()
+    return 0
+
+
+def _worker(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s worker-{os.getpid()} %(name)s: %(message)s",
+    )
+    raise SystemExit(asyncio.run(serve(settings)))
+
+
+def run(settings: Settings) -> int:
+    """Serve with `settings.workers` processes (one: in this process)."""
+    if settings.workers == 1:
+        return asyncio.run(serve(settings))
+    if settings.metrics_port:
+        log.warning("--metrics-port is served only with --workers 1 for now; not serving /metrics")
+    # spawn, not fork: no gRPC or ONNX Runtime state may cross into the workers
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_worker, args=(settings,), name=f"engine-worker-{i}") for i in range(settings.workers)]
+    for w in workers:
+        w.start()
+    stopping = False
+
+    def forward(sig: int, _frame: Any) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for w in workers:
+            if w.pid is not None and w.is_alive():
+                os.kill(w.pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    log.info("started %d workers on port %d: %s", len(workers), settings.port, [w.pid for w in workers])
+    code = 0
+    while workers:
+        for w in list(workers):
+            w.join(timeout=0.2)
+            if w.exitcode is None:
+                continue
+            workers.remove(w)
+            if w.exitcode != 0:
+                code = 1
+                log.error("worker %s exited with %s", w.pid, w.exitcode)
+                if not stopping:
+                    stopping = True  # one worker died: stop the rest rather than serve degraded silently
+                    forward(signal.SIGTERM, None)
+    return code
