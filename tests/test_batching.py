@@ -150,7 +150,9 @@ async def test_model_error_fails_exactly_that_batch(batcher: MicroBatcher[object
     np.testing.assert_array_equal(await batcher.submit(KEY, rows(4.0)), [8.0])
 
 
-async def test_wrong_row_count_is_an_inference_failure(batcher: MicroBatcher[object], model: FakeModel) -> None:
+async def test_wrong_row_count_is_an_inference_failure(
+    batcher: MicroBatcher[object], model: FakeModel
+) -> None:
     model.short_next = True
     with pytest.raises(InferenceFailed, match="returned 1 rows for 2"):
         await batcher.submit(KEY, rows(1.0, 2.0))

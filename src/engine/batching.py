@@ -51,6 +51,11 @@ class _Item(Generic[K]):
     queued_at: float
 
 
+def _wake_future(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _fail(future: asyncio.Future[Result], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
@@ -139,7 +144,7 @@ class MicroBatcher(Generic[K]):
         self._wakeup = waiter = loop.create_future()
         handle = None
         if timeout is not None:
-            handle = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(None))
+            handle = loop.call_later(timeout, _wake_future, waiter)
         try:
             await waiter
         finally:
@@ -216,7 +221,9 @@ class MicroBatcher(Generic[K]):
                 if result.shape[0] != matrix.shape[0]:
                     raise InferenceFailed(f"model returned {result.shape[0]} rows for {matrix.shape[0]}")
             except Exception as exc:
-                log.exception("inference failed for a batch of %d rows from %d calls", matrix.shape[0], len(items))
+                log.exception(
+                    "inference failed for a batch of %d rows from %d calls", matrix.shape[0], len(items)
+                )
                 if self._metrics is not None:
                     self._metrics.batch_failures.inc()
                 error = exc if isinstance(exc, InferenceFailed) else InferenceFailed(str(exc))

@@ -1,12 +1,12 @@
 """`engine`: the one command-line entry point.
 
-    engine serve     serve the model bundle over gRPC (flags, or ENGINE_* variables)
-    engine score     send trades from a file or a generated sample to a server; print scores
-    engine info      describe a bundle on disk, or the model a server is running
-    engine health    ask a server's gRPC health service (exit 0 when SERVING)
-    engine train     train a LightGBM model and write a bundle        ([train] extra)
-    engine export    turn a LightGBM model file into a bundle         ([train] extra)
-    engine generate  write synthetic trades with labels to a file     ([train] extra for Parquet)
+engine serve     serve the model bundle over gRPC (flags, or ENGINE_* variables)
+engine score     send trades from a file or a generated sample to a server; print scores
+engine info      describe a bundle on disk, or the model a server is running
+engine health    ask a server's gRPC health service (exit 0 when SERVING)
+engine train     train a LightGBM model and write a bundle        ([train] extra)
+engine export    turn a LightGBM model file into a bundle         ([train] extra)
+engine generate  write synthetic trades with labels to a file     ([train] extra for Parquet)
 """
 
 from __future__ import annotations
@@ -43,7 +43,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"engine serve: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
-    return run(settings)
+    from engine.errors import BundleError
+
+    try:
+        return run(settings)
+    except BundleError as exc:
+        logging.getLogger("engine").error("cannot serve: %s", exc)
+        return 1
+    except OSError as exc:
+        logging.getLogger("engine").error("cannot serve: %s", exc)
+        return 1
 
 
 # -- client commands ----------------------------------------------------------------
@@ -101,8 +110,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 for s in resp.scores:
                     band = RISK_BANDS.get(s.risk_band, "UNSPECIFIED")
                     if args.format == "jsonl":
-                        row = {"trade_id": s.trade_id, "fail_probability": s.fail_probability,
-                               "risk_band": band, "model_version": resp.model_version}
+                        row = {
+                            "trade_id": s.trade_id,
+                            "fail_probability": s.fail_probability,
+                            "risk_band": band,
+                            "model_version": resp.model_version,
+                        }
                         print(json.dumps(row))
                     else:
                         print(f"{s.trade_id}\t{s.fail_probability:.6f}\t{band}")
@@ -135,7 +148,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     with grpc.insecure_channel(args.target) as channel:
         try:
-            info = pb_grpc.TradeScorerStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=args.timeout)
+            info = pb_grpc.TradeScorerStub(channel).GetModelInfo(
+                pb.GetModelInfoRequest(), timeout=args.timeout
+            )
         except grpc.RpcError as exc:
             print(f"engine info: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
@@ -198,16 +213,28 @@ def build_parser() -> argparse.ArgumentParser:
         "trade_id, failure probability, risk band (or JSON lines with --format jsonl).",
     )
     src = score.add_mutually_exclusive_group(required=True)
-    src.add_argument("--file", type=Path, help="trades as .csv, .json, .jsonl or .parquet (columns: see README)")
+    src.add_argument(
+        "--file", type=Path, help="trades as .csv, .json, .jsonl or .parquet (columns: see README)"
+    )
     src.add_argument("--sample", type=_positive_int, metavar="N", help="score N synthetic trades instead")
     score.add_argument("--seed", type=int, default=7, help="seed for --sample (default 7)")
     score.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
-    score.add_argument("--batch-size", type=_positive_int, default=100,
-                       help="trades per request (default 100; the server's limit applies)")
+    score.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=100,
+        help="trades per request (default 100; the server's limit applies)",
+    )
     score.add_argument("--stream", action="store_true", help="send the requests on one ScoreStream call")
-    score.add_argument("--timeout", type=float, default=10.0, help="deadline per call in seconds (default 10)")
-    score.add_argument("--format", choices=("table", "jsonl"), default="table",
-                       help="tab-separated lines (default) or JSON lines")
+    score.add_argument(
+        "--timeout", type=float, default=10.0, help="deadline per call in seconds (default 10)"
+    )
+    score.add_argument(
+        "--format",
+        choices=("table", "jsonl"),
+        default="table",
+        help="tab-separated lines (default) or JSON lines",
+    )
     score.set_defaults(func=_cmd_score)
 
     info = sub.add_parser(
@@ -216,8 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the manifest of a bundle (validating it) or, with --target, the "
         "GetModelInfo answer of a running server, as JSON.",
     )
-    info.add_argument("--bundle", type=Path, default=None,
-                      help="bundle folder (default: the bundle shipped in the package)")
+    info.add_argument(
+        "--bundle", type=Path, default=None, help="bundle folder (default: the bundle shipped in the package)"
+    )
     info.add_argument("--target", default=None, help="ask this server instead, e.g. 127.0.0.1:50051")
     info.add_argument("--timeout", type=float, default=5.0, help="deadline with --target (default 5 s)")
     info.set_defaults(func=_cmd_info)

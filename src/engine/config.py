@@ -53,8 +53,16 @@ class Settings:
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_rows", "max_queue_rows", "max_trades_per_request", "max_inflight_batches",
-                    "intra_op_threads", "workers", "stream_window", "max_message_bytes")
+        positive = (
+            "max_batch_rows",
+            "max_queue_rows",
+            "max_trades_per_request",
+            "max_inflight_batches",
+            "intra_op_threads",
+            "workers",
+            "stream_window",
+            "max_message_bytes",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1")
@@ -106,11 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not MISSING else None
         help_text = f"{f.metadata['help']} [env {env}; default {default}]"
         if f.metadata.get("bool_flag"):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
-            parser.add_argument(flag, dest=f.name, type=_kind(f), default=None, help=help_text,
-                                metavar=f.name.upper())
+            parser.add_argument(
+                flag, dest=f.name, type=_kind(f), default=None, help=help_text, metavar=f.name.upper()
+            )
 
 
 def from_sources(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -1,12 +1,12 @@
 """Engine errors, and the one place where they become gRPC status codes.
 
-    EngineError                      base; never shown to clients verbatim unless public
-    ├── InvalidInput                 INVALID_ARGUMENT — names field, record index, reason
-    ├── Overloaded                   RESOURCE_EXHAUSTED — the bounded queue is full
-    ├── DeadlineExpired              DEADLINE_EXCEEDED — dropped before inference
-    ├── ShuttingDown                 UNAVAILABLE — the engine is draining
-    ├── InferenceFailed              INTERNAL — the model raised; details are logged only
-    └── BundleError                  a model bundle failed validation (never served)
+EngineError                      base; never shown to clients verbatim unless public
+├── InvalidInput                 INVALID_ARGUMENT — names field, record index, reason
+├── Overloaded                   RESOURCE_EXHAUSTED — the bounded queue is full
+├── DeadlineExpired              DEADLINE_EXCEEDED — dropped before inference
+├── ShuttingDown                 UNAVAILABLE — the engine is draining
+├── InferenceFailed              INTERNAL — the model raised; details are logged only
+└── BundleError                  a model bundle failed validation (never served)
 """
 
 from __future__ import annotations

@@ -12,8 +12,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: seconds, 10 µs .. 10 s (gRPC A66-style resolution at the low end)
 LATENCY_BUCKETS = (
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 #: trades per batch
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -48,9 +65,7 @@ class EngineMetrics:
         )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
-        self.batch_failures = Counter(
-            "engine_batch_failures", "Batches whose inference raised.", registry=r
-        )
+        self.batch_failures = Counter("engine_batch_failures", "Batches whose inference raised.", registry=r)
         self.model_info = Gauge(
             "engine_model_info",
             "The model serving (value 1), with the unix time it was loaded.",

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -94,7 +94,11 @@ class EngineServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SCORER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                SCORER_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         self.port = server.add_insecure_port(f"{s.host}:{s.port}")
@@ -167,7 +171,10 @@ def run(settings: Settings) -> int:
         log.warning("--metrics-port is served only with --workers 1 for now; not serving /metrics")
     # spawn, not fork: no gRPC or ONNX Runtime state may cross into the workers
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_worker, args=(settings,), name=f"engine-worker-{i}") for i in range(settings.workers)]
+    workers = [
+        ctx.Process(target=_worker, args=(settings,), name=f"engine-worker-{i}")
+        for i in range(settings.workers)
+    ]
     for w in workers:
         w.start()
     stopping = False

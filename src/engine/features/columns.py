@@ -27,17 +27,13 @@ Day = npt.NDArray[np.datetime64]
 #: proto enum number -> short name ("EQUITY"), and the reverse; enum names in
 #: tables may be given short ("EQUITY") or in full ("ASSET_CLASS_EQUITY").
 ASSET_CLASSES: dict[int, str] = {
-    v.number: v.name.removeprefix("ASSET_CLASS_")
-    for v in pb.AssetClass.DESCRIPTOR.values
-    if v.number != 0
+    v.number: v.name.removeprefix("ASSET_CLASS_") for v in pb.AssetClass.DESCRIPTOR.values if v.number != 0
 }
 SIDES: dict[int, str] = {
     v.number: v.name.removeprefix("SIDE_") for v in pb.Side.DESCRIPTOR.values if v.number != 0
 }
 RISK_BANDS: dict[int, str] = {
-    v.number: v.name.removeprefix("RISK_BAND_")
-    for v in pb.RiskBand.DESCRIPTOR.values
-    if v.number != 0
+    v.number: v.name.removeprefix("RISK_BAND_") for v in pb.RiskBand.DESCRIPTOR.values if v.number != 0
 }
 
 #: the columns a table must have to be read as trades (optional signals may be absent)
@@ -97,10 +93,7 @@ class TradeColumns:
     @staticmethod
     def concat(parts: Sequence[TradeColumns]) -> TradeColumns:
         return TradeColumns(
-            **{
-                f.name: np.concatenate([getattr(p, f.name) for p in parts])
-                for f in fields(TradeColumns)
-            }
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(TradeColumns)}
         )
 
     def to_table(self) -> dict[str, np.ndarray]:
@@ -169,7 +162,10 @@ def parse_dates(values: np.ndarray, field: str) -> Day:
                 bad[i] = True
         idx = np.flatnonzero(bad)
         raise InvalidInput(
-            field, f"must be a calendar date YYYY-MM-DD, got {str(text[idx[0]])[:40]!r}", int(idx[0]), len(idx)
+            field,
+            f"must be a calendar date YYYY-MM-DD, got {str(text[idx[0]])[:40]!r}",
+            int(idx[0]),
+            len(idx),
         ) from None
     return out
 
@@ -188,9 +184,28 @@ def _float_column(table: Mapping[str, Any], name: str, n: int) -> F64:
         numeric = ~np.isin(text, ("", "nan", "none", "null", "true", "false", "yes", "no"))
         numeric &= ~np.isin(text, ("y", "n", "t", "f"))
         if numeric.any():
-            out[numeric] = text[numeric].astype(np.float64)
+            try:
+                out[numeric] = text[numeric].astype(np.float64)
+            except ValueError:
+                _raise_not_numbers(text, numeric, name)
         return out
     return raw.astype(np.float64)
+
+
+def _raise_not_numbers(text: Str, candidates: npt.NDArray[np.bool_], field: str) -> None:
+    """Raise InvalidInput for the first value in `text[candidates]` that is not a number.
+
+    Only runs once a vectorised parse has failed, so its per-value loop costs
+    nothing on good input.
+    """
+    bad = np.zeros(text.shape[0], dtype=bool)
+    for i in np.flatnonzero(candidates):
+        try:
+            float(text[i])
+        except ValueError:
+            bad[i] = True
+    idx = np.flatnonzero(bad)
+    raise InvalidInput(field, f"must be a number, got {str(text[idx[0]])[:40]!r}", int(idx[0]), len(idx))
 
 
 def from_table(table: Mapping[str, Any]) -> TradeColumns:

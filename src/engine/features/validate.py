@@ -22,7 +22,8 @@ MAX_ID_LENGTH = 128
 
 
 def _empty(a: npt.NDArray[np.str_]) -> Mask:
-    return np.strings.str_len(a) == 0
+    out: Mask = np.strings.str_len(a) == 0
+    return out
 
 
 def _too_long(a: npt.NDArray[np.str_]) -> Mask:
@@ -59,10 +60,18 @@ def _rules(t: TradeColumns) -> list[tuple[str, str, Callable[[], Mask]]]:
         ("trade_id", "repeats an earlier trade_id in this request", lambda: _duplicates(t.trade_id)),
         ("account_id", "is required", lambda: _empty(t.account_id)),
         ("counterparty_id", "is required", lambda: _empty(t.counterparty_id)),
-        ("counterparty_id", f"is longer than {MAX_ID_LENGTH} characters", lambda: _too_long(t.counterparty_id)),
+        (
+            "counterparty_id",
+            f"is longer than {MAX_ID_LENGTH} characters",
+            lambda: _too_long(t.counterparty_id),
+        ),
         ("instrument_id", "is required", lambda: _empty(t.instrument_id)),
         ("instrument_id", f"is longer than {MAX_ID_LENGTH} characters", lambda: _too_long(t.instrument_id)),
-        ("asset_class", "is unspecified or not a known AssetClass value", lambda: _bad_enum(t.asset_class, ASSET_CLASSES)),
+        (
+            "asset_class",
+            "is unspecified or not a known AssetClass value",
+            lambda: _bad_enum(t.asset_class, ASSET_CLASSES),
+        ),
         ("side", "is unspecified or not a known Side value", lambda: _bad_enum(t.side, SIDES)),
         ("quantity", "must be a finite number > 0", lambda: ~(np.isfinite(t.quantity) & (t.quantity > 0))),
         ("price", "must be a finite number > 0", lambda: ~(np.isfinite(t.price) & (t.price > 0))),
@@ -72,7 +81,9 @@ def _rules(t: TradeColumns) -> list[tuple[str, str, Callable[[], Mask]]]:
         (
             "settlement_date",
             "is before trade_date",
-            lambda: settle_set & day_ok & (t.settlement_date < np.where(day_ok, t.trade_date, t.settlement_date)),
+            lambda: (
+                settle_set & day_ok & (t.settlement_date < np.where(day_ok, t.trade_date, t.settlement_date))
+            ),
         ),
         (
             "settlement_cycle_days",
@@ -90,10 +101,22 @@ def _rules(t: TradeColumns) -> list[tuple[str, str, Callable[[], Mask]]]:
             lambda: _set(t.inventory_ratio) & ~(np.isfinite(t.inventory_ratio) & (t.inventory_ratio >= 0)),
         ),
         (
+            "on_loan_recall_pending",
+            "must be true/false (1/0) when set",
+            lambda: _set(t.on_loan_recall_pending) & ~np.isin(t.on_loan_recall_pending, (0.0, 1.0)),
+        ),
+        (
+            "ssi_matched",
+            "must be true/false (1/0) when set",
+            lambda: _set(t.ssi_matched) & ~np.isin(t.ssi_matched, (0.0, 1.0)),
+        ),
+        (
             "counterparty_fail_rate",
             "must be within [0, 1] when set",
-            lambda: _set(t.counterparty_fail_rate)
-            & ~((t.counterparty_fail_rate >= 0) & (t.counterparty_fail_rate <= 1)),
+            lambda: (
+                _set(t.counterparty_fail_rate)
+                & ~((t.counterparty_fail_rate >= 0) & (t.counterparty_fail_rate <= 1))
+            ),
         ),
         (
             "instrument_adv",
@@ -122,3 +145,21 @@ def validate(trades: TradeColumns, max_trades: int) -> None:
                 break
     if first is not None:
         raise first
+
+
+def problems(trades: TradeColumns) -> tuple[Mask, list[InvalidInput]]:
+    """Every invalid row at once: the union mask, and one error per broken rule.
+
+    For bulk input (training files) that wants to report or drop all bad rows
+    instead of stopping at the first; each error names the rule's field, its
+    lowest row index and how many rows break it, sorted by that index.
+    """
+    bad_any = np.zeros(len(trades), dtype=bool)
+    found: list[InvalidInput] = []
+    for field, reason, rule in _rules(trades):
+        bad = rule()
+        if bad.any():
+            bad_any |= bad
+            found.append(InvalidInput(field, reason, int(np.argmax(bad)), int(bad.sum())))
+    found.sort(key=lambda e: e.index or 0)
+    return bad_any, found

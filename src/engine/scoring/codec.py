@@ -31,7 +31,7 @@ def _number(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.float64]:
 def _optional(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.float64]:
     values = _number(trades, name)
     for i in np.flatnonzero(values == 0.0).tolist():
-        if not trades[i].HasField(name):
+        if not trades[i].HasField(name):  # type: ignore[arg-type]
             values[i] = np.nan
     return values
 
@@ -96,8 +96,8 @@ def columns_to_trades(cols: TradeColumns) -> list[pb.Trade]:
             account_id=str(table["account_id"][i]),
             counterparty_id=str(table["counterparty_id"][i]),
             instrument_id=str(table["instrument_id"][i]),
-            asset_class=int(cols.asset_class[i]),
-            side=int(cols.side[i]),
+            asset_class=int(cols.asset_class[i]),  # type: ignore[arg-type]
+            side=int(cols.side[i]),  # type: ignore[arg-type]
             quantity=float(cols.quantity[i]),
             price=float(cols.price[i]),
             currency=str(table["currency"][i]),

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from engine.features.columns import TradeColumns
 from engine.features.compute import FeaturePlan
 from engine.features.validate import validate
-from engine.features.columns import TradeColumns
 from engine.models.bundle import ModelBundle
 
 

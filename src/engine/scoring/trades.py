@@ -64,7 +64,9 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
         """Decode, validate and queue one request; raises EngineError before queueing on bad input."""
         trades = request.trades
         if len(trades) > self._max_trades:
-            raise InvalidInput("trades", f"{len(trades)} trades exceed the limit of {self._max_trades} per request")
+            raise InvalidInput(
+                "trades", f"{len(trades)} trades exceed the limit of {self._max_trades} per request"
+            )
         model = self._registry.current
         cols, ids = decode_trades(trades)
         features = model.prepare(cols, self._max_trades)
@@ -85,7 +87,7 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
 
     # -- RPCs ----------------------------------------------------------------------
 
-    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ScoreResponse:
         self._metrics.inflight_calls.inc()
         try:
             remaining = context.time_remaining()
@@ -101,7 +103,7 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
             self._metrics.inflight_calls.dec()
 
     async def ScoreStream(
-        self, request_iterator: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ScoreResponse]:
         """Pipelined: reads ahead up to `stream_window` requests, answers in request order."""
         window: asyncio.Queue[tuple[str, _Prepared | EngineError] | None] = asyncio.Queue(self._stream_window)
@@ -146,7 +148,7 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
                     left[1].scores.cancel()
 
     async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInfo:
         return model_info(self._registry.current)
 
@@ -172,7 +174,9 @@ def model_info(model: ServingModel) -> pb.ModelInfo:
     info.created_at.FromSeconds(int(m.created_at_unix()))
     info.loaded_at.FromNanoseconds(int(model.loaded_at * 1e9))
     for f in m.features.features:
-        info.features.add(name=f.name, dtype=f.dtype, kind=f.kind, categories=f.categories, description=f.description)
+        info.features.add(
+            name=f.name, dtype=f.dtype, kind=f.kind, categories=f.categories, description=f.description
+        )
     for name, threshold in zip(BAND_NAMES[1:], m.risk_bands.thresholds, strict=True):
         info.risk_bands.add(band=pb.RiskBand.Value(f"RISK_BAND_{name}"), min_probability=threshold)
     info.metrics.update({k: v for k, v in m.metrics.items() if np.isfinite(v)})

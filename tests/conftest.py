@@ -1,0 +1,183 @@
+"""Shared fixtures: a real engine on a free port, real clients, sample trades."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
+from engine.config import Settings
+from engine.models.bundle import DEFAULT_BUNDLE, MANIFEST, write_manifest
+from engine.server import EngineServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_trade(i: int = 0, **overrides: Any) -> pb.Trade:
+    """One valid, realistic trade; `overrides` set or clear fields (None clears)."""
+    fields: dict[str, Any] = dict(
+        trade_id=f"T{i:06d}",
+        account_id="ACC-001",
+        counterparty_id="CP0001",
+        instrument_id="US0378331005",
+        asset_class=pb.ASSET_CLASS_EQUITY,
+        side=pb.SIDE_SELL if i % 2 else pb.SIDE_BUY,
+        quantity=100.0 + i,
+        price=187.5,
+        currency="USD",
+        trade_date="2026-11-20",
+        settlement_date="2026-11-23",
+        settlement_venue="DTC",
+        inventory_ratio=0.8 + (i % 5) / 10,
+        ssi_matched=True,
+    )
+    for key, value in overrides.items():
+        if value is None:
+            fields.pop(key, None)
+        else:
+            fields[key] = value
+    return pb.Trade(**fields)
+
+
+def resign(bundle: Path, version: str) -> Path:
+    """Re-hash a bundle's files into its manifest, as `version` (what a bundle writer does)."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    for key in ("files", "content_hash", "format_version"):
+        manifest.pop(key)
+    manifest["version"] = version
+    write_manifest(bundle, manifest)
+    return bundle
+
+
+def copy_bundle(dest: Path, version: str | None = None) -> Path:
+    """A copy of the shipped bundle; with `version`, re-signed as that version."""
+    shutil.copytree(DEFAULT_BUNDLE, dest)
+    return resign(dest, version) if version is not None else dest
+
+
+ServerFactory = Callable[..., Awaitable[tuple[EngineServer, grpc.aio.Channel]]]
+
+
+@pytest.fixture
+async def start_engine() -> AsyncIterator[ServerFactory]:
+    """Start in-process engines on free ports: `engine, channel = await start_engine(**settings)`."""
+    started: list[tuple[EngineServer, grpc.aio.Channel]] = []
+
+    async def start(**overrides: Any) -> tuple[EngineServer, grpc.aio.Channel]:
+        settings = Settings(host="127.0.0.1", port=0, **overrides)
+        engine = EngineServer(settings, registry=CollectorRegistry())
+        port = await engine.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        started.append((engine, channel))
+        return engine, channel
+
+    yield start
+    for engine, channel in started:
+        await channel.close()
+        await engine.stop(grace=1.0)
+
+
+@pytest.fixture
+async def engine_stub(start_engine: ServerFactory) -> tuple[EngineServer, pb_grpc.TradeScorerStub]:
+    engine, channel = await start_engine()
+    return engine, pb_grpc.TradeScorerStub(channel)
+
+
+class EngineProcess:
+    """`engine serve` in a subprocess, on a port it picked itself (read from its log)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        cmd = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", *args]
+        if "--port" not in args:
+            cmd += ["--port", "0"]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.port = self._wait_for_port()
+
+    def _wait_for_port(self, timeout: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("engine exited before serving:\n" + "".join(self.lines))
+            self.lines.append(line)
+            m = re.search(r"serving \S+ on [\d.]+:(\d+)", line)
+            if m:
+                return int(m.group(1))
+            if "started" in line and "workers on port" in line:
+                return int(re.search(r"port (\d+)", line).group(1))  # type: ignore[union-attr]
+        raise RuntimeError("engine did not start in time:\n" + "".join(self.lines))
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> tuple[int, str]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, "".join(self.lines) + (out or "")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+
+
+@pytest.fixture
+def engine_process() -> Iterator[Callable[..., EngineProcess]]:
+    procs: list[EngineProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> EngineProcess:
+        p = EngineProcess(*args, env=env)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+def sample_request(n: int, seed: int = 3, request_id: str = "r") -> pb.ScoreRequest:
+    """`n` synthetic trades (the engine's own generator) as one request."""
+    from engine.scoring.codec import columns_to_trades
+    from engine.training.synthetic import generate_trades
+
+    cols, _, _ = generate_trades(n, seed=seed)
+    return pb.ScoreRequest(request_id=request_id, trades=columns_to_trades(cols))
+
+
+def in_process_probabilities(engine: EngineServer, request: pb.ScoreRequest) -> np.ndarray:
+    """What ONNX Runtime gives for the same trades, without gRPC or batching."""
+    from engine.scoring.codec import decode_trades
+
+    model = engine.models.current
+    cols, _ = decode_trades(request.trades)
+    return model.predict(model.plan.compute(cols))

@@ -1,0 +1,173 @@
+"""`engine` as users run it: a real process, signals, workers, the CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
+from engine.features.columns import TradeColumns
+from engine.scoring.codec import decode_trades
+from engine.tables import write_table
+from tests.conftest import EngineProcess, copy_bundle, make_trade, resign
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., EngineProcess]
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_sigterm_drains_in_flight_calls_then_exits_zero(engine_process: Start) -> None:
+    # calls wait ~1.5 s in the batcher (long max_wait), so they are in flight at SIGTERM
+    server = engine_process("--max-wait-ms", "1500", "--max-batch-rows", "4096", "--grace-seconds", "10")
+    results: list[object] = []
+    statuses: list[int] = []
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.TradeScorerStub(channel)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+
+        def watch_health() -> None:
+            try:
+                for update in watch:
+                    statuses.append(update.status)
+            except grpc.RpcError:
+                pass
+
+        watcher = threading.Thread(target=watch_health)
+        watcher.start()
+        futures = [stub.Score.future(pb.ScoreRequest(trades=[make_trade(i)]), timeout=20) for i in range(8)]
+        time.sleep(0.5)  # the calls reach the server and wait for their batch
+        server.signal(signal.SIGTERM)
+        for f in futures:
+            try:
+                results.append(f.result())
+            except grpc.RpcError as exc:
+                results.append(exc)
+        code, log = server.wait(timeout=30)
+        watcher.join(timeout=10)
+    assert all(isinstance(r, pb.ScoreResponse) and len(r.scores) == 1 for r in results), results
+    assert code == 0, log
+    assert "draining" in log
+    assert statuses[0] == health_pb2.HealthCheckResponse.SERVING
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+
+
+def test_new_calls_are_refused_once_stopped(engine_process: Start) -> None:
+    server = engine_process()
+    target = server.target
+    server.signal(signal.SIGTERM)
+    code, _ = server.wait(timeout=30)
+    assert code == 0
+    with grpc.insecure_channel(target) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.TradeScorerStub(channel).Score(pb.ScoreRequest(trades=[make_trade(0)]), timeout=2)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_sighup_reloads_the_bundle(engine_process: Start, tmp_path: Path) -> None:
+    bundle = copy_bundle(tmp_path / "bundle", version="7.0.0")
+    server = engine_process("--bundle", str(bundle))
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.TradeScorerStub(channel)
+        assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).version == "7.0.0"
+        resign(bundle, "7.0.1")
+        server.signal(signal.SIGHUP)
+        version = ""
+        for _ in range(100):
+            version = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).version
+            if version == "7.0.1":
+                break
+            time.sleep(0.05)
+        assert version == "7.0.1"
+        assert stub.Score(pb.ScoreRequest(trades=[make_trade(0)]), timeout=5).model_version == "7.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_two_workers_share_one_port(engine_process: Start) -> None:
+    port = _free_port()
+    server = engine_process("--workers", "2", "--port", str(port))
+    # both workers log their own "serving" line on the shared port
+    deadline = time.monotonic() + 60
+    assert server.proc.stdout is not None
+    while sum("serving tradescore.v1.TradeScorer" in line for line in server.lines) < 2:
+        assert time.monotonic() < deadline, "".join(server.lines)
+        server.lines.append(server.proc.stdout.readline())
+    for _ in range(4):  # new connections land on either worker; every one is served
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            r = pb_grpc.TradeScorerStub(channel).Score(pb.ScoreRequest(trades=[make_trade(0)]), timeout=10)
+            assert len(r.scores) == 1
+    server.signal(signal.SIGTERM)
+    code, log = server.wait(timeout=30)
+    assert code == 0, log
+
+
+def test_cli_help_explains_every_command() -> None:
+    top = cli("--help")
+    assert top.returncode == 0
+    for command in ("serve", "score", "info", "health", "train", "export", "generate"):
+        assert command in top.stdout
+        sub = cli(command, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert "usage: engine " + command in sub.stdout
+    assert "ENGINE_MAX_BATCH_ROWS" in cli("serve", "--help").stdout
+
+
+def test_cli_score_info_health_against_a_server(engine_process: Start, tmp_path: Path) -> None:
+    server = engine_process()
+    health = cli("health", "--target", server.target)
+    assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
+
+    sample = cli(
+        "score", "--sample", "30", "--target", server.target, "--format", "jsonl", "--batch-size", "7"
+    )
+    assert sample.returncode == 0, sample.stderr
+    rows = [json.loads(line) for line in sample.stdout.splitlines()]
+    assert len(rows) == 30 and all(0.0 <= r["fail_probability"] <= 1.0 for r in rows)
+
+    cols: TradeColumns = decode_trades([make_trade(i) for i in range(5)])[0]
+    path = tmp_path / "trades.csv"
+    write_table(cols.to_table(), path)
+    scored = cli("score", "--file", str(path), "--target", server.target, "--stream")
+    assert scored.returncode == 0, scored.stderr
+    assert [line.split("\t")[0] for line in scored.stdout.splitlines()] == [f"T{i:06d}" for i in range(5)]
+
+    remote = json.loads(cli("info", "--target", server.target).stdout)
+    local = json.loads(cli("info").stdout)
+    assert remote["version"] == local["version"] and remote["content_hash"] == local["content_hash"]
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(path.read_text().replace("2026-11-23", "2026-11-01", 1))
+    refused = cli("score", "--file", str(bad), "--target", server.target)
+    assert refused.returncode == 1
+    assert "INVALID_ARGUMENT" in refused.stderr and "settlement_date" in refused.stderr
+
+
+def test_serve_refuses_bad_settings_and_bad_bundles(tmp_path: Path) -> None:
+    bad = cli("serve", "--max-batch-rows", "0")
+    assert bad.returncode == 2 and "max_batch_rows" in bad.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = cli("serve", "--port", "0", "--bundle", str(empty), timeout=60)
+    assert missing.returncode != 0 and "manifest.json" in missing.stderr
