@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -165,13 +166,19 @@ def engine_process() -> Iterator[Callable[..., EngineProcess]]:
         p.stop()
 
 
-def sample_request(n: int, seed: int = 3, request_id: str = "r") -> pb.ScoreRequest:
-    """`n` synthetic trades (the engine's own generator) as one request."""
+@functools.cache
+def _sample_pool() -> list[pb.Trade]:
     from engine.scoring.codec import columns_to_trades
     from engine.training.synthetic import generate_trades
 
-    cols, _, _ = generate_trades(n, seed=seed)
-    return pb.ScoreRequest(request_id=request_id, trades=columns_to_trades(cols))
+    return columns_to_trades(generate_trades(4000, seed=20261121).trades)
+
+
+def sample_request(n: int, seed: int = 3, request_id: str = "r") -> pb.ScoreRequest:
+    """`n` trades from the engine's own generator (a window of a cached pool chosen by `seed`)."""
+    pool = _sample_pool()
+    start = (seed * 997) % (len(pool) - n) if n < len(pool) else 0
+    return pb.ScoreRequest(request_id=request_id, trades=pool[start : start + n])
 
 
 def in_process_probabilities(engine: EngineServer, request: pb.ScoreRequest) -> np.ndarray:

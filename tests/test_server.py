@@ -113,7 +113,9 @@ BAD_INPUTS = [
         "settlement_cycle_days",
         "0..30",
     ),
-    ("NaN inventory", [make_trade(0, inventory_ratio=math.nan)], "trades[0].inventory_ratio", "finite"),
+    ("NaN inventory", [make_trade(0, inventory_ratio=math.nan)], "trades[0].inventory_ratio", "NaN"),
+    ("inf inventory", [make_trade(0, inventory_ratio=math.inf)], "trades[0].inventory_ratio", "finite"),
+    ("NaN fail rate", [make_trade(0), make_trade(1, counterparty_fail_rate=math.nan)], "trades[1].counterparty", "NaN"),
     (
         "fail rate above 1",
         [make_trade(0, counterparty_fail_rate=1.5)],

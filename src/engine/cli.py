@@ -66,8 +66,7 @@ def _load_trades(args: argparse.Namespace) -> Any:
         return from_table(read_table(args.file))
     from engine.training.synthetic import generate_trades
 
-    cols, _labels, _history = generate_trades(args.sample, seed=args.seed)
-    return cols
+    return generate_trades(args.sample, seed=args.seed).trades
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:

@@ -34,6 +34,8 @@ from engine.scoring.trades import TradeScorerService
 
 log = logging.getLogger(__name__)
 
+#: after the last scoring call, how long other calls (health watches) may still run at shutdown
+FLUSH_SECONDS = 1.0
 SCORER_SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
 
 
@@ -58,6 +60,7 @@ class EngineServer:
         self.health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self.scorer: TradeScorerService | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -82,16 +85,14 @@ class EngineServer:
             ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
         ]
         server = grpc.aio.server(options=options)
-        pb_grpc.add_TradeScorerServicer_to_server(
-            TradeScorerService(
-                self.models,
-                self.batcher,
-                self.metrics,
-                max_trades_per_request=s.max_trades_per_request,
-                stream_window=s.stream_window,
-            ),
-            server,
+        self.scorer = TradeScorerService(
+            self.models,
+            self.batcher,
+            self.metrics,
+            max_trades_per_request=s.max_trades_per_request,
+            stream_window=s.stream_window,
         )
+        pb_grpc.add_TradeScorerServicer_to_server(self.scorer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -126,8 +127,18 @@ class EngineServer:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        if self._server is not None:
-            await self._server.stop(grace)
+        if self._server is not None and self.scorer is not None:
+            # stop(grace) refuses new calls at once and lets running ones finish; long-lived
+            # calls that are not scoring (health Watch streams) would hold it for the whole
+            # grace period, so once scoring is idle the rest gets at most FLUSH_SECONDS
+            # (time for finished calls to send their responses)
+            stopping = asyncio.ensure_future(self._server.stop(grace))
+            idle = asyncio.ensure_future(self.scorer.wait_idle())
+            await asyncio.wait((stopping, idle), return_when=asyncio.FIRST_COMPLETED)
+            if not stopping.done():
+                await self._server.stop(min(FLUSH_SECONDS, max(0.0, grace - (time.monotonic() - started))))
+            idle.cancel()
+            await stopping
         if self.batcher is not None:
             await self.batcher.close(timeout=max(0.0, grace - (time.monotonic() - started)) + 1.0)
         log.info("stopped after draining for %.2fs", time.monotonic() - started)
@@ -142,13 +153,21 @@ async def serve(settings: Settings) -> int:
     engine = EngineServer(settings)
     if settings.metrics_port and settings.workers == 1:
         start_http_server(settings.metrics_port, registry=engine.metrics.registry)
-    port = await engine.start()
-    log.info("serving %s on %s:%d (pid %d)", SCORER_SERVICE, settings.host, port, os.getpid())
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(engine.reload()))
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(engine.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    port = await engine.start()
+    # signal handlers are in place before this line: a supervisor may act on it at once
+    log.info("serving %s on %s:%d (pid %d)", SCORER_SERVICE, settings.host, port, os.getpid())
     await stop.wait()
     log.info("shutdown requested: draining for up to %.1fs", settings.grace_seconds)
     await engine.stop()

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine.errors import InvalidInput
 from engine.features.columns import TradeColumns, parse_dates
 
 _ids = attrgetter("trade_id")
@@ -29,10 +30,13 @@ def _number(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.float64]:
 
 
 def _optional(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.float64]:
+    """An optional number per trade; NaN where unset. A value *set* to NaN is refused."""
     values = _number(trades, name)
-    for i in np.flatnonzero(values == 0.0).tolist():
+    for i in np.flatnonzero((values == 0.0) | np.isnan(values)).tolist():
         if not trades[i].HasField(name):  # type: ignore[arg-type]
             values[i] = np.nan
+        elif np.isnan(values[i]):
+            raise InvalidInput(name, "is NaN; leave the field unset when the value is unknown", i)
     return values
 
 

@@ -57,6 +57,24 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
         self._metrics = metrics
         self._max_trades = max_trades_per_request
         self._stream_window = stream_window
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _enter(self) -> None:
+        self._active += 1
+        self._idle.clear()
+        self._metrics.inflight_calls.inc()
+
+    def _leave(self) -> None:
+        self._active -= 1
+        self._metrics.inflight_calls.dec()
+        if self._active == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no Score/ScoreStream call is in progress."""
+        await self._idle.wait()
 
     # -- shared steps ------------------------------------------------------------
 
@@ -88,7 +106,7 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
     # -- RPCs ----------------------------------------------------------------------
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ScoreResponse:
-        self._metrics.inflight_calls.inc()
+        self._enter()
         try:
             remaining = context.time_remaining()
             deadline = time.monotonic() + remaining if remaining is not None else None
@@ -100,7 +118,7 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
                 await context.abort(exc.code, exc.client_message())
             return self._respond(request.request_id, prepared, probabilities)
         finally:
-            self._metrics.inflight_calls.dec()
+            self._leave()
 
     async def ScoreStream(
         self, request_iterator: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -120,7 +138,7 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
             finally:
                 await window.put(None)
 
-        self._metrics.inflight_calls.inc()
+        self._enter()
         reader = asyncio.get_running_loop().create_task(read(), name="score-stream-reader")
         try:
             while True:
@@ -137,7 +155,7 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
                 yield pb.ScoreResponse(request_id=request_id, error=_request_error(item))
             await reader  # surfaces a broken request stream as the call's error
         finally:
-            self._metrics.inflight_calls.dec()
+            self._leave()
             if not reader.done():
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
