@@ -89,12 +89,12 @@ async def start_engine() -> AsyncIterator[ServerFactory]:
 
     yield start
     for engine, channel in started:
-        await channel.close()
+        await channel.close(None)
         await engine.stop(grace=1.0)
 
 
 @pytest.fixture
-async def engine_stub(start_engine: ServerFactory) -> tuple[EngineServer, pb_grpc.TradeScorerStub]:
+async def engine_stub(start_engine: ServerFactory) -> tuple[EngineServer, pb_grpc.TradeScorerAsyncStub]:
     engine, channel = await start_engine()
     return engine, pb_grpc.TradeScorerStub(channel)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 
-def _load_generator():  # type: ignore[no-untyped-def]
+def _load_generator():
     spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "scripts" / "gen_proto.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -24,7 +25,7 @@ from tests.conftest import (
     sample_request,
 )
 
-Stub = tuple[EngineServer, pb_grpc.TradeScorerStub]
+Stub = tuple[EngineServer, pb_grpc.TradeScorerAsyncStub]
 
 
 async def test_scores_equal_in_process_onnx_runtime(engine_stub: Stub) -> None:
@@ -60,7 +61,7 @@ async def test_stream_answers_in_order_and_survives_a_bad_message(engine_stub: S
     requests = [sample_request(1 + i % 3, seed=200 + i, request_id=f"s{i}") for i in range(40)]
     requests[17] = pb.ScoreRequest(request_id="s17", trades=[make_trade(0, quantity=-5.0)])
 
-    async def feed():  # type: ignore[no-untyped-def]
+    async def feed() -> AsyncIterator[pb.ScoreRequest]:
         for r in requests:
             yield r
 
@@ -115,7 +116,12 @@ BAD_INPUTS = [
     ),
     ("NaN inventory", [make_trade(0, inventory_ratio=math.nan)], "trades[0].inventory_ratio", "NaN"),
     ("inf inventory", [make_trade(0, inventory_ratio=math.inf)], "trades[0].inventory_ratio", "finite"),
-    ("NaN fail rate", [make_trade(0), make_trade(1, counterparty_fail_rate=math.nan)], "trades[1].counterparty", "NaN"),
+    (
+        "NaN fail rate",
+        [make_trade(0), make_trade(1, counterparty_fail_rate=math.nan)],
+        "trades[1].counterparty",
+        "NaN",
+    ),
     (
         "fail rate above 1",
         [make_trade(0, counterparty_fail_rate=1.5)],
@@ -136,8 +142,8 @@ async def test_bad_input_is_refused_naming_field_and_index(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Score(pb.ScoreRequest(trades=trades))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert where in info.value.details()
-    assert reason in info.value.details()
+    assert where in str(info.value.details())
+    assert reason in str(info.value.details())
     assert engine.metrics.rows_scored._value.get() == before  # nothing scored, nothing half-done
     # and the server is fine afterwards
     ok = await stub.Score(pb.ScoreRequest(trades=[make_trade(0)]))
@@ -172,7 +178,7 @@ async def test_full_queue_gets_resource_exhausted_at_once(start_engine: ServerFa
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Score(sample_request(600, seed=2), timeout=2.0)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "queue full" in info.value.details()
+    assert "queue full" in str(info.value.details())
     assert len((await first).scores) == 600  # the queued call still completes
     assert engine.metrics.rejected.labels("overload")._value.get() == 1
 
@@ -198,7 +204,7 @@ async def test_health_and_reflection(engine_stub: Stub) -> None:
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(channel)
 
-        async def ask():  # type: ignore[no-untyped-def]
+        async def ask() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
             yield reflection_pb2.ServerReflectionRequest(list_services="")
 
         async for answer in refl.ServerReflectionInfo(ask()):

@@ -15,7 +15,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         stub = pb_grpc.TradeScorerStub(channel)
         try:
             if args.stream:
-                responses: Iterator[pb.ScoreResponse] = stub.ScoreStream(iter(requests), timeout=args.timeout)
+                responses: Iterable[pb.ScoreResponse] = stub.ScoreStream(iter(requests), timeout=args.timeout)
             else:
                 responses = (stub.Score(r, timeout=args.timeout) for r in requests)
             for resp in responses:

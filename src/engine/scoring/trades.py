@@ -105,7 +105,9 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
 
     # -- RPCs ----------------------------------------------------------------------
 
-    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ScoreResponse:
+    async def Score(
+        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ScoreResponse:
         self._enter()
         try:
             remaining = context.time_remaining()
