@@ -25,7 +25,7 @@ from tests.conftest import (
     sample_request,
 )
 
-Stub = tuple[EngineServer, pb_grpc.TradeScorerAsyncStub]
+Stub = tuple[EngineServer, "pb_grpc.TradeScorerAsyncStub"]
 
 
 async def test_scores_equal_in_process_onnx_runtime(engine_stub: Stub) -> None:

@@ -137,11 +137,12 @@ def enum_codes(values: np.ndarray, table: dict[int, str], prefix: str) -> I32:
     return codes
 
 
-def parse_dates(values: np.ndarray, field: str) -> Day:
+def parse_dates(values: np.ndarray, field: str, rows: Sequence[int] | None = None) -> Day:
     """ISO "YYYY-MM-DD" strings (or datetimes) -> datetime64[D]; empty -> NaT.
 
     A non-empty value that is not a calendar date raises InvalidInput naming
-    `field` and the first bad row: a malformed date is never read as "not given".
+    `field` and the first bad row (`rows[i]` is the row of `values[i]` when the
+    values are a subset): a malformed date is never read as "not given".
     """
     if values.dtype.kind == "M":
         return values.astype("datetime64[D]")
@@ -161,11 +162,13 @@ def parse_dates(values: np.ndarray, field: str) -> Day:
             except ValueError:
                 bad[i] = True
         idx = np.flatnonzero(bad)
+        where = [rows[i] for i in idx] if rows is not None else idx.tolist()
+        first = int(np.argmin(where))
         raise InvalidInput(
             field,
-            f"must be a calendar date YYYY-MM-DD, got {str(text[idx[0]])[:40]!r}",
-            int(idx[0]),
-            len(idx),
+            f"must be a calendar date YYYY-MM-DD, got {str(text[idx[first]])[:40]!r}",
+            where[first],
+            len(where),
         ) from None
     return out
 
