@@ -30,22 +30,53 @@ F32 = npt.NDArray[np.float32]
 OTHER = "OTHER"
 
 
-@dataclass(frozen=True, slots=True)
 class _Context:
-    cols: TradeColumns
-    refs: ReferenceTables
-    vocab: dict[str, npt.NDArray[np.str_]]  # feature name -> sorted categories (without OTHER)
-    vocab_codes: dict[str, npt.NDArray[np.float64]]  # codes of the sorted categories
+    """One computation's inputs, with each reference look-up done once and shared."""
+
+    __slots__ = ("cols", "refs", "vocab", "vocab_codes", "_rows", "_values")
+
+    def __init__(
+        self,
+        cols: TradeColumns,
+        refs: ReferenceTables,
+        vocab: dict[str, npt.NDArray[np.str_]],  # feature name -> sorted categories (without OTHER)
+        vocab_codes: dict[str, F64],  # codes of the sorted categories
+    ) -> None:
+        self.cols = cols
+        self.refs = refs
+        self.vocab = vocab
+        self.vocab_codes = vocab_codes
+        self._rows: dict[str, tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]] = {}
+        self._values: dict[tuple[str, str], F64] = {}
+
+    def ref(self, table: str, column: str) -> F64:
+        """`column` of reference `table` for each trade (NaN where unknown), looked up once."""
+        out = self._values.get((table, column))
+        if out is None:
+            if table not in self._rows:
+                self._rows[table] = getattr(self.refs, table).positions(_REF_KEYS[table](self.cols))
+            pos, found = self._rows[table]
+            out = np.where(found, getattr(self.refs, table).columns[column][pos], np.nan)
+            self._values[(table, column)] = out
+        return out
+
+    def adv(self) -> F64:
+        given = self.cols.instrument_adv
+        return np.where(np.isnan(given), self.ref("instruments", "adv"), given)
+
+
+#: which trade column keys each reference table
+_REF_KEYS: dict[str, Callable[[TradeColumns], npt.NDArray[np.str_]]] = {
+    "counterparties": lambda t: t.counterparty_id,
+    "instruments": lambda t: t.instrument_id,
+    "fx": lambda t: t.currency,
+}
 
 
 def _log10_positive(x: F64) -> F64:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(x > 0, np.log10(np.where(x > 0, x, 1.0)), np.nan)
-
-
-def _adv(c: _Context) -> F64:
-    given = c.cols.instrument_adv
-    return np.where(np.isnan(given), c.refs.instruments.lookup(c.cols.instrument_id, "adv"), given)
+    """log10 where x > 0, NaN elsewhere (NaN in, NaN out); no warnings to silence."""
+    positive = x > 0
+    return np.where(positive, np.log10(np.where(positive, x, 1.0)), np.nan)
 
 
 def _category(name: str, column: Callable[[TradeColumns], npt.NDArray[np.str_]]) -> Callable[[_Context], F64]:
@@ -112,16 +143,16 @@ CATALOG: dict[str, CatalogEntry] = {
     ),
     "log_notional_usd": CatalogEntry(
         lambda c: _log10_positive(
-            c.cols.quantity * c.cols.price * c.refs.fx.lookup(c.cols.currency, "usd_per_unit")
+            c.cols.quantity * c.cols.price * c.ref("fx", "usd_per_unit")
         ),
         description="log10 of quantity x price in USD (missing when the currency has no FX rate)",
     ),
     "log_quantity_to_adv": CatalogEntry(
-        lambda c: _log10_positive(c.cols.quantity / _adv(c)),
+        lambda c: _log10_positive(c.cols.quantity / c.adv()),
         description="log10 of quantity / instrument average daily volume",
     ),
     "log_adv": CatalogEntry(
-        lambda c: _log10_positive(_adv(c)),
+        lambda c: _log10_positive(c.adv()),
         description="log10 of instrument average daily volume (request, else instrument table)",
     ),
     "inventory_ratio": CatalogEntry(
@@ -139,17 +170,17 @@ CATALOG: dict[str, CatalogEntry] = {
     "counterparty_fail_rate": CatalogEntry(
         lambda c: np.where(
             np.isnan(c.cols.counterparty_fail_rate),
-            c.refs.counterparties.lookup(c.cols.counterparty_id, "fail_rate"),
+            c.ref("counterparties", "fail_rate"),
             c.cols.counterparty_fail_rate,
         ),
         description="counterparty historical fail rate (request, else counterparty table)",
     ),
     "counterparty_log_trades": CatalogEntry(
-        lambda c: np.log10(1.0 + c.refs.counterparties.lookup(c.cols.counterparty_id, "trades")),
+        lambda c: np.log10(1.0 + c.ref("counterparties", "trades")),
         description="log10(1 + trades) in the counterparty table (how much history backs its rate)",
     ),
     "instrument_fail_rate": CatalogEntry(
-        lambda c: c.refs.instruments.lookup(c.cols.instrument_id, "fail_rate"),
+        lambda c: c.ref("instruments", "fail_rate"),
         description="instrument historical fail rate from the instrument table",
     ),
     "settlement_cycle_days": CatalogEntry(
