@@ -162,7 +162,7 @@ def parse_dates(values: np.ndarray, field: str, rows: Sequence[int] | None = Non
             except ValueError:
                 bad[i] = True
         idx = np.flatnonzero(bad)
-        where = [rows[i] for i in idx] if rows is not None else idx.tolist()
+        where = [rows[int(i)] for i in idx] if rows is not None else idx.tolist()
         first = int(np.argmin(where))
         raise InvalidInput(
             field,

@@ -142,9 +142,7 @@ CATALOG: dict[str, CatalogEntry] = {
         "trade currency; unseen currencies are OTHER",
     ),
     "log_notional_usd": CatalogEntry(
-        lambda c: _log10_positive(
-            c.cols.quantity * c.cols.price * c.ref("fx", "usd_per_unit")
-        ),
+        lambda c: _log10_positive(c.cols.quantity * c.cols.price * c.ref("fx", "usd_per_unit")),
         description="log10 of quantity x price in USD (missing when the currency has no FX rate)",
     ),
     "log_quantity_to_adv": CatalogEntry(

@@ -126,6 +126,58 @@ def _rules(t: TradeColumns) -> list[tuple[str, str, Callable[[], Mask]]]:
     ]
 
 
+_ASSET_RANGE = (min(ASSET_CLASSES), max(ASSET_CLASSES))
+_SIDE_RANGE = (min(SIDES), max(SIDES))
+for _table, (_lo, _hi) in ((ASSET_CLASSES, _ASSET_RANGE), (SIDES, _SIDE_RANGE)):
+    if sorted(_table) != list(range(_lo, _hi + 1)):  # looks_valid checks enums as ranges
+        raise RuntimeError("enum numbers must be contiguous for looks_valid")
+
+
+def _chars(a: npt.NDArray[np.str_]) -> int:
+    """The longest string's length bound: a fixed-width unicode array's width (no pass over data)."""
+    return a.dtype.itemsize // 4
+
+
+def looks_valid(t: TradeColumns) -> bool:
+    """True only when no rule of `_rules` can fire: few whole-column checks, no per-rule masks.
+
+    The common case (valid input) pays for this alone; when it says False,
+    `validate` runs the rules to find the field and index. tests/test_validate.py
+    checks on random corruptions that this never says True where a rule fires.
+    """
+    n = len(t)
+    texts = (t.trade_id, t.account_id, t.counterparty_id, t.instrument_id, t.currency, t.settlement_venue)
+    if any((a == "").any() for a in texts):
+        return False
+    if max(_chars(t.trade_id), _chars(t.counterparty_id), _chars(t.instrument_id)) > MAX_ID_LENGTH:
+        return False
+    if n > 1 and np.unique(t.trade_id).shape[0] != n:
+        return False
+    for codes, (lo, hi) in ((t.asset_class, _ASSET_RANGE), (t.side, _SIDE_RANGE)):
+        if codes.min() < lo or codes.max() > hi:
+            return False
+    for x in (t.quantity, t.price):
+        if not ((x > 0) & (x < np.inf)).all():
+            return False
+    if np.isnat(t.trade_date).any():
+        return False
+    settle_set = ~np.isnat(t.settlement_date)
+    cycle = t.settlement_cycle_days
+    if (settle_set & (t.settlement_date < t.trade_date)).any():
+        return False
+    if ((cycle < 0) | (cycle > MAX_CYCLE_DAYS)).any() or (~settle_set & np.isnan(cycle)).any():
+        return False
+    bounds: tuple[tuple[npt.NDArray[np.float64], float, float], ...] = (
+        (t.inventory_ratio, 0.0, np.inf),
+        (t.counterparty_fail_rate, 0.0, 1.0),
+        (t.instrument_adv, 0.0, np.inf),
+    )
+    for x, low, high in bounds:
+        if ((x < low) | (x > high) | (x == np.inf)).any():
+            return False
+    return not (t.instrument_adv == 0.0).any()
+
+
 def validate(trades: TradeColumns, max_trades: int) -> None:
     """Raise InvalidInput for the first problem (lowest trade index) in `trades`."""
     n = len(trades)
@@ -133,6 +185,8 @@ def validate(trades: TradeColumns, max_trades: int) -> None:
         raise InvalidInput("trades", "at least one trade is required")
     if n > max_trades:
         raise InvalidInput("trades", f"{n} trades exceed the limit of {max_trades} per request")
+    if looks_valid(trades):
+        return
     first: InvalidInput | None = None
     for field, reason, rule in _rules(trades):
         bad = rule()

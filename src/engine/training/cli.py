@@ -1,0 +1,528 @@
+"""`engine train | export | generate`: subcommands for the engine's one CLI.
+
+`engine.cli` registers them with `add_train_parser(sub)`, `add_export_parser(sub)`
+and `add_generate_parser(sub)`; each sets `func`, which takes the parsed
+arguments and returns the exit code (0 ok, 1 bad input or unusable model,
+3 ONNX parity failure — nothing written). Until then (or without the engine
+entry point), `python -m engine.training.cli <command> ...` runs them too.
+
+LightGBM, onnxmltools and pyarrow (the `[train]` extra) are imported only
+inside the commands, so `engine serve` never needs them.
+
+The shipped default bundle (src/engine/models/default) is rebuilt, bit for bit
+in its model and tables, by::
+
+    engine train --synthetic-rows 400000 --seed 20261121 --threads 2 \\
+        --out src/engine/models/default --version 1.0.0
+
+(or `python -m engine.training.cli train ...` with the same arguments). The
+trees depend on the thread count, so keep `--threads 2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.training.train import DEFAULT_SEED, TrainConfig
+
+Printer = Callable[[str], None]
+
+DEFAULT_SYNTHETIC_ROWS = 400_000
+DEFAULT_EXPORT_ROWS = 100_000
+EXIT_OK, EXIT_ERROR, EXIT_PARITY = 0, 1, 3
+_DEFAULTS = TrainConfig()
+
+
+def _printer() -> Printer:
+    def emit(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    return emit
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be inside (0, 1), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _add_bundle_options(p: argparse.ArgumentParser, out_required: bool) -> None:
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=out_required,
+        default=None if out_required else Path("bundle"),
+        help="bundle directory to write; built next to it and swapped in atomically. An existing "
+        "bundle there is replaced; any other non-empty directory is refused"
+        + ("" if out_required else " (default: ./bundle)"),
+    )
+    p.add_argument(
+        "--name", default="settlement-fail", help="model name recorded in the manifest (default: %(default)s)"
+    )
+    p.add_argument(
+        "--version",
+        default=None,
+        help="model version recorded in the manifest "
+        "(default: UTC date + model hash, e.g. 2026.11.21+1a2b3c4d)",
+    )
+    p.add_argument(
+        "--parity-rows",
+        type=_positive_int,
+        default=_DEFAULTS.parity_rows,
+        help="held-out rows on which ONNX Runtime must match LightGBM within 1e-5 before anything is "
+        "written (default: %(default)s; fewer when fewer held-out rows exist)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=_DEFAULTS.threads,
+        help="CPU threads for LightGBM; results are reproducible for a fixed count (default: %(default)s)",
+    )
+
+
+def _add_source_options(p: argparse.ArgumentParser, rows_default: int, what: str) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--data",
+        type=Path,
+        help="trades file (.csv, .parquet, .jsonl) with the columns of `engine generate`'s output and a "
+        "`failed` label (1/0, true/false)" + (" if metrics are wanted" if what == "export" else ""),
+    )
+    src.add_argument(
+        "--synthetic-rows",
+        type=_positive_int,
+        default=None,
+        help="use this many synthetic trades instead of --data "
+        f"(default when --data is absent: {rows_default:,})",
+    )
+    p.add_argument(
+        "--drop-invalid",
+        action="store_true",
+        help="drop rows of --data that fail validation and report counts per reason (default: refuse the "
+        "file, naming the first bad row)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="seed of the synthetic generator"
+        + (", the split and LightGBM" if what == "train" else "")
+        + " (default: %(default)s)",
+    )
+
+
+# --------------------------------------------------------------------------- train
+
+
+def add_train_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register `train`: fit LightGBM on trades, export to ONNX with a parity check, write a bundle."""
+    p = sub.add_parser(
+        "train",
+        help="train the settlement-fail model and write a bundle",
+        description="Train the settlement-fail classifier (LightGBM) on a trades file or on synthetic "
+        "trades, export it to ONNX, check ONNX Runtime against LightGBM on held-out rows, and write a "
+        "model bundle the engine can serve. Progress goes to stderr.",
+        epilog="Rebuild the shipped default bundle: engine train --synthetic-rows 400000 --seed 20261121 "
+        "--threads 2 --out src/engine/models/default --version 1.0.0",
+    )
+    _add_source_options(p, DEFAULT_SYNTHETIC_ROWS, "train")
+    p.add_argument(
+        "--reference-from",
+        type=Path,
+        default=None,
+        help="with --data: take the counterparty / instrument / FX reference tables from this bundle "
+        "directory (default: compute them from the earliest --history-fraction of the data by trade date, "
+        "which is then not trained on)",
+    )
+    p.add_argument(
+        "--history-fraction",
+        type=_fraction,
+        default=0.25,
+        help="with --data and no --reference-from: share of rows (earliest trade dates) used only to "
+        "compute the reference tables (default: %(default)s)",
+    )
+    _add_bundle_options(p, out_required=False)
+    p.add_argument(
+        "--num-boost-round",
+        type=_positive_int,
+        default=_DEFAULTS.num_boost_round,
+        help="maximum boosting rounds (trees) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=_DEFAULTS.learning_rate,
+        help="LightGBM shrinkage per tree (default: %(default)s)",
+    )
+    p.add_argument(
+        "--num-leaves",
+        type=_positive_int,
+        default=_DEFAULTS.num_leaves,
+        help="maximum leaves per tree (default: %(default)s)",
+    )
+    p.add_argument(
+        "--early-stopping-rounds",
+        type=_positive_int,
+        default=_DEFAULTS.early_stopping_rounds,
+        help="stop when the validation log-loss has not improved for this many rounds; the best round "
+        "is kept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--valid-fraction",
+        type=_fraction,
+        default=0.25,
+        help="share of rows held out (stratified): half for early stopping and risk bands, half for the "
+        "reported metrics (default: %(default)s)",
+    )
+    p.set_defaults(func=run_train)
+    parser: argparse.ArgumentParser = p
+    return parser
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_train(args: argparse.Namespace, log: Printer | None = None) -> int:
+    from engine.errors import BundleError
+    from engine.training.errors import ParityError, TrainingError
+
+    log = log or _printer()
+    try:
+        return _train(args, log)
+    except ParityError as exc:
+        log(f"engine train: parity check failed: {exc}")
+        return EXIT_PARITY
+    except (TrainingError, BundleError) as exc:
+        log(f"engine train: error: {exc}")
+        return EXIT_ERROR
+
+
+def _train(args: argparse.Namespace, log: Printer) -> int:
+    from engine.models.reference import ReferenceTables
+    from engine.training.data import read_trades, split_history, tables_from_history
+    from engine.training.errors import DataError
+    from engine.training.package import package
+    from engine.training.synthetic import DEFAULT_BASE_RATE, fx_table, generate_trades
+    from engine.training.train import train_model
+
+    started = time.perf_counter()
+    config = TrainConfig(
+        seed=args.seed,
+        num_boost_round=args.num_boost_round,
+        learning_rate=args.learning_rate,
+        num_leaves=args.num_leaves,
+        early_stopping_rounds=args.early_stopping_rounds,
+        valid_fraction=args.valid_fraction,
+        parity_rows=args.parity_rows,
+        threads=args.threads,
+    )
+    source: dict[str, Any]
+    if args.data is not None:
+        read = read_trades(args.data, drop_invalid=args.drop_invalid, log=log)
+        if read.labels is None:
+            raise DataError(f"{args.data}: no label column")
+        trades, labels = read.trades, read.labels
+        source = {"kind": "file", "path": read.source, "sha256": _file_digest(Path(read.source))}
+        if read.dropped:
+            source["dropped_invalid"] = read.dropped
+        if args.reference_from is not None:
+            references = ReferenceTables.read(args.reference_from)
+            source["references"] = f"from {Path(args.reference_from).resolve()}"
+        else:
+            history, rest = split_history(trades, args.history_fraction)
+            references = tables_from_history(trades.take(history), labels[history], fx_table())
+            source["references"] = (
+                f"computed from the earliest {history.size:,} rows by trade date (not trained on)"
+            )
+            log(f"reference tables: from {history.size:,} history rows; training on the later {rest.size:,}")
+            trades, labels = trades.take(rest), labels[rest]
+    else:
+        if args.reference_from is not None:
+            raise DataError("--reference-from applies to --data; synthetic trades bring their own tables")
+        rows = args.synthetic_rows or DEFAULT_SYNTHETIC_ROWS
+        t0 = time.perf_counter()
+        trades, labels, references = generate_trades(rows, args.seed)
+        log(f"synthetic: {rows:,} trades (seed {args.seed}) in {time.perf_counter() - t0:.1f} s")
+        source = {
+            "kind": "synthetic",
+            "generator": "engine.training.synthetic.generate_trades",
+            "rows": rows,
+            "seed": args.seed,
+            "base_rate_target": DEFAULT_BASE_RATE,
+        }
+    data_s = time.perf_counter() - started
+    trained = train_model(trades, labels, references, config, log)
+    training = {
+        "source": source,
+        "seed": config.seed,
+        "rows": trained.rows,
+        "split": "stratified by label; valid = early stopping + risk bands, test = metrics",
+        "params": trained.params,
+        "num_boost_round": config.num_boost_round,
+        "early_stopping_rounds": config.early_stopping_rounds,
+        "best_iteration": trained.best_iteration,
+        "risk_band_rule": config.band_rule.describe(),
+        "elapsed_s": {
+            "data": round(data_s, 2),
+            **{k.removesuffix("_s"): round(v, 2) for k, v in trained.timings.items()},
+            "before_export": round(time.perf_counter() - started, 2),
+        },
+    }
+    package(
+        args.out,
+        booster=trained.booster,
+        booster_text=trained.booster_text,
+        rewrite=trained.rewrite,
+        spec=trained.spec,
+        references=trained.references,
+        bands=trained.bands,
+        metrics=trained.metrics,
+        heldout=trained.heldout,
+        training=training,
+        name=args.name,
+        version=args.version,
+        parity_rows=args.parity_rows,
+        threads=args.threads,
+        log=log,
+    )
+    log(f"done in {time.perf_counter() - started:.1f} s")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- export
+
+
+def add_export_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register `export`: an existing LightGBM text model -> a served bundle, with the parity check."""
+    p = sub.add_parser(
+        "export",
+        help="package an existing LightGBM model as a bundle (ONNX + parity check)",
+        description="Convert a LightGBM text model trained on the engine's catalog features into a model "
+        "bundle. The feature spec and reference tables come from an existing bundle (--reference-from); "
+        "rows for the parity check, golden rows, risk bands and (with labels) metrics come from --data "
+        "or the synthetic generator. Split thresholds are rounded down to float32 first (see "
+        "engine.training.export); nothing is written unless ONNX Runtime matches LightGBM within 1e-5.",
+    )
+    p.add_argument(
+        "--lgb-model",
+        type=Path,
+        required=True,
+        help="LightGBM text model (Booster.save_model) of a binary classifier whose features are, in order, "
+        "those of the --reference-from bundle's manifest",
+    )
+    p.add_argument(
+        "--reference-from",
+        type=Path,
+        required=True,
+        help="bundle directory whose feature spec and reference tables the model was trained with",
+    )
+    _add_source_options(p, DEFAULT_EXPORT_ROWS, "export")
+    _add_bundle_options(p, out_required=True)
+    p.set_defaults(func=run_export)
+    parser: argparse.ArgumentParser = p
+    return parser
+
+
+def run_export(args: argparse.Namespace, log: Printer | None = None) -> int:
+    from engine.errors import BundleError
+    from engine.training.errors import ParityError, TrainingError
+
+    log = log or _printer()
+    try:
+        return _export(args, log)
+    except ParityError as exc:
+        log(f"engine export: parity check failed: {exc}")
+        return EXIT_PARITY
+    except (TrainingError, BundleError) as exc:
+        log(f"engine export: error: {exc}")
+        return EXIT_ERROR
+
+
+def _export(args: argparse.Namespace, log: Printer) -> int:
+    import lightgbm as lgb
+    import numpy as np
+
+    from engine.features.compute import FeaturePlan
+    from engine.models.bundle import ModelBundle
+    from engine.training import metrics as m
+    from engine.training.data import read_trades
+    from engine.training.errors import ExportError
+    from engine.training.export import round_thresholds_down, verify_rewrite
+    from engine.training.package import package
+    from engine.training.synthetic import generate_trades
+
+    started = time.perf_counter()
+    base = ModelBundle.load(args.reference_from)
+    spec, references = base.manifest.features, base.references
+    try:
+        booster = lgb.Booster(model_file=str(args.lgb_model))
+    except (lgb.basic.LightGBMError, OSError) as exc:
+        raise ExportError(f"{args.lgb_model}: not a LightGBM model: {exc}") from exc
+    names = list(booster.feature_name())
+    if booster.num_feature() != len(spec):
+        raise ExportError(
+            f"{args.lgb_model} takes {booster.num_feature()} features; {args.reference_from} declares "
+            f"{len(spec)}: {', '.join(spec.names)}"
+        )
+    generic = [f"Column_{i}" for i in range(len(names))]
+    if names != generic and names != list(spec.names):
+        diff = [f"{i}: {a} != {b}" for i, (a, b) in enumerate(zip(names, spec.names, strict=True)) if a != b]
+        raise ExportError(f"{args.lgb_model} feature names differ from the spec: {'; '.join(diff[:5])}")
+
+    labels = None
+    if args.data is not None:
+        read = read_trades(args.data, require_labels=False, drop_invalid=args.drop_invalid, log=log)
+        trades, labels = read.trades, read.labels
+        source: dict[str, Any] = {"kind": "file", "path": read.source}
+    else:
+        rows = args.synthetic_rows or DEFAULT_EXPORT_ROWS
+        trades, labels, _ = generate_trades(rows, args.seed)
+        source = {"kind": "synthetic", "rows": rows, "seed": args.seed}
+    x = FeaturePlan(spec, references).compute(trades)
+    log(f"rows: {x.shape[0]:,} trades, {x.shape[1]} features ({source['kind']})")
+    rewritten, text, rewrite = round_thresholds_down(booster)
+    verify_rewrite(booster, rewritten, x, threads=args.threads)
+    p = rewritten.predict(x, num_threads=args.threads)
+    bands = m.choose_risk_bands(p)
+    scores: dict[str, float] = {"rows": float(x.shape[0])}
+    if labels is not None and 0 < int(labels.sum()) < labels.size:
+        y = labels.astype(np.float64)
+        scores = m.summary(y, p)
+        scores.update(m.band_report(bands, y, p))
+        log("metrics: ROC-AUC {roc_auc:.4f}  PR-AUC {pr_auc:.4f}  Brier {brier:.5f}".format(**scores))
+    training = {
+        "source": {
+            "kind": "export",
+            "lgb_model": str(Path(args.lgb_model).resolve()),
+            "lgb_model_sha256": _file_digest(Path(args.lgb_model)),
+            "reference_from": str(Path(args.reference_from).resolve()),
+            "rows": source,
+        },
+        "seed": args.seed,
+        "rows": {"evaluation": int(x.shape[0])},
+        "best_iteration": int(booster.current_iteration()),
+        "risk_band_rule": m.BandRule().describe(),
+        "metrics_on": "the export rows (not necessarily held out from the model's training)",
+        "elapsed_s": {"before_export": round(time.perf_counter() - started, 2)},
+    }
+    package(
+        args.out,
+        booster=rewritten,
+        booster_text=text,
+        rewrite=rewrite,
+        spec=spec,
+        references=references,
+        bands=bands,
+        metrics=scores,
+        heldout=x,
+        training=training,
+        name=args.name,
+        version=args.version,
+        parity_rows=args.parity_rows,
+        threads=args.threads,
+        log=log,
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register `generate`: write synthetic labelled trades to a file."""
+    p = sub.add_parser(
+        "generate",
+        help="write synthetic trades with fail labels (.csv, .parquet, .jsonl)",
+        description="Write synthetic trades from the engine's simulator, with a `failed` label column, "
+        "for trying `engine score --file` and `engine train --data`.",
+    )
+    p.add_argument(
+        "--rows", type=_positive_int, default=10_000, help="number of trades (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="generator seed (default: %(default)s)")
+    p.add_argument(
+        "--base-rate",
+        type=_fraction,
+        default=None,
+        help="target fail rate the simulator is calibrated to (default: 0.035)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output file; the suffix picks the format: .csv, .parquet or .jsonl",
+    )
+    p.set_defaults(func=run_generate)
+    parser: argparse.ArgumentParser = p
+    return parser
+
+
+def run_generate(args: argparse.Namespace, log: Printer | None = None) -> int:
+    from engine.training.data import write_trades
+    from engine.training.errors import TrainingError
+    from engine.training.synthetic import DEFAULT_BASE_RATE, generate_trades
+
+    log = log or _printer()
+    t0 = time.perf_counter()
+    try:
+        if Path(args.out).suffix.lower() not in (".csv", ".parquet", ".jsonl", ".ndjson"):
+            raise TrainingError(f"{args.out}: unknown file type (use .csv, .parquet or .jsonl)")
+        base_rate = args.base_rate or DEFAULT_BASE_RATE
+        trades, labels, _ = generate_trades(args.rows, args.seed, base_rate=base_rate)
+        path = write_trades(args.out, trades, labels)
+    except TrainingError as exc:
+        log(f"engine generate: error: {exc}")
+        return EXIT_ERROR
+    log(
+        f"wrote {len(trades):,} trades ({labels.mean():.2%} failed) to {path} "
+        f"({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s"
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- standalone
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.training.cli train|export|generate ...`"""
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.training.cli",
+        description="Train, export and generate for the TradeScore engine.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,export,generate}")
+    add_train_parser(sub)
+    add_export_parser(sub)
+    add_generate_parser(sub)
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

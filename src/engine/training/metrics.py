@@ -1,0 +1,157 @@
+"""Held-out metrics and risk-band thresholds, in numpy (no scikit-learn).
+
+- `roc_auc`: probability that a random failed trade scores above a random
+  settled one (ties count half), via average ranks (Mann-Whitney U).
+- `average_precision` (PR-AUC): sum over distinct score thresholds of
+  (recall step) x precision, the step-wise area scikit-learn also reports.
+- `brier`: mean squared error of the probability; `log_loss`: mean negative
+  log-likelihood (probabilities clipped to [1e-15, 1 - 1e-15]).
+
+Risk bands (`choose_risk_bands`) are set from the score distribution of the
+validation split: a band's lower bound is the score above which a fixed share
+of trades fall, so the share of flagged trades is predictable for the
+operations team whatever the model's calibration. Defaults: CRITICAL = top
+1 %, HIGH = top 5 %, MEDIUM = top 20 % of trades by fail probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.models.spec import BAND_NAMES, RiskBands
+
+F64 = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.integer]
+
+#: share of trades at or above each band's lower bound (MEDIUM, HIGH, CRITICAL)
+DEFAULT_BAND_SHARES = (0.20, 0.05, 0.01)
+_EPS = 1e-15
+
+
+def _check(y: npt.ArrayLike, p: npt.ArrayLike) -> tuple[F64, F64]:
+    yy = np.asarray(y, dtype=np.float64)
+    pp = np.asarray(p, dtype=np.float64)
+    if yy.shape != pp.shape or yy.ndim != 1:
+        raise ValueError(f"labels {yy.shape} and scores {pp.shape} must be 1-D of one length")
+    if yy.size == 0:
+        raise ValueError("no rows")
+    if not np.isin(yy, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0/1")
+    if not np.isfinite(pp).all():
+        raise ValueError("scores must be finite")
+    return yy, pp
+
+
+def _both_classes(y: F64) -> tuple[int, int]:
+    pos = int(y.sum())
+    neg = y.size - pos
+    if pos == 0 or neg == 0:
+        raise ValueError("ROC-AUC / PR-AUC need both failed and settled trades")
+    return pos, neg
+
+
+def roc_auc(y: npt.ArrayLike, p: npt.ArrayLike) -> float:
+    yy, pp = _check(y, p)
+    pos, neg = _both_classes(yy)
+    order = np.argsort(pp, kind="mergesort")
+    sorted_p = pp[order]
+    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
+    avg_rank = first + (counts + 1) / 2.0  # 1-based average rank of each tie group
+    ranks = np.repeat(avg_rank, counts)
+    pos_rank_sum = float(ranks[yy[order] == 1.0].sum())
+    return (pos_rank_sum - pos * (pos + 1) / 2.0) / (pos * neg)
+
+
+def average_precision(y: npt.ArrayLike, p: npt.ArrayLike) -> float:
+    yy, pp = _check(y, p)
+    pos, _ = _both_classes(yy)
+    order = np.argsort(-pp, kind="mergesort")
+    sorted_p, sorted_y = pp[order], yy[order]
+    tp = np.cumsum(sorted_y)
+    fp = np.cumsum(1.0 - sorted_y)
+    # one point per distinct threshold: the last row of each tie group
+    last = np.r_[np.flatnonzero(np.diff(sorted_p)), sorted_p.size - 1]
+    tp, fp = tp[last], fp[last]
+    precision = tp / (tp + fp)
+    recall = tp / pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def brier(y: npt.ArrayLike, p: npt.ArrayLike) -> float:
+    yy, pp = _check(y, p)
+    return float(np.mean((pp - yy) ** 2))
+
+
+def log_loss(y: npt.ArrayLike, p: npt.ArrayLike) -> float:
+    yy, pp = _check(y, p)
+    q = np.clip(pp, _EPS, 1.0 - _EPS)
+    return float(-np.mean(yy * np.log(q) + (1.0 - yy) * np.log1p(-q)))
+
+
+def summary(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
+    """The manifest's held-out metrics: roc_auc, pr_auc, brier, log_loss, base_rate, rows."""
+    yy, pp = _check(y, p)
+    return {
+        "roc_auc": roc_auc(yy, pp),
+        "pr_auc": average_precision(yy, pp),
+        "brier": brier(yy, pp),
+        "log_loss": log_loss(yy, pp),
+        "base_rate": float(yy.mean()),
+        "mean_probability": float(pp.mean()),
+        "rows": float(yy.size),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class BandRule:
+    """Lower bounds at the scores above which `shares` of validation trades fall."""
+
+    shares: tuple[float, float, float] = DEFAULT_BAND_SHARES
+
+    def describe(self) -> dict[str, str]:
+        return {
+            name: f"top {share:.0%} of validation trades by fail probability"
+            for name, share in zip(BAND_NAMES[1:], self.shares, strict=True)
+        }
+
+
+def choose_risk_bands(scores: npt.ArrayLike, rule: BandRule = BandRule()) -> RiskBands:
+    """Thresholds (MEDIUM, HIGH, CRITICAL) from the validation score distribution.
+
+    Each bound is the (1 - share) quantile of the scores (lower quantile, so it
+    is a score that occurs). When ties or a tiny split make two bounds equal,
+    the higher band's bound is nudged up to the next float so that the bounds
+    rise strictly, as `RiskBands` requires; all bounds stay inside (0, 1).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0 or not np.isfinite(s).all():
+        raise ValueError("risk bands need finite validation scores")
+    shares = rule.shares
+    if not (1.0 > shares[0] > shares[1] > shares[2] > 0.0):
+        raise ValueError(f"band shares must fall strictly inside (0, 1): {shares}")
+    bounds: list[float] = []
+    for share in shares:
+        t = float(np.quantile(s, 1.0 - share, method="lower"))
+        t = min(max(t, 1e-9), 1.0 - 1e-9)
+        if bounds and t <= bounds[-1]:
+            t = float(np.nextafter(bounds[-1], 1.0))
+        bounds.append(t)
+    if bounds[-1] >= 1.0:
+        raise ValueError(f"cannot place risk bands inside (0, 1): {bounds}")
+    return RiskBands((bounds[0], bounds[1], bounds[2]))
+
+
+def band_report(bands: RiskBands, y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
+    """Share of trades and observed fail rate per band on a (held-out) split."""
+    yy, pp = _check(y, p)
+    assigned = bands.assign(pp)
+    out: dict[str, float] = {}
+    for number, name in enumerate(BAND_NAMES, start=1):
+        m = assigned == number
+        key = name.lower()
+        out[f"band_{key}_share"] = float(m.mean())
+        out[f"band_{key}_fail_rate"] = float(yy[m].mean()) if m.any() else 0.0
+    return out
