@@ -55,9 +55,10 @@ def test_columns_round_trip_through_proto() -> None:
     assert np.isnan(cols.on_loan_recall_pending[0]) and cols.on_loan_recall_pending[5] == 1.0
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl", ".parquet"])
 def test_tables_round_trip(tmp_path: Path, suffix: str) -> None:
-    cols, _ = decode_trades([make_trade(i) for i in range(4)] + [make_trade(4, inventory_ratio=None)])
+    zeros = make_trade(5, trade_id="000123", instrument_id="037833100", counterparty_id="0042")
+    cols, _ = decode_trades([make_trade(i) for i in range(4)] + [make_trade(4, inventory_ratio=None), zeros])
     path = tmp_path / f"trades{suffix}"
     write_table(cols.to_table(), path)
     back = from_table(read_table(path))
@@ -66,6 +67,7 @@ def test_tables_round_trip(tmp_path: Path, suffix: str) -> None:
     np.testing.assert_array_equal(back.trade_date, cols.trade_date)
     assert np.isnan(back.inventory_ratio[4]) and back.inventory_ratio[0] == cols.inventory_ratio[0]
     assert list(back.trade_id) == list(cols.trade_id)
+    assert (back.instrument_id[5], back.counterparty_id[5]) == ("037833100", "0042")  # ids stay text
 
 
 def test_table_without_a_required_column_is_refused() -> None:

@@ -19,6 +19,18 @@ import numpy as np
 
 Table = dict[str, np.ndarray]
 
+#: columns always read as text, whatever they look like
+TEXT_COLUMNS = (
+    "trade_id",
+    "account_id",
+    "counterparty_id",
+    "instrument_id",
+    "asset_class",
+    "side",
+    "currency",
+    "settlement_venue",
+)
+
 
 class TableError(ValueError):
     """A table file cannot be read as trades."""
@@ -94,9 +106,15 @@ def read_table(path: Path | str) -> Table:
             import pyarrow.csv as pacsv
         except ImportError:
             return _read_csv_stdlib(p)
-        # every column as text first: enums, ids and dates must not be guessed into other types
+        # ids, enums and codes stay text (a CUSIP "037833100" must keep its zero); numbers,
+        # booleans and dates are typed by pyarrow, empty cells of those becoming nulls
+        import pyarrow as pa
+
+        options = pacsv.ConvertOptions(
+            strings_can_be_null=False, column_types={name: pa.string() for name in TEXT_COLUMNS}
+        )
         try:
-            table = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+            table = pacsv.read_csv(p, convert_options=options)
         except Exception as exc:  # pyarrow raises ArrowInvalid with the line number
             raise TableError(f"{p}: {exc}") from exc
         return _arrow_to_numpy(table)
@@ -120,36 +138,119 @@ def read_table(path: Path | str) -> Table:
     raise TableError(f"{p}: unknown file type {suffix!r} (use .csv, .parquet, .json or .jsonl)")
 
 
+_BOOL_COLUMNS = ("on_loan_recall_pending", "ssi_matched")
+_DATE_COLUMNS = ("trade_date", "settlement_date")
+
+
+def _arrow_table(table: Mapping[str, np.ndarray]) -> Any:
+    """A pyarrow table with real nulls (NaN / empty date -> null) and typed columns."""
+    import pyarrow as pa
+
+    arrays = {}
+    for name, values in table.items():
+        if name in _BOOL_COLUMNS:
+            arrays[name] = pa.array(values == 1.0, mask=np.isnan(values), type=pa.bool_())
+        elif name == "settlement_cycle_days":
+            arrays[name] = pa.array(
+                np.nan_to_num(values).astype(np.int32), mask=np.isnan(values), type=pa.int32()
+            )
+        elif name in _DATE_COLUMNS:
+            days = values.astype("datetime64[D]") if values.dtype.kind == "M" else None
+            if days is None:
+                empty = values == ""
+                days = np.where(empty, "NaT", values).astype("datetime64[D]")
+            arrays[name] = pa.array(days, mask=np.isnat(days), type=pa.date32())
+        elif values.dtype.kind == "f":
+            arrays[name] = pa.array(values, mask=np.isnan(values), type=pa.float64())
+        else:
+            arrays[name] = pa.array(values)
+    return pa.table(arrays)
+
+
+def _json_strings(values: np.ndarray) -> np.ndarray:
+    text = values.astype(np.str_)
+    text = np.strings.replace(np.strings.replace(text, "\\", "\\\\"), '"', '\\"')
+    return np.strings.add(np.strings.add('"', text), '"')
+
+
+def _json_numbers(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in "iub":
+        return values.astype(np.int64).astype(np.str_)
+    shortest = values.astype(np.float64).astype(np.str_)  # shortest repr that round-trips
+    return np.where(np.isfinite(values), shortest, "null")
+
+
+def _jsonl_lines(table: Mapping[str, np.ndarray]) -> str:
+    """JSON lines for one chunk of rows: values formatted column-wise by numpy, then joined."""
+    parts: list[list[str]] = []
+    names = list(table)
+    for j, name in enumerate(names):
+        values = table[name]
+        if name in _BOOL_COLUMNS:
+            text = np.where(np.isnan(values), "null", np.where(values == 1.0, "true", "false"))
+        elif name in _DATE_COLUMNS:
+            v = values.astype(np.str_)
+            text = np.where(v == "", "null", _json_strings(v))
+        elif values.dtype.kind in "fiub":
+            text = _json_numbers(values)
+        else:
+            text = _json_strings(values)
+        key = ("{" if j == 0 else ", ") + f'"{name}": '
+        if j == len(names) - 1:
+            text = np.strings.add(text, "}\n")
+        parts.append(np.strings.add(key, text).tolist())
+    return "".join(map("".join, zip(*parts, strict=True)))
+
+
+def _write_jsonl(path: Path, table: Mapping[str, np.ndarray], chunk: int = 100_000) -> None:
+    """JSON lines in chunks of rows (bounded memory)."""
+    n = len(next(iter(table.values())))
+    with path.open("w") as fh:
+        for start in range(0, n, chunk):
+            fh.write(_jsonl_lines({k: v[start : start + chunk] for k, v in table.items()}))
+
+
 def write_table(table: Mapping[str, np.ndarray], path: Path | str) -> None:
-    """Write columns as .csv, .parquet or .jsonl (Parquet needs pyarrow)."""
+    """Write trade columns as .csv, .parquet or .jsonl (by suffix), vectorised.
+
+    Missing values are empty CSV cells / Parquet nulls / JSON nulls, booleans
+    true/false, dates "YYYY-MM-DD". Parquet needs pyarrow; CSV uses it when
+    installed and the standard library otherwise.
+    """
     p = Path(path)
     suffix = p.suffix.lower()
-    names = list(table)
+    if suffix in (".jsonl", ".ndjson"):
+        _write_jsonl(p, table)
+        return
+    if suffix == ".json":  # one array of objects: fine for samples, not for millions of rows
+        p.write_text("[" + ",\n".join(_jsonl_lines(table).splitlines()) + "]\n")
+        return
+    if suffix not in (".csv", ".parquet"):
+        raise TableError(f"{p}: unknown file type {p.suffix!r} (use .csv, .parquet, .json or .jsonl)")
+    try:
+        arrow = _arrow_table(table)
+    except ImportError:
+        if suffix == ".parquet":
+            raise TableError(
+                "writing Parquet needs pyarrow: pip install 'tradescore-engine[train]'"
+            ) from None
+        _write_csv_stdlib(p, table)
+        return
     if suffix == ".parquet":
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.table({n: np.asarray(table[n]) for n in names}), p)
-        return
+        pq.write_table(arrow, p, compression="zstd")
+    else:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(arrow, p, write_options=pacsv.WriteOptions(quoting_style="needed"))
+
+
+def _write_csv_stdlib(p: Path, table: Mapping[str, np.ndarray]) -> None:
+    names = list(table)
     columns = [np.asarray(table[n]).tolist() for n in names]
-    rows = zip(*columns, strict=True)
-    if suffix == ".csv":
-        with p.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(names)
-            for row in rows:
-                w.writerow(["" if isinstance(v, float) and v != v else v for v in row])
-        return
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        records = [
-            {n: v for n, v in zip(names, row, strict=True) if not (isinstance(v, float) and v != v)}
-            for row in rows
-        ]
-        with p.open("w") as fh:
-            if suffix == ".json":
-                json.dump(records, fh)
-            else:
-                for rec in records:
-                    fh.write(json.dumps(rec) + "\n")
-        return
-    raise TableError(f"{p}: unknown file type {suffix!r} (use .csv, .parquet, .json or .jsonl)")
+    with p.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(names)
+        for row in zip(*columns, strict=True):
+            w.writerow(["" if isinstance(v, float) and v != v else v for v in row])

@@ -19,10 +19,9 @@ outcome of the trade being scored (no target leakage).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -162,102 +161,20 @@ def trades_table(trades: TradeColumns, labels: Labels | None) -> dict[str, np.nd
     return out
 
 
-_BOOL_COLUMNS = ("on_loan_recall_pending", "ssi_matched")
-_DATE_COLUMNS = ("trade_date", "settlement_date")
-
-
-def _arrow_table(table: Mapping[str, np.ndarray]) -> Any:
-    """A pyarrow table with real nulls (NaN / empty date -> null) and typed columns."""
-    import pyarrow as pa
-
-    arrays = {}
-    for name, values in table.items():
-        if name in _BOOL_COLUMNS:
-            arrays[name] = pa.array(values == 1.0, mask=np.isnan(values), type=pa.bool_())
-        elif name == "settlement_cycle_days":
-            arrays[name] = pa.array(
-                np.nan_to_num(values).astype(np.int32), mask=np.isnan(values), type=pa.int32()
-            )
-        elif name in _DATE_COLUMNS:
-            days = values.astype("datetime64[D]") if values.dtype.kind == "M" else None
-            if days is None:
-                empty = values == ""
-                days = np.where(empty, "NaT", values).astype("datetime64[D]")
-            arrays[name] = pa.array(days, mask=np.isnat(days), type=pa.date32())
-        elif values.dtype.kind == "f":
-            arrays[name] = pa.array(values, mask=np.isnan(values), type=pa.float64())
-        else:
-            arrays[name] = pa.array(values)
-    return pa.table(arrays)
-
-
-def _json_strings(values: np.ndarray) -> np.ndarray:
-    text = values.astype(np.str_)
-    text = np.strings.replace(np.strings.replace(text, "\\", "\\\\"), '"', '\\"')
-    return np.strings.add(np.strings.add('"', text), '"')
-
-
-def _json_numbers(values: np.ndarray) -> np.ndarray:
-    if values.dtype.kind in "iub":
-        return values.astype(np.int64).astype(np.str_)
-    shortest = values.astype(np.float64).astype(np.str_)  # shortest repr that round-trips
-    return np.where(np.isfinite(values), shortest, "null")
-
-
-def _jsonl_lines(table: Mapping[str, np.ndarray]) -> str:
-    """JSON lines for one chunk of rows: values formatted column-wise by numpy, then joined."""
-    parts: list[list[str]] = []
-    names = list(table)
-    for j, name in enumerate(names):
-        values = table[name]
-        if name in _BOOL_COLUMNS:
-            text = np.where(np.isnan(values), "null", np.where(values == 1.0, "true", "false"))
-        elif name in _DATE_COLUMNS:
-            v = values.astype(np.str_)
-            text = np.where(v == "", "null", _json_strings(v))
-        elif values.dtype.kind in "fiub":
-            text = _json_numbers(values)
-        else:
-            text = _json_strings(values)
-        key = ("{" if j == 0 else ", ") + f'"{name}": '
-        if j == len(names) - 1:
-            text = np.strings.add(text, "}\n")
-        parts.append(np.strings.add(key, text).tolist())
-    return "".join(map("".join, zip(*parts, strict=True)))
-
-
-def _write_jsonl(path: Path, table: Mapping[str, np.ndarray], chunk: int = 100_000) -> None:
-    """JSON lines in chunks of rows (bounded memory)."""
-    n = len(next(iter(table.values())))
-    with path.open("w") as fh:
-        for start in range(0, n, chunk):
-            fh.write(_jsonl_lines({k: v[start : start + chunk] for k, v in table.items()}))
-
-
 def write_trades(path: Path | str, trades: TradeColumns, labels: Labels | None = None) -> Path:
     """Write trades (+ `failed`) as .csv, .parquet or .jsonl, by the file suffix.
 
     Missing values are empty CSV cells / Parquet nulls / JSON nulls, booleans
     are true/false, dates ISO "YYYY-MM-DD", enums by short name ("EQUITY").
     """
+    from engine.tables import TableError, write_table
+
     p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix not in (".csv", ".parquet", ".jsonl", ".ndjson"):
-        raise DataError(f"{p}: unknown file type {p.suffix!r} (use .csv, .parquet or .jsonl)")
-    table = trades_table(trades, labels)
     p.parent.mkdir(parents=True, exist_ok=True)
-    if suffix in (".jsonl", ".ndjson"):
-        _write_jsonl(p, table)
-        return p
-    arrow = _arrow_table(table)
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(arrow, p, compression="zstd")
-    else:
-        import pyarrow.csv as pacsv
-
-        pacsv.write_csv(arrow, p, write_options=pacsv.WriteOptions(quoting_style="needed"))
+    try:
+        write_table(trades_table(trades, labels), p)
+    except TableError as exc:
+        raise DataError(str(exc)) from exc
     return p
 
 
