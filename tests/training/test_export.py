@@ -8,12 +8,11 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from engine.models.bundle import MANIFEST, ModelBundle
+from engine.models.bundle import MANIFEST, ModelBundle, onnx_session
 from engine.training.errors import ExportError, ParityError
 from engine.training.export import (
     check_parity,
     onnx_predict,
-    onnx_session,
     rewrite_model_text,
     round_down_f32,
     round_thresholds_down,

@@ -46,6 +46,19 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default"
 F32 = npt.NDArray[np.float32]
 
 
+def onnx_session(model: str | bytes, intra_op_threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session as the engine runs models (training's parity check uses it too)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -149,8 +162,6 @@ class ModelBundle:
     @staticmethod
     def load(path: Path | str, intra_op_threads: int = 1) -> ModelBundle:
         """Load and validate the bundle at `path`; raises BundleError when it must not serve."""
-        import onnxruntime as ort
-
         root = Path(path).resolve()
         try:
             raw = json.loads((root / MANIFEST).read_text())
@@ -170,16 +181,8 @@ class ModelBundle:
         if content_hash(manifest.files) != manifest.content_hash:
             raise BundleError(f"{root}: content hash does not match the manifest's files")
         references = ReferenceTables.read(root)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
         try:
-            session = ort.InferenceSession(
-                str(root / MODEL_FILE), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            session = onnx_session(str(root / MODEL_FILE), intra_op_threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise BundleError(f"{root}: ONNX Runtime cannot load {MODEL_FILE}: {exc}") from exc
         inputs = session.get_inputs()

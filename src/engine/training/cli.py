@@ -22,13 +22,13 @@ trees depend on the thread count, so keep `--threads 2`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.models.bundle import sha256_file
 from engine.training.train import DEFAULT_SEED, TrainConfig
 
 Printer = Callable[[str], None]
@@ -200,14 +200,6 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run_train(args: argparse.Namespace, log: Printer | None = None) -> int:
     from engine.errors import BundleError
     from engine.training.errors import ParityError, TrainingError
@@ -248,7 +240,7 @@ def _train(args: argparse.Namespace, log: Printer) -> int:
         if read.labels is None:
             raise DataError(f"{args.data}: no label column")
         trades, labels = read.trades, read.labels
-        source = {"kind": "file", "path": read.source, "sha256": _file_digest(Path(read.source))}
+        source = {"kind": "file", "path": read.source, "sha256": sha256_file(Path(read.source))}
         if read.dropped:
             source["dropped_invalid"] = read.dropped
         if args.reference_from is not None:
@@ -420,7 +412,7 @@ def _export(args: argparse.Namespace, log: Printer) -> int:
         "source": {
             "kind": "export",
             "lgb_model": str(Path(args.lgb_model).resolve()),
-            "lgb_model_sha256": _file_digest(Path(args.lgb_model)),
+            "lgb_model_sha256": sha256_file(Path(args.lgb_model)),
             "reference_from": str(Path(args.reference_from).resolve()),
             "rows": source,
         },

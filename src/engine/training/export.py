@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.models.bundle import MANIFEST, MODEL_FILE, ModelBundle, write_manifest
+from engine.models.bundle import MANIFEST, MODEL_FILE, ModelBundle, onnx_session, write_manifest
 from engine.models.reference import ReferenceTables
 from engine.training.errors import ExportError, ParityError
 
@@ -235,19 +235,6 @@ def to_onnx(booster: Any, n_features: int, name: str = "settlement_fail") -> byt
     onnx.checker.check_model(model)
     data: bytes = model.SerializeToString()
     return data
-
-
-def onnx_session(model: bytes, threads: int = 1) -> Any:
-    """An ONNX Runtime session configured as `ModelBundle.load` configures it."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def onnx_predict(session: Any, features: F32) -> F64:

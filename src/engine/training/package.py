@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.models.bundle import utc_now_iso
+from engine.models.bundle import onnx_session, utc_now_iso
 from engine.models.reference import ReferenceTables
 from engine.models.spec import FeatureSpec, RiskBands
 from engine.training.export import (
@@ -27,7 +27,6 @@ from engine.training.export import (
     check_parity,
     golden_json,
     onnx_predict,
-    onnx_session,
     pick_golden_rows,
     to_onnx,
     write_bundle,
