@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from engine.batching import MicroBatcher
+from engine.batching import MicroBatcher, concat_matrices
 from engine.errors import DeadlineExpired, InferenceFailed, Overloaded, ShuttingDown
 from engine.metrics import EngineMetrics
+
+Batcher = MicroBatcher[object, np.ndarray]
 
 
 class FakeModel:
@@ -53,14 +55,14 @@ def model() -> FakeModel:
     return FakeModel()
 
 
-def make(model: FakeModel, **kw: object) -> MicroBatcher[object]:
+def make(model: FakeModel, **kw: object) -> Batcher:
     opts: dict[str, object] = dict(max_batch_rows=8, max_wait_s=0.05, max_queue_rows=16)
     opts.update(kw)
-    return MicroBatcher(model, metrics=EngineMetrics(), **opts)  # type: ignore[arg-type]
+    return MicroBatcher(model, concat_matrices, metrics=EngineMetrics(), **opts)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-async def batcher(model: FakeModel) -> AsyncIterator[MicroBatcher[object]]:
+async def batcher(model: FakeModel) -> AsyncIterator[Batcher]:
     b = make(model)
     b.start()
     yield b
@@ -72,7 +74,7 @@ KEY = object()
 
 
 async def test_concurrent_calls_share_one_batch_and_get_their_own_rows(
-    batcher: MicroBatcher[object], model: FakeModel
+    batcher: Batcher, model: FakeModel
 ) -> None:
     futures = [batcher.submit(KEY, rows(i, i + 0.5)) for i in range(4)]
     results = await asyncio.gather(*futures)
@@ -82,7 +84,7 @@ async def test_concurrent_calls_share_one_batch_and_get_their_own_rows(
         np.testing.assert_array_equal(r, [2 * i, 2 * i + 1])
 
 
-async def test_batch_closes_at_max_rows(batcher: MicroBatcher[object], model: FakeModel) -> None:
+async def test_batch_closes_at_max_rows(batcher: Batcher, model: FakeModel) -> None:
     futures = [batcher.submit(KEY, rows(*range(3))) for _ in range(5)]  # 15 rows, max 8
     await asyncio.gather(*futures)
     sizes = [x.shape[0] for _, x in model.calls]
@@ -91,12 +93,12 @@ async def test_batch_closes_at_max_rows(batcher: MicroBatcher[object], model: Fa
     assert sizes[0] == 6  # two whole calls; a call is never split across batches
 
 
-async def test_lone_call_is_flushed_by_max_wait(batcher: MicroBatcher[object], model: FakeModel) -> None:
+async def test_lone_call_is_flushed_by_max_wait(batcher: Batcher, model: FakeModel) -> None:
     result = await asyncio.wait_for(batcher.submit(KEY, rows(1.0)), timeout=5)
     np.testing.assert_array_equal(result, [2.0])
 
 
-async def test_full_queue_refuses_at_once(batcher: MicroBatcher[object], model: FakeModel) -> None:
+async def test_full_queue_refuses_at_once(batcher: Batcher, model: FakeModel) -> None:
     model.gate.clear()
     first = batcher.submit(KEY, rows(*range(8)))
     await wait_entered(model)  # the first batch is in the model; the queue is empty again
@@ -107,9 +109,7 @@ async def test_full_queue_refuses_at_once(batcher: MicroBatcher[object], model: 
     await asyncio.gather(first, *queued)
 
 
-async def test_expired_callers_are_dropped_before_inference(
-    batcher: MicroBatcher[object], model: FakeModel
-) -> None:
+async def test_expired_callers_are_dropped_before_inference(batcher: Batcher, model: FakeModel) -> None:
     with pytest.raises(DeadlineExpired):
         batcher.submit(KEY, rows(1.0), deadline=time.monotonic() - 1)
     model.gate.clear()
@@ -126,9 +126,7 @@ async def test_expired_callers_are_dropped_before_inference(
     assert all(99.0 not in x[:, 0] for _, x in model.calls)
 
 
-async def test_cancelled_caller_never_blocks_the_others(
-    batcher: MicroBatcher[object], model: FakeModel
-) -> None:
+async def test_cancelled_caller_never_blocks_the_others(batcher: Batcher, model: FakeModel) -> None:
     model.gate.clear()
     blocker = batcher.submit(KEY, rows(*range(8)))
     await wait_entered(model)
@@ -141,7 +139,7 @@ async def test_cancelled_caller_never_blocks_the_others(
     assert all(42.0 not in x[:, 0] for _, x in model.calls)
 
 
-async def test_model_error_fails_exactly_that_batch(batcher: MicroBatcher[object], model: FakeModel) -> None:
+async def test_model_error_fails_exactly_that_batch(batcher: Batcher, model: FakeModel) -> None:
     model.fail_next = True
     doomed = [batcher.submit(KEY, rows(1.0)) for _ in range(3)]
     outcomes = await asyncio.gather(*doomed, return_exceptions=True)
@@ -150,17 +148,13 @@ async def test_model_error_fails_exactly_that_batch(batcher: MicroBatcher[object
     np.testing.assert_array_equal(await batcher.submit(KEY, rows(4.0)), [8.0])
 
 
-async def test_wrong_row_count_is_an_inference_failure(
-    batcher: MicroBatcher[object], model: FakeModel
-) -> None:
+async def test_wrong_row_count_is_an_inference_failure(batcher: Batcher, model: FakeModel) -> None:
     model.short_next = True
     with pytest.raises(InferenceFailed, match="returned 1 rows for 2"):
         await batcher.submit(KEY, rows(1.0, 2.0))
 
 
-async def test_rows_of_different_models_never_share_a_batch(
-    batcher: MicroBatcher[object], model: FakeModel
-) -> None:
+async def test_rows_of_different_models_never_share_a_batch(batcher: Batcher, model: FakeModel) -> None:
     old, new = object(), object()
     futures = [batcher.submit(old, rows(1.0)), batcher.submit(new, rows(2.0)), batcher.submit(new, rows(3.0))]
     await asyncio.gather(*futures)

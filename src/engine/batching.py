@@ -2,7 +2,12 @@
 
     caller ──submit(key, rows, deadline)──▶ bounded FIFO (rows) ──▶ collector task
        ▲                                                            │ size OR time
-       └──── future (rows' results, by offset) ◀── run_in_executor(run(key, X))
+       └──── future (rows' results, by offset) ◀── run_in_executor(run(key, concat(rows)))
+
+`rows` is any sized payload: a float32 matrix (model inputs) or raw trade
+columns, merged with the `concat` function given to the batcher. Per-batch
+work in `run` (feature computation, inference) is paid once per batch, not
+once per call.
 
 - A batch closes at `max_batch_rows` rows or `max_wait` after its *first* row
   was queued (monotonic clock), whichever comes first.
@@ -23,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -37,15 +42,14 @@ from engine.metrics import EngineMetrics
 log = logging.getLogger(__name__)
 
 K = TypeVar("K")
-Rows = npt.NDArray[np.float32]
+P = TypeVar("P", bound=Sized)  # payload: rows of one call
 Result = npt.NDArray[Any]
-RunFn = Callable[[K, Rows], Result]
 
 
 @dataclass(slots=True)
-class _Item(Generic[K]):
+class _Item(Generic[K, P]):
     key: K
-    rows: Rows
+    rows: P
     future: asyncio.Future[Result]
     deadline: float | None  # time.monotonic() seconds
     queued_at: float
@@ -61,12 +65,17 @@ def _fail(future: asyncio.Future[Result], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-class MicroBatcher(Generic[K]):
-    """Coalesces rows from concurrent calls into batched calls of `run(key, matrix)`."""
+def concat_matrices(parts: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    return np.concatenate(parts)
+
+
+class MicroBatcher(Generic[K, P]):
+    """Coalesces rows from concurrent calls into batched calls of `run(key, concat(rows...))`."""
 
     def __init__(
         self,
-        run: RunFn[K],
+        run: Callable[[K, P], Result],
+        concat: Callable[[Sequence[P]], P],
         *,
         max_batch_rows: int,
         max_wait_s: float,
@@ -76,13 +85,14 @@ class MicroBatcher(Generic[K]):
         metrics: EngineMetrics | None = None,
     ) -> None:
         self._run = run
+        self._concat = concat
         #: False: every call is its own model call (batching off, for comparison)
         self.coalesce = coalesce
         self.max_batch_rows = max_batch_rows
         self.max_wait_s = max_wait_s
         self.max_queue_rows = max_queue_rows
         self._metrics = metrics
-        self._queue: deque[_Item[K]] = deque()
+        self._queue: deque[_Item[K, P]] = deque()
         self._queued_rows = 0
         self._slots = asyncio.Semaphore(max_inflight_batches)
         self._executor = ThreadPoolExecutor(max_inflight_batches, thread_name_prefix="inference")
@@ -100,11 +110,11 @@ class MicroBatcher(Generic[K]):
             self._collector = asyncio.get_running_loop().create_task(self._collect(), name="batch-collector")
             self._collector.add_done_callback(self._collector_done)
 
-    def submit(self, key: K, rows: Rows, deadline: float | None = None) -> asyncio.Future[Result]:
+    def submit(self, key: K, rows: P, deadline: float | None = None) -> asyncio.Future[Result]:
         """Queue `rows` for the model of `key`; the future resolves to their results, in order."""
         if self._closing:
             raise ShuttingDown("the engine is shutting down")
-        n = rows.shape[0]
+        n = len(rows)
         if self._queued_rows + n > self.max_queue_rows and self._queue:
             raise Overloaded(
                 f"queue full ({self._queued_rows} trades waiting, limit {self.max_queue_rows}); retry later"
@@ -183,15 +193,15 @@ class MicroBatcher(Generic[K]):
                 return  # a newer model's rows are waiting (keys only move forward): close now
             await self._sleep_until_woken(left)
 
-    def _take(self) -> list[_Item[K]]:
+    def _take(self) -> list[_Item[K, P]]:
         """Pop the next batch: head's key, up to max_batch_rows rows, live callers only."""
         now = time.monotonic()
-        items: list[_Item[K]] = []
+        items: list[_Item[K, P]] = []
         rows = 0
         key = self._queue[0].key
         while self._queue:
             item = self._queue[0]
-            n = item.rows.shape[0]
+            n = len(item.rows)
             if items and (item.key is not key or rows + n > self.max_batch_rows or not self.coalesce):
                 break
             self._queue.popleft()
@@ -211,19 +221,19 @@ class MicroBatcher(Generic[K]):
                 self._metrics.queue_wait.observe(now - items[0].queued_at)
         return items
 
-    async def _run_batch(self, items: list[_Item[K]]) -> None:
+    async def _run_batch(self, items: list[_Item[K, P]]) -> None:
         try:
-            matrix = items[0].rows if len(items) == 1 else np.concatenate([i.rows for i in items])
+            n_rows = sum(len(i.rows) for i in items)
             loop = asyncio.get_running_loop()
             started = time.perf_counter()
             try:
-                result = await loop.run_in_executor(self._executor, self._run, items[0].key, matrix)
-                if result.shape[0] != matrix.shape[0]:
-                    raise InferenceFailed(f"model returned {result.shape[0]} rows for {matrix.shape[0]}")
-            except Exception as exc:
-                log.exception(
-                    "inference failed for a batch of %d rows from %d calls", matrix.shape[0], len(items)
+                result = await loop.run_in_executor(
+                    self._executor, self._job, items[0].key, [i.rows for i in items]
                 )
+                if result.shape[0] != n_rows:
+                    raise InferenceFailed(f"model returned {result.shape[0]} rows for {n_rows}")
+            except Exception as exc:
+                log.exception("inference failed for a batch of %d rows from %d calls", n_rows, len(items))
                 if self._metrics is not None:
                     self._metrics.batch_failures.inc()
                 error = exc if isinstance(exc, InferenceFailed) else InferenceFailed(str(exc))
@@ -232,18 +242,22 @@ class MicroBatcher(Generic[K]):
                 return
             if self._metrics is not None:
                 self._metrics.inference.observe(time.perf_counter() - started)
-                self._metrics.batch_size.observe(matrix.shape[0])
+                self._metrics.batch_size.observe(n_rows)
                 self._metrics.batches.inc()
-                self._metrics.rows_scored.inc(matrix.shape[0])
+                self._metrics.rows_scored.inc(n_rows)
             offset = 0
             for item in items:
-                n = item.rows.shape[0]
+                n = len(item.rows)
                 if not item.future.done():
                     item.future.set_result(result[offset : offset + n])
                 offset += n
         finally:
             self._slots.release()
             self._wake()
+
+    def _job(self, key: K, parts: list[P]) -> Result:
+        """In the inference thread: merge the calls' rows, run the model once."""
+        return self._run(key, parts[0] if len(parts) == 1 else self._concat(parts))
 
     def _collector_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

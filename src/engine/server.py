@@ -27,6 +27,7 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.batching import MicroBatcher
 from engine.config import Settings
+from engine.features.columns import TradeColumns
 from engine.metrics import EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.servable import ServingModel, load_serving_model
@@ -37,10 +38,6 @@ log = logging.getLogger(__name__)
 #: after the last scoring call, how long other calls (health watches) may still run at shutdown
 FLUSH_SECONDS = 1.0
 SCORER_SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
-
-
-def _run_model(model: ServingModel, features: Any) -> Any:
-    return model.predict(features)
 
 
 class EngineServer:
@@ -56,7 +53,7 @@ class EngineServer:
             on_swap=lambda m: self.metrics.set_model(m.name, m.version, m.loaded_at),
             on_outcome=lambda ok: self.metrics.model_reloads.labels("success" if ok else "failure").inc(),
         )
-        self.batcher: MicroBatcher[ServingModel] | None = None
+        self.batcher: MicroBatcher[ServingModel, TradeColumns] | None = None
         self.health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -69,7 +66,8 @@ class EngineServer:
         model = self.models.load_initial()
         log.info("model %s %s loaded from %s", model.name, model.version, s.bundle)
         self.batcher = MicroBatcher(
-            _run_model,
+            ServingModel.score,
+            TradeColumns.concat,
             max_batch_rows=s.max_batch_rows,
             max_wait_s=s.max_wait_s,
             max_queue_rows=s.max_queue_rows,

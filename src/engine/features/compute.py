@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -33,19 +34,17 @@ OTHER = "OTHER"
 class _Context:
     """One computation's inputs, with each reference look-up done once and shared."""
 
-    __slots__ = ("cols", "refs", "vocab", "vocab_codes", "_rows", "_values")
+    __slots__ = ("cols", "refs", "vocab", "_rows", "_values")
 
     def __init__(
         self,
         cols: TradeColumns,
         refs: ReferenceTables,
-        vocab: dict[str, npt.NDArray[np.str_]],  # feature name -> sorted categories (without OTHER)
-        vocab_codes: dict[str, F64],  # codes of the sorted categories
+        vocab: dict[str, dict[str, float]],  # feature name -> {category: code} (without OTHER)
     ) -> None:
         self.cols = cols
         self.refs = refs
         self.vocab = vocab
-        self.vocab_codes = vocab_codes
         self._rows: dict[str, tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]] = {}
         self._values: dict[tuple[str, str], F64] = {}
 
@@ -56,7 +55,8 @@ class _Context:
             if table not in self._rows:
                 self._rows[table] = getattr(self.refs, table).positions(_REF_KEYS[table](self.cols))
             pos, found = self._rows[table]
-            out = np.where(found, getattr(self.refs, table).columns[column][pos], np.nan)
+            values = getattr(self.refs, table).columns[column]
+            out = np.where(found, values[pos], np.nan) if values.size else np.full(pos.shape, np.nan)
             self._values[(table, column)] = out
         return out
 
@@ -81,11 +81,10 @@ def _log10_positive(x: F64) -> F64:
 
 def _category(name: str, column: Callable[[TradeColumns], npt.NDArray[np.str_]]) -> Callable[[_Context], F64]:
     def compute(c: _Context) -> F64:
-        values = column(c.cols)
-        keys = c.vocab[name]
-        pos = np.minimum(np.searchsorted(keys, values), keys.shape[0] - 1)
-        other = float(keys.shape[0])  # OTHER is the last code
-        return np.where(keys[pos] == values, c.vocab_codes[name][pos], other)
+        codes = c.vocab[name]  # category -> code; OTHER is the last code
+        other = float(len(codes))
+        values = column(c.cols).tolist()
+        return np.fromiter(map(codes.get, values, repeat(other)), dtype=np.float64, count=len(values))
 
     return compute
 
@@ -213,8 +212,7 @@ class FeaturePlan:
         self.spec = spec
         self.refs = refs
         self._entries: list[CatalogEntry] = []
-        self._vocab: dict[str, npt.NDArray[np.str_]] = {}
-        self._vocab_codes: dict[str, F64] = {}
+        self._vocab: dict[str, dict[str, float]] = {}
         for fd in spec.features:
             entry = CATALOG.get(fd.name)
             if entry is None:
@@ -226,15 +224,12 @@ class FeaturePlan:
             if entry.kind == "categorical" and entry.fixed_categories is None:
                 if fd.categories[-1:] != (OTHER,) or OTHER in fd.categories[:-1]:
                     raise BundleError(f"feature {fd.name!r}: categories must end with {OTHER}")
-                cats = np.array(fd.categories[:-1], dtype=np.str_)
-                order = np.argsort(cats)
-                self._vocab[fd.name] = cats[order]
-                self._vocab_codes[fd.name] = order.astype(np.float64)
+                self._vocab[fd.name] = {c: float(j) for j, c in enumerate(fd.categories[:-1])}
             self._entries.append(entry)
 
     def compute(self, cols: TradeColumns) -> F32:
         """The float32 [n, F] model input for `cols` (which must have passed validation)."""
-        ctx = _Context(cols, self.refs, self._vocab, self._vocab_codes)
+        ctx = _Context(cols, self.refs, self._vocab)
         out = np.empty((len(cols), len(self._entries)), dtype=np.float32)
         for j, entry in enumerate(self._entries):
             out[:, j] = entry.compute(ctx)

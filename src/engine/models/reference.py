@@ -6,15 +6,17 @@
   per instrument (adv fills `Trade.instrument_adv` when unset);
 - fx.csv: currency, usd_per_unit — to put notionals on one scale.
 
-Look-ups are vectorised (`np.searchsorted` over sorted ids); an id that is not
-in a table yields NaN, which the model reads as "missing", never as 0.
+Look-ups go through a dict built once per table (`map(dict.get)` runs in C and
+beats `np.searchsorted` over unicode arrays, which recasts the table whenever
+the widths differ); an id that is not in a table yields NaN, which the model reads as "missing", never as 0.
 """
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,10 @@ class KeyedTable:
 
     keys: Str
     columns: Mapping[str, F64]
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {k: i for i, k in enumerate(self.keys.tolist())})
 
     @staticmethod
     def build(keys: npt.ArrayLike, columns: Mapping[str, npt.ArrayLike]) -> KeyedTable:
@@ -51,11 +57,10 @@ class KeyedTable:
 
     def positions(self, ids: Str) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
         """Row of each id in this table and whether it was found."""
-        if self.keys.size == 0:
-            return np.zeros(ids.shape[0], dtype=np.intp), np.zeros(ids.shape[0], dtype=bool)
-        pos = np.searchsorted(self.keys, ids)
-        pos = np.minimum(pos, self.keys.shape[0] - 1)
-        return pos, self.keys[pos] == ids
+        n = ids.shape[0]
+        pos = np.fromiter(map(self._index.get, ids.tolist(), repeat(-1)), dtype=np.intp, count=n)
+        found = pos >= 0
+        return np.where(found, pos, 0), found
 
     def lookup(self, ids: Str, column: str) -> F64:
         """`column` for each id; NaN where the id is unknown."""

@@ -10,7 +10,6 @@ import numpy.typing as npt
 
 from engine.features.columns import TradeColumns
 from engine.features.compute import FeaturePlan
-from engine.features.validate import validate
 from engine.models.bundle import ModelBundle
 
 
@@ -31,13 +30,12 @@ class ServingModel:
     def loaded_at(self) -> float:
         return self.bundle.loaded_at
 
-    def prepare(self, trades: TradeColumns, max_trades: int) -> npt.NDArray[np.float32]:
-        """Validate raw trades and compute this model's input matrix (raises InvalidInput)."""
-        validate(trades, max_trades)
-        return self.plan.compute(trades)
-
     def predict(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return self.bundle.predict(features)
+
+    def score(self, trades: TradeColumns) -> npt.NDArray[np.float32]:
+        """Failure probabilities for validated trades: features, then the model (one batch)."""
+        return self.bundle.predict(self.plan.compute(trades))
 
 
 def load_serving_model(path: Path, intra_op_threads: int = 1) -> ServingModel:

@@ -19,6 +19,8 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.batching import MicroBatcher
 from engine.errors import EngineError, InvalidInput
+from engine.features.columns import TradeColumns
+from engine.features.validate import validate
 from engine.metrics import EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.models.spec import BAND_NAMES
@@ -46,7 +48,7 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
     def __init__(
         self,
         registry: ModelRegistry[ServingModel],
-        batcher: MicroBatcher[ServingModel],
+        batcher: MicroBatcher[ServingModel, TradeColumns],
         metrics: EngineMetrics,
         *,
         max_trades_per_request: int,
@@ -87,8 +89,8 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
             )
         model = self._registry.current
         cols, ids = decode_trades(trades)
-        features = model.prepare(cols, self._max_trades)
-        future = self._batcher.submit(model, features, deadline)
+        validate(cols, self._max_trades)
+        future = self._batcher.submit(model, cols, deadline)
         return _Prepared(model, ids, future)
 
     @staticmethod
