@@ -183,6 +183,19 @@ async def test_full_queue_gets_resource_exhausted_at_once(start_engine: ServerFa
     assert engine.metrics.rejected.labels("overload")._value.get() == 1
 
 
+async def test_calls_beyond_the_concurrency_limit_get_resource_exhausted(start_engine: ServerFactory) -> None:
+    # two calls wait for their batch (long max_wait, big batch); a third call is over the limit
+    engine, channel = await start_engine(max_concurrent_rpcs=2, max_batch_rows=1000, max_wait_ms=1500.0)
+    stub = pb_grpc.TradeScorerStub(channel)
+    waiting = [asyncio.ensure_future(stub.Score(pb.ScoreRequest(trades=[make_trade(i)]))) for i in range(2)]
+    while engine.batcher is not None and engine.batcher.queued_rows < 2:
+        await asyncio.sleep(0.005)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Score(pb.ScoreRequest(trades=[make_trade(9)]), timeout=2.0)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [len(r.scores) for r in await asyncio.gather(*waiting)] == [1, 1]
+
+
 async def test_expired_call_is_dropped_before_inference(start_engine: ServerFactory) -> None:
     engine, channel = await start_engine(max_batch_rows=1000, max_wait_ms=400.0)
     stub = pb_grpc.TradeScorerStub(channel)

@@ -35,7 +35,9 @@ class Settings:
     workers: int = _opt(1, "server processes sharing the port through SO_REUSEPORT")
     max_batch_rows: int = _opt(256, "largest batch, in trades, sent to ONNX Runtime in one call")
     max_wait_ms: float = _opt(
-        1.0, "longest a trade waits for its batch to fill, from the batch's first trade (0: no waiting)"
+        0.0,
+        "longest a batch waits to fill, from its first trade; 0 sends a batch as soon as the model "
+        "is free, taking everything queued meanwhile (as Triton's default max_queue_delay of 0)",
     )
     batching: bool = _opt(True, "coalesce trades from concurrent calls into shared batches", bool_flag=True)
     max_queue_rows: int = _opt(
@@ -44,6 +46,9 @@ class Settings:
     max_trades_per_request: int = _opt(1000, "most trades one ScoreRequest may carry")
     max_inflight_batches: int = _opt(1, "batches running in ONNX Runtime at the same time")
     intra_op_threads: int = _opt(1, "ONNX Runtime threads per inference call")
+    max_concurrent_rpcs: int = _opt(
+        1000, "calls (streams count as one) in progress at once; beyond it RESOURCE_EXHAUSTED at once"
+    )
     stream_window: int = _opt(128, "requests of one ScoreStream in flight before the engine stops reading it")
     grace_seconds: float = _opt(10.0, "on SIGTERM, how long in-flight calls may take to finish")
     watch: bool = _opt(False, "reload the bundle when its manifest.json changes", bool_flag=True)
@@ -62,6 +67,7 @@ class Settings:
             "workers",
             "stream_window",
             "max_message_bytes",
+            "max_concurrent_rpcs",
         )
         for name in positive:
             if getattr(self, name) < 1:

@@ -82,7 +82,9 @@ class EngineServer:
             # workers share the port on purpose; a lone server must fail loudly on a taken port
             ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
         ]
-        server = grpc.aio.server(options=options)
+        # beyond max_concurrent_rpcs gRPC answers RESOURCE_EXHAUSTED itself, before the call
+        # waits in its own pending queue (which would otherwise end in CANCELLED under overload)
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
         self.scorer = TradeScorerService(
             self.models,
             self.batcher,
