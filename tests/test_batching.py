@@ -180,3 +180,14 @@ async def test_batching_off_runs_each_call_alone(model: FakeModel) -> None:
     finally:
         await b.close(timeout=5)
     assert [x.shape[0] for _, x in model.calls] == [1, 1, 1, 1]
+
+
+async def test_sparse_arrivals_are_not_held_for_max_wait(model: FakeModel) -> None:
+    b = make(model, max_wait_s=10.0)
+    b._last_submit -= 1000.0  # the engine has been idle: calls arrive far apart
+    b.start()
+    try:
+        result = await asyncio.wait_for(b.submit(KEY, rows(3.0)), timeout=5)  # not 10 s
+        np.testing.assert_array_equal(result, [6.0])
+    finally:
+        await b.close(timeout=5)

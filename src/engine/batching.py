@@ -10,7 +10,9 @@ work in `run` (feature computation, inference) is paid once per batch, not
 once per call.
 
 - A batch closes at `max_batch_rows` rows or `max_wait` after its *first* row
-  was queued (monotonic clock), whichever comes first.
+  was queued (monotonic clock), whichever comes first. It does not wait at all
+  when calls arrive further apart than `max_wait` (a moving average of the
+  gaps): waiting would add latency and gather nothing.
 - Rows of one batch share one `key` (the model bundle they were prepared for):
   a hot swap never mixes two models' inputs in one call.
 - The queue is bounded in rows: `submit` raises `Overloaded` at once when full.
@@ -100,6 +102,8 @@ class MicroBatcher(Generic[K, P]):
         self._collector: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._last_submit = time.monotonic()
+        self._gap = 0.0  # moving average of the time between submits, capped per sample
 
     @property
     def queued_rows(self) -> int:
@@ -120,6 +124,8 @@ class MicroBatcher(Generic[K, P]):
                 f"queue full ({self._queued_rows} trades waiting, limit {self.max_queue_rows}); retry later"
             )
         now = time.monotonic()
+        self._gap += 0.2 * (min(now - self._last_submit, 10 * self.max_wait_s) - self._gap)
+        self._last_submit = now
         if deadline is not None and deadline <= now:
             raise DeadlineExpired("the call's deadline passed before it could be queued")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -188,6 +194,8 @@ class MicroBatcher(Generic[K, P]):
             head = self._queue[0]
             left = head.queued_at + self.max_wait_s - time.monotonic()
             if left <= 0 or self._queued_rows >= self.max_batch_rows or not self.coalesce:
+                return
+            if self._gap > self.max_wait_s:  # sparse arrivals: nothing more is coming in time
                 return
             if self._queue[-1].key is not head.key:
                 return  # a newer model's rows are waiting (keys only move forward): close now

@@ -35,9 +35,9 @@ class Settings:
     workers: int = _opt(1, "server processes sharing the port through SO_REUSEPORT")
     max_batch_rows: int = _opt(256, "largest batch, in trades, sent to ONNX Runtime in one call")
     max_wait_ms: float = _opt(
-        0.0,
-        "longest a batch waits to fill, from its first trade; 0 sends a batch as soon as the model "
-        "is free, taking everything queued meanwhile (as Triton's default max_queue_delay of 0)",
+        1.0,
+        "longest a batch waits to fill, from its first trade; it does not wait when calls arrive "
+        "further apart than this; 0 never waits (a batch takes what queued while the model ran)",
     )
     batching: bool = _opt(True, "coalesce trades from concurrent calls into shared batches", bool_flag=True)
     max_queue_rows: int = _opt(
