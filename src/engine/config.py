@@ -35,7 +35,7 @@ class Settings:
     workers: int = _opt(1, "server processes sharing the port through SO_REUSEPORT")
     max_batch_rows: int = _opt(256, "largest batch, in trades, sent to ONNX Runtime in one call")
     max_wait_ms: float = _opt(
-        1.0,
+        1.5,
         "longest a batch waits to fill, from its first trade; it does not wait when calls arrive "
         "further apart than this; 0 never waits (a batch takes what queued while the model ran)",
     )
