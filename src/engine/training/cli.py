@@ -200,19 +200,24 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def run_train(args: argparse.Namespace, log: Printer | None = None) -> int:
-    from engine.errors import BundleError
-    from engine.training.errors import ParityError, TrainingError
+def _guarded(name: str, body: Callable[[argparse.Namespace, Printer], int]) -> Callable[..., int]:
+    """`body` with the command's errors turned into a message and an exit code."""
 
-    log = log or _printer()
-    try:
-        return _train(args, log)
-    except ParityError as exc:
-        log(f"engine train: parity check failed: {exc}")
-        return EXIT_PARITY
-    except (TrainingError, BundleError) as exc:
-        log(f"engine train: error: {exc}")
-        return EXIT_ERROR
+    def run(args: argparse.Namespace, log: Printer | None = None) -> int:
+        from engine.errors import BundleError
+        from engine.training.errors import ParityError, TrainingError
+
+        log = log or _printer()
+        try:
+            return body(args, log)
+        except ParityError as exc:
+            log(f"engine {name}: parity check failed: {exc}")
+            return EXIT_PARITY
+        except (TrainingError, BundleError) as exc:
+            log(f"engine {name}: error: {exc}")
+            return EXIT_ERROR
+
+    return run
 
 
 def _train(args: argparse.Namespace, log: Printer) -> int:
@@ -341,21 +346,6 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def run_export(args: argparse.Namespace, log: Printer | None = None) -> int:
-    from engine.errors import BundleError
-    from engine.training.errors import ParityError, TrainingError
-
-    log = log or _printer()
-    try:
-        return _export(args, log)
-    except ParityError as exc:
-        log(f"engine export: parity check failed: {exc}")
-        return EXIT_PARITY
-    except (TrainingError, BundleError) as exc:
-        log(f"engine export: error: {exc}")
-        return EXIT_ERROR
-
-
 def _export(args: argparse.Namespace, log: Printer) -> int:
     import lightgbm as lgb
     import numpy as np
@@ -444,6 +434,10 @@ def _export(args: argparse.Namespace, log: Printer) -> int:
 
 
 # --------------------------------------------------------------------------- generate
+
+
+run_train = _guarded("train", _train)
+run_export = _guarded("export", _export)
 
 
 def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
