@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import InvalidInput
-from engine.features.columns import ASSET_CLASSES, SIDES, TradeColumns
+from engine.features.columns import ASSET_CLASSES, SIDES, Str, TradeColumns
 
 Mask = npt.NDArray[np.bool_]
 
@@ -21,13 +21,19 @@ MAX_CYCLE_DAYS = 30
 MAX_ID_LENGTH = 128
 
 
-def _empty(a: npt.NDArray[np.str_]) -> Mask:
-    out: Mask = np.strings.str_len(a) == 0
+def _lengths(a: Str) -> npt.NDArray[np.intp]:
+    if a.dtype.kind == "O":
+        return np.fromiter(map(len, a.tolist()), dtype=np.intp, count=a.shape[0])
+    return np.strings.str_len(a)
+
+
+def _empty(a: Str) -> Mask:
+    out: Mask = a == ""
     return out
 
 
-def _too_long(a: npt.NDArray[np.str_]) -> Mask:
-    return np.strings.str_len(a) > MAX_ID_LENGTH
+def _too_long(a: Str) -> Mask:
+    return _lengths(a) > MAX_ID_LENGTH
 
 
 def _bad_enum(codes: npt.NDArray[np.int32], table: dict[int, str]) -> Mask:
@@ -133,8 +139,10 @@ for _table, (_lo, _hi) in ((ASSET_CLASSES, _ASSET_RANGE), (SIDES, _SIDE_RANGE)):
         raise RuntimeError("enum numbers must be contiguous for looks_valid")
 
 
-def _chars(a: npt.NDArray[np.str_]) -> int:
-    """The longest string's length bound: a fixed-width unicode array's width (no pass over data)."""
+def _chars(a: Str) -> int:
+    """A bound on the longest string: a unicode array's width (no pass), else the real maximum."""
+    if a.dtype.kind == "O":
+        return max(map(len, a.tolist()), default=0)
     return a.dtype.itemsize // 4
 
 

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.errors import InvalidInput
-from engine.features.columns import TradeColumns, parse_dates
+from engine.features.columns import Str, TradeColumns, parse_dates
 
 _ids = attrgetter("trade_id")
 _NAT = np.datetime64("NaT", "D").astype(np.int64)
@@ -41,8 +41,8 @@ def _dates(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.datetime64]:
     return np.array(days, dtype=np.int64).view("datetime64[D]")
 
 
-def _text(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.str_]:
-    return np.array(list(map(attrgetter(name), trades)), dtype=np.str_)
+def _text(trades: Sequence[pb.Trade], name: str) -> Str:
+    return np.array(list(map(attrgetter(name), trades)), dtype=object)
 
 
 def _number(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.float64]:
@@ -77,7 +77,7 @@ def decode_trades(trades: Sequence[pb.Trade]) -> tuple[TradeColumns, list[str]]:
     trades = list(trades)
     ids = list(map(_ids, trades))
     cols = TradeColumns(
-        trade_id=np.array(ids, dtype=np.str_),
+        trade_id=np.array(ids, dtype=object),
         account_id=_text(trades, "account_id"),
         counterparty_id=_text(trades, "counterparty_id"),
         instrument_id=_text(trades, "instrument_id"),
