@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +86,6 @@ class Settings:
     @property
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
-
-    def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
 
 
 def _parse(kind: type, raw: str, name: str) -> Any:

@@ -143,10 +143,6 @@ class EngineServer:
             await self.batcher.close(timeout=max(0.0, grace - (time.monotonic() - started)) + 1.0)
         log.info("stopped after draining for %.2fs", time.monotonic() - started)
 
-    async def wait_for_termination(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
-
 
 async def serve(settings: Settings) -> int:
     """Run one engine process until SIGTERM/SIGINT; returns the exit code."""

@@ -17,19 +17,9 @@ from typing import Any
 
 import numpy as np
 
-Table = dict[str, np.ndarray]
+from engine.features.columns import BOOL_COLUMNS, DATE_COLUMNS, TEXT_COLUMNS
 
-#: columns always read as text, whatever they look like
-TEXT_COLUMNS = (
-    "trade_id",
-    "account_id",
-    "counterparty_id",
-    "instrument_id",
-    "asset_class",
-    "side",
-    "currency",
-    "settlement_venue",
-)
+Table = dict[str, np.ndarray]
 
 
 class TableError(ValueError):
@@ -138,23 +128,19 @@ def read_table(path: Path | str) -> Table:
     raise TableError(f"{p}: unknown file type {suffix!r} (use .csv, .parquet, .json or .jsonl)")
 
 
-_BOOL_COLUMNS = ("on_loan_recall_pending", "ssi_matched")
-_DATE_COLUMNS = ("trade_date", "settlement_date")
-
-
 def _arrow_table(table: Mapping[str, np.ndarray]) -> Any:
     """A pyarrow table with real nulls (NaN / empty date -> null) and typed columns."""
     import pyarrow as pa
 
     arrays = {}
     for name, values in table.items():
-        if name in _BOOL_COLUMNS:
+        if name in BOOL_COLUMNS:
             arrays[name] = pa.array(values == 1.0, mask=np.isnan(values), type=pa.bool_())
         elif name == "settlement_cycle_days":
             arrays[name] = pa.array(
                 np.nan_to_num(values).astype(np.int32), mask=np.isnan(values), type=pa.int32()
             )
-        elif name in _DATE_COLUMNS:
+        elif name in DATE_COLUMNS:
             days = values.astype("datetime64[D]") if values.dtype.kind == "M" else None
             if days is None:
                 empty = values == ""
@@ -186,9 +172,9 @@ def _jsonl_lines(table: Mapping[str, np.ndarray]) -> str:
     names = list(table)
     for j, name in enumerate(names):
         values = table[name]
-        if name in _BOOL_COLUMNS:
+        if name in BOOL_COLUMNS:
             text = np.where(np.isnan(values), "null", np.where(values == 1.0, "true", "false"))
-        elif name in _DATE_COLUMNS:
+        elif name in DATE_COLUMNS:
             v = values.astype(np.str_)
             text = np.where(v == "", "null", _json_strings(v))
         elif values.dtype.kind in "fiub":

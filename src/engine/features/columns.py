@@ -53,14 +53,19 @@ REQUIRED_TABLE_COLUMNS = (
     "trade_date",
     "settlement_venue",
 )
-OPTIONAL_NUMERIC_COLUMNS = (
-    "settlement_cycle_days",
-    "inventory_ratio",
-    "on_loan_recall_pending",
-    "ssi_matched",
-    "counterparty_fail_rate",
-    "instrument_adv",
+#: columns always read as text, whatever they look like (a CUSIP keeps its leading zero)
+TEXT_COLUMNS = (
+    "trade_id",
+    "account_id",
+    "counterparty_id",
+    "instrument_id",
+    "asset_class",
+    "side",
+    "currency",
+    "settlement_venue",
 )
+BOOL_COLUMNS = ("on_loan_recall_pending", "ssi_matched")
+DATE_COLUMNS = ("trade_date", "settlement_date")
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,13 +186,17 @@ def looks_valid(t: TradeColumns) -> bool:
     return not (t.instrument_adv == 0.0).any()
 
 
-def validate(trades: TradeColumns, max_trades: int) -> None:
-    """Raise InvalidInput for the first problem (lowest trade index) in `trades`."""
-    n = len(trades)
+def check_count(n: int, max_trades: int) -> None:
+    """Raise InvalidInput unless 1 <= n <= max_trades (callers check before decoding, too)."""
     if n == 0:
         raise InvalidInput("trades", "at least one trade is required")
     if n > max_trades:
         raise InvalidInput("trades", f"{n} trades exceed the limit of {max_trades} per request")
+
+
+def validate(trades: TradeColumns, max_trades: int) -> None:
+    """Raise InvalidInput for the first problem (lowest trade index) in `trades`."""
+    check_count(len(trades), max_trades)
     if looks_valid(trades):
         return
     first: InvalidInput | None = None

@@ -62,11 +62,6 @@ class KeyedTable:
         found = pos >= 0
         return np.where(found, pos, 0), found
 
-    def lookup(self, ids: Str, column: str) -> F64:
-        """`column` for each id; NaN where the id is unknown."""
-        pos, found = self.positions(ids)
-        return np.where(found, self.columns[column][pos], np.nan)
-
     def write_csv(self, path: Path, key_name: str) -> None:
         names = list(self.columns)
         with path.open("w", newline="") as fh:

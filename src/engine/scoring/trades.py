@@ -20,7 +20,7 @@ from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.batching import MicroBatcher
 from engine.errors import EngineError, InvalidInput
 from engine.features.columns import TradeColumns
-from engine.features.validate import validate
+from engine.features.validate import check_count, validate
 from engine.metrics import EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.models.spec import BAND_NAMES
@@ -83,10 +83,7 @@ class TradeScorerService(pb_grpc.TradeScorerServicer):
     def _prepare(self, request: pb.ScoreRequest, deadline: float | None) -> _Prepared:
         """Decode, validate and queue one request; raises EngineError before queueing on bad input."""
         trades = request.trades
-        if len(trades) > self._max_trades:
-            raise InvalidInput(
-                "trades", f"{len(trades)} trades exceed the limit of {self._max_trades} per request"
-            )
+        check_count(len(trades), self._max_trades)  # before decoding: a huge request costs nothing
         model = self._registry.current
         cols, ids = decode_trades(trades)
         validate(cols, self._max_trades)
