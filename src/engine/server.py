@@ -18,26 +18,25 @@ import time
 from typing import Any
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from engine._proto.tradescore.v1 import tradescore_pb2 as pb
-from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
-from engine.batching import MicroBatcher
+from engine.batching import MicroBatcher, concat_matrices
 from engine.config import Settings
-from engine.features.columns import TradeColumns
 from engine.metrics import EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.servable import ServingModel, load_serving_model
+from engine.scoring.trades import SERVICE as SCORER_SERVICE
 from engine.scoring.trades import TradeScorerService
 
 log = logging.getLogger(__name__)
 
 #: after the last scoring call, how long other calls (health watches) may still run at shutdown
 FLUSH_SECONDS = 1.0
-SCORER_SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
 
 
 class EngineServer:
@@ -53,7 +52,7 @@ class EngineServer:
             on_swap=lambda m: self.metrics.set_model(m.name, m.version, m.loaded_at),
             on_outcome=lambda ok: self.metrics.model_reloads.labels("success" if ok else "failure").inc(),
         )
-        self.batcher: MicroBatcher[ServingModel, TradeColumns] | None = None
+        self.batcher: MicroBatcher[ServingModel, npt.NDArray[np.float32]] | None = None
         self.health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -66,8 +65,8 @@ class EngineServer:
         model = self.models.load_initial()
         log.info("model %s %s loaded from %s", model.name, model.version, s.bundle)
         self.batcher = MicroBatcher(
-            ServingModel.score,
-            TradeColumns.concat,
+            ServingModel.predict,
+            concat_matrices,
             max_batch_rows=s.max_batch_rows,
             max_wait_s=s.max_wait_s,
             max_queue_rows=s.max_queue_rows,
@@ -92,7 +91,7 @@ class EngineServer:
             max_trades_per_request=s.max_trades_per_request,
             stream_window=s.stream_window,
         )
-        pb_grpc.add_TradeScorerServicer_to_server(self.scorer, server)
+        server.add_generic_rpc_handlers((self.scorer.handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
