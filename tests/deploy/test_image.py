@@ -68,10 +68,10 @@ class Rerooter:
         self.root = root
         self.owned = owned
         alternatives = "|".join(re.escape(p) for p in owned)
-        self._re = re.compile(rf"(?<![^\s:=\"'])({alternatives})(?=[/\s:\"']|$)")
+        self.pattern = re.compile(rf"(?<![^\s:=\"'])({alternatives})(?=[/\s:\"']|$)")
 
     def __call__(self, text: str) -> str:
-        return self._re.sub(lambda m: str(self.root) + m.group(1), text)
+        return self.pattern.sub(lambda m: str(self.root) + m.group(1), text)
 
 
 def free_port() -> int:
@@ -122,7 +122,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
                     shutil.copy2(ROOT / f, out)
         elif inst.keyword == "RUN":
             # a RUN reaches the paths it writes only through ENV, so nothing lands outside `root`
-            assert not reroot._re.search(inst.args), f"RUN names an absolute path: {inst.args}"
+            assert not reroot.pattern.search(inst.args), f"RUN names an absolute path: {inst.args}"
             done = subprocess.run(
                 ["/bin/sh", "-c", inst.args], cwd=cwd, env=env, capture_output=True, text=True, timeout=420
             )

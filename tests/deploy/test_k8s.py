@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from engine.config import ENV_PREFIX, Settings
 from engine.metrics import EngineMetrics
+from engine.server import SCORER_SERVICE
 from tests.conftest import ROOT
 
 K8S = ROOT / "k8s"
@@ -215,7 +216,7 @@ def test_probes_are_native_grpc_on_the_serving_port() -> None:
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert set(engine[probe]) & {"grpc", "exec", "httpGet", "tcpSocket"} == {"grpc"}, probe
         assert engine[probe]["grpc"]["port"] == grpc_port, probe
-    assert engine["readinessProbe"]["grpc"]["service"] == "tradescore.v1.TradeScorer"
+    assert engine["readinessProbe"]["grpc"]["service"] == SCORER_SERVICE
     # liveness must outlast a drain: a pod that is draining answers NOT_SERVING
     live = engine["livenessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] > float(env_of(docs)["ENGINE_GRACE_SECONDS"])
