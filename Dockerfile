@@ -33,11 +33,14 @@ LABEL org.opencontainers.image.title="tradescore-engine" \
       org.opencontainers.image.description="TradeScore gRPC scoring engine (settlement-fail risk) with its default model bundle"
 
 # settings are ENGINE_* variables (engine serve --help lists them); the ports are fixed here
-# because EXPOSE, the HEALTHCHECK and k8s/base/deployment.yaml name them
+# because EXPOSE, the HEALTHCHECK and k8s/base/deployment.yaml name them. The request decoder,
+# validation rules and features are numba kernels, compiled at the first start (10-20 s here)
+# and cached in NUMBA_CACHE_DIR, which must be writable (the venv is not, for this user)
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
     ENGINE_PORT=50051 \
     ENGINE_METRICS_PORT=9095
 

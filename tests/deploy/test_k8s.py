@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from engine.config import ENV_PREFIX, Settings
 from engine.metrics import EngineMetrics
-from engine.server import SCORER_SERVICE
+from engine.scoring.trades import SERVICE as SCORER_SERVICE
 from tests.conftest import ROOT
 
 K8S = ROOT / "k8s"
