@@ -616,6 +616,21 @@ def _inprocess(job: InProcessJob) -> dict[str, Any]:
     return out
 
 
+def inprocess_job(
+    args: argparse.Namespace, reqs: RequestSet, warmup_s: float, batch_only: bool = False
+) -> InProcessJob:
+    return InProcessJob(
+        args.bundle,
+        args.server_cpus,
+        args.intra_op_threads,
+        reqs.batches,
+        reqs.singles,
+        warmup_s,
+        args.duration,
+        batch_only,
+    )
+
+
 def run_inprocess(job: InProcessJob) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
@@ -1321,18 +1336,7 @@ def b_rounds(
         args.batch_concurrency,
     )
     for i in range(1, args.rounds):
-        local = run_inprocess(
-            InProcessJob(
-                args.bundle,
-                args.server_cpus,
-                args.intra_op_threads,
-                reqs.batches,
-                reqs.singles,
-                min(args.warmup, 1.0),
-                args.duration,
-                batch_only=True,
-            )
-        )["batch"]
+        local = run_inprocess(inprocess_job(args, reqs, min(args.warmup, 1.0), batch_only=True))["batch"]
         served = run_scenario(sc, server, reqs.batches, args, None)
         entry = {
             "round": i,
@@ -1552,17 +1556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     say(f"in-process ONNX Runtime on CPUs {cpus_text(args.server_cpus)}")
     others0, t_ip = others_cpu_seconds(), time.perf_counter()
-    ip = run_inprocess(
-        InProcessJob(
-            args.bundle,
-            args.server_cpus,
-            args.intra_op_threads,
-            reqs.batches,
-            reqs.singles,
-            args.warmup,
-            args.duration,
-        )
-    )
+    ip = run_inprocess(inprocess_job(args, reqs, args.warmup))
     ip["other_processes_cpu"] = (others_cpu_seconds() - others0) / (time.perf_counter() - t_ip)
     say(
         f"  {ip['batch']['rows_per_s']:,.0f} rows/s at {ip['batch']['rows']} rows, "
