@@ -80,6 +80,7 @@ from engine.models.bundle import DEFAULT_BUNDLE
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SCORE_METHOD = "/tradescore.v1.TradeScorer/Score"
+STREAM_METHOD = "/tradescore.v1.TradeScorer/ScoreStream"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: above this share of one core a process counts as saturated
 SATURATED = 0.9
@@ -133,10 +134,16 @@ SMALL, LARGE = answer(1), answer(int(sys.argv[2]))
 async def score(request, context):
     return SMALL if len(request) < 1024 else LARGE
 
+async def stream(requests, context):
+    async for request in requests:
+        yield SMALL if len(request) < 1024 else LARGE
+
 async def main():
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
-        "tradescore.v1.TradeScorer", {"Score": grpc.unary_unary_rpc_method_handler(score)})
+        "tradescore.v1.TradeScorer",
+        {"Score": grpc.unary_unary_rpc_method_handler(score),
+         "ScoreStream": grpc.stream_stream_rpc_method_handler(stream)})
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -796,7 +803,7 @@ def model_info(target: str) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
     target: str
-    mode: str  # "closed" or "open"
+    mode: str  # "closed", "open" or "stream"
     requests: list[bytes]
     trades_per_call: int
     concurrency: int  # closed loop: calls in flight in this process
@@ -809,6 +816,7 @@ class LoadSpec:
     cpus: set[int]
     parse_responses: bool
     first: int  # index of this process's first request
+    window: int = 64  # stream: messages in flight per stream
 
 
 @dataclass(slots=True)
@@ -848,6 +856,7 @@ class _Load:
         ]
         # no serializers: the requests are bytes already, responses stay bytes
         self.calls = [ch.unary_unary(SCORE_METHOD, None, None) for ch in self.channels]
+        self.streams = [ch.stream_stream(STREAM_METHOD, None, None) for ch in self.channels]
         self.window = (math.inf, math.inf)
         self.stop = False
         self.result = WorkerResult()
@@ -912,6 +921,44 @@ class _Load:
             t1 = clock()
             self._record(t1, t1 - t0, error)
 
+    async def _stream_worker(self, k: int) -> None:
+        """One ScoreStream: up to `window` messages in flight; latency from write to its answer."""
+        reqs = self.spec.requests
+        call = self.streams[k % len(self.streams)](None)  # requests are written below
+        room = asyncio.Semaphore(self.spec.window)
+        sent: deque[float] = deque()
+        clock = time.perf_counter
+
+        async def writer() -> None:
+            i = self.spec.first + k
+            while not self.stop:
+                await room.acquire()
+                sent.append(clock())
+                await call.write(reqs[i % len(reqs)])
+                i += 1
+            await call.done_writing()
+
+        task = asyncio.get_running_loop().create_task(writer())
+        try:
+            while True:
+                raw = await call.read()
+                if not isinstance(raw, bytes):  # grpc.aio.EOF: the server closed the stream
+                    break
+                t1 = clock()
+                t0 = sent.popleft()
+                room.release()
+                error = None
+                if self.spec.parse_responses or self._checks_left > 0:
+                    self._checks_left -= 1
+                    error = self._check(raw)
+                self._record(t1, t1 - t0, error)
+        except self.grpc.aio.AioRpcError as exc:
+            code = str(exc.code().name)
+            self.result.error_details.setdefault(code, str(exc.details())[:200])
+            self._record(clock(), 0.0, code)
+        finally:
+            task.cancel()
+
     async def _open_call(self, k: int, scheduled: float) -> None:
         sent = time.perf_counter()
         error = await self._call(k, self.spec.requests[(self.spec.first + k) % len(self.spec.requests)])
@@ -954,6 +1001,8 @@ class _Load:
         pending: set[asyncio.Task[None]] = set()
         if spec.mode == "closed":
             runners = [loop.create_task(self._closed_worker(k)) for k in range(spec.concurrency)]
+        elif spec.mode == "stream":
+            runners = [loop.create_task(self._stream_worker(k)) for k in range(spec.concurrency)]
         else:
             sys.setswitchinterval(0.0005)  # the sender thread must get the GIL back promptly
             sender = threading.Thread(target=self._open_sender, args=(loop, pending), daemon=True)
@@ -1029,7 +1078,7 @@ def run_scenario(
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     procs_n = max(1, args.client_procs)
-    if sc.mode == "closed":
+    if sc.mode in ("closed", "stream"):
         procs_n = min(procs_n, sc.concurrency)
     barrier = ctx.Barrier(procs_n + 1)
     workers: list[tuple[BaseProcess, Connection]] = []
@@ -1050,6 +1099,7 @@ def run_scenario(
             cpus=args.client_cpus,
             parse_responses=args.parse_responses,
             first=p * 7919,
+            window=args.stream_window,
         )
         recv, send = ctx.Pipe(duplex=False)
         client = ctx.Process(target=_client_main, args=(spec, barrier, send), name=f"bench-client-{p}")
@@ -1130,7 +1180,7 @@ def summarize(
         "server": sc.server,
         "mode": sc.mode,
         "trades_per_call": sc.trades_per_call,
-        "concurrency": sc.concurrency if sc.mode == "closed" else None,
+        "concurrency": sc.concurrency if sc.mode != "open" else None,
         "offered_calls_per_s": sc.rate if sc.mode == "open" else None,
         "client_processes": procs,
         "channels_per_process": args.channels,
@@ -1307,6 +1357,15 @@ def print_report(res: dict[str, Any]) -> None:
     print("Verdicts")
     for v in res["verdicts"].values():
         print(f"  {v['text']}")
+    if res.get("curve"):
+        curve = res["curve"]
+        for pt in curve["points"]:
+            print(
+                f"    curve {pt['offered']:>7,.0f}/s offered: {pt['achieved_ok']:>7,.0f} ok/s, "
+                f"p50 {pt['p50_ms']:.2f} ms, p99 {pt['p99_ms']:.2f} ms, {pt['errors']} errors, "
+                f"server {pt['server_cpu_us_per_call']:.0f} us CPU/call"
+            )
+        print(f"  {curve['text']}" + (f"\n  plot: {curve['plot']}" if curve.get("plot") else ""))
     noisy = [r["key"] for r in res["scenarios"] if r["other_processes_cpu"] > NOISY]
     noisy += ["in-process"] if ip["other_processes_cpu"] > NOISY else []
     if noisy:
@@ -1315,6 +1374,83 @@ def print_report(res: dict[str, Any]) -> None:
             "  wall-clock numbers there are low; CPU-time numbers (us/call, per CPU-second) still hold"
         )
     print()
+
+
+def _kept_up(r: dict[str, Any]) -> bool:
+    """An open-loop point the engine kept up with: >= 95 % of the offered rate answered, <= 1 % errors."""
+    errors = sum(r["errors"].values())
+    offered = r["offered_calls_per_s"]
+    return bool(r["achieved_ok_rate"] >= 0.95 * offered and errors <= 0.01 * max(1, r["ok_calls"] + errors))
+
+
+def _saturated(results: Sequence[dict[str, Any]]) -> bool:
+    curve = [r for r in results if r["key"].startswith("curve")]
+    return bool(curve) and not _kept_up(curve[-1])
+
+
+def curve_verdict(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Saturation (the most calls/s answered) and p99 up to 60 % of it (target <= 5 ms)."""
+    curve = sorted(
+        (r for r in results if r["key"].startswith("curve")), key=lambda r: r["offered_calls_per_s"]
+    )
+    if not curve:
+        return None
+    # saturation: the most calls/s answered at any offered rate (open loop past capacity
+    # answers about capacity); the SLO must hold at every point up to 60 % of it
+    saturation = max(r["achieved_ok_rate"] for r in curve)
+    below = [r for r in curve if r["offered_calls_per_s"] <= 0.6 * saturation]
+    worst = max((r["latency"]["p99_ms"] for r in below), default=math.nan)
+    ok = bool(below) and worst <= 5.0
+    points = [
+        {
+            "offered": r["offered_calls_per_s"],
+            "achieved_ok": r["achieved_ok_rate"],
+            "p50_ms": r["latency"]["p50_ms"],
+            "p99_ms": r["latency"]["p99_ms"],
+            "errors": sum(r["errors"].values()),
+            "server_cpu_us_per_call": r["server_cpu_us_per_call"],
+        }
+        for r in curve
+    ]
+    return {
+        "points": points,
+        "saturation_calls_per_s": saturation,
+        "worst_p99_ms_up_to_60pct": worst,
+        "pass": ok,
+        "text": f"curve: saturation {saturation:,.0f} single-trade calls/s (open loop); p99 up to 60 % of it "
+        f"({0.6 * saturation:,.0f}/s): worst {worst:.2f} ms (target <= 5 ms): {'PASS' if ok else 'FAIL'}",
+    }
+
+
+def plot_curve(verdict: dict[str, Any], path: Path, machine: str) -> bool:
+    """Latency against offered rate, as a PNG (False when matplotlib is not installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    pts = verdict["points"]
+    x = [p["offered"] for p in pts]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    ax.plot(x, [p["p50_ms"] for p in pts], "o-", label="p50")
+    ax.plot(x, [p["p99_ms"] for p in pts], "s-", label="p99")
+    ax.axhline(5.0, color="grey", linestyle=":", label="5 ms SLO")
+    sat = verdict["saturation_calls_per_s"]
+    if sat:
+        ax.axvline(sat, color="red", linestyle="--", label=f"saturation {sat:,.0f}/s")
+        ax.axvline(0.6 * sat, color="orange", linestyle="--", label="60 % of saturation")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered single-trade Score calls/s (open loop)")
+    ax.set_ylabel("latency from scheduled send (ms)")
+    ax.set_title(f"TradeScore latency vs offered rate\n{machine}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
 
 
 def b_rounds(
@@ -1409,7 +1545,7 @@ def verdicts(
             f"server CPU per call {cpu:.2f}x",
         }
     for key, r in by_key.items():
-        if r["mode"] != "open" or r["server"] != "on":
+        if r["mode"] != "open" or r["server"] != "on" or key.startswith("curve"):
             continue
         rate = r["offered_calls_per_s"]
         p99 = r["latency"]["p99_ms"]
@@ -1424,7 +1560,20 @@ def verdicts(
             text += f"  (p99 <= 5 ms: {'PASS' if entry['pass'] else 'FAIL'})"
         entry["text"] = text
         out[f"open_loop_{key}"] = entry
-    for shape in ("a", "b"):
+    for shape, target in (("a", 0.75), ("d", 0.75)):
+        if shape in by_key and f"floor_{shape}" in by_key:
+            eng, bare = by_key[shape], by_key[f"floor_{shape}"]
+            ratio = eng["calls_per_s"] / bare["calls_per_s"] if bare["calls_per_s"] else math.nan
+            what = "unary calls/s" if shape == "a" else "ScoreStream messages/s"
+            out[f"vs_floor_{shape}"] = {
+                "ratio": ratio,
+                "target": target,
+                "pass": bool(ratio >= target),
+                "text": f"({shape}) single-trade {what}: engine {_f(eng['calls_per_s'])} / bare gRPC "
+                f"{_f(bare['calls_per_s'])} = {ratio:.2f} (target >= {target}): "
+                f"{'PASS' if ratio >= target else 'FAIL'}",
+            }
+    for shape in ("a", "b", "d"):
         if shape in by_key and f"floor_{shape}" in by_key:
             eng, bare = by_key[shape], by_key[f"floor_{shape}"]
             share = bare["server_cpu_us_per_call"] / eng["server_cpu_us_per_call"]
@@ -1475,6 +1624,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--single-concurrency", type=int, default=64, help="(a) calls in flight, 1 trade each")
     p.add_argument(
+        "--stream-concurrency", type=int, default=1, help="(d) ScoreStream streams, 1 trade a message"
+    )
+    p.add_argument("--stream-window", type=int, default=64, help="(d) messages in flight per stream")
+    p.add_argument(
+        "--curve-rates",
+        default="250,500,1000,1500,2000,2500,3000,3500,4000",
+        help="curve: open-loop single-trade rates (calls/s) tried in order, stopping after the first "
+        "one the engine cannot keep up with (achieved < 95%% of offered, or > 1%% errors)",
+    )
+    p.add_argument(
         "--batch-trades", type=int, default=256, help="(b) trades per call, and rows per in-process ORT call"
     )
     p.add_argument("--batch-concurrency", type=int, default=4, help="(b) calls in flight")
@@ -1498,11 +1657,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--scenarios",
-        default="a,b,c,a_nobatch,floor_a,floor_b",
-        help="which to run, comma separated: a, b, c (open loop at each of --rates) against the engine; "
-        "the same with _nobatch (a_nobatch, b_nobatch, c_nobatch) against a second engine started "
-        "with --no-batching; floor_a, floor_b, floor_c against a bare grpc.aio server that answers "
-        "with canned bytes (what gRPC alone costs on these CPUs)",
+        default="a,b,c,d,a_nobatch,floor_a,floor_b,floor_d,curve",
+        help="which to run, comma separated: a, b, c (open loop at each of --rates), d (ScoreStream) "
+        "against the engine; the same with _nobatch (a_nobatch, ...) against a second engine started "
+        "with --no-batching, and with _w2 (a_w2, b_w2, ...) against one started with --workers 2 on "
+        "the server and client CPUs together; floor_a, floor_b, floor_c, floor_d against a bare "
+        "grpc.aio server that answers with canned bytes (what gRPC alone costs on these CPUs); curve: "
+        "open-loop latency at each of --curve-rates up to saturation, plotted to a PNG",
     )
     p.add_argument(
         "--singles", type=int, default=2048, help="distinct single-trade requests to cycle through"
@@ -1527,6 +1688,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where the JSON report goes")
     args = p.parse_args(argv)
     args.rate_list = [float(r) for r in str(args.rates).split(",") if r.strip()]
+    args.curve_rate_list = [float(r) for r in str(args.curve_rates).split(",") if r.strip()]
     if args.duration <= 0 or args.warmup < 0:
         p.error("--duration must be > 0 and --warmup >= 0")
     if args.server_cpus & args.client_cpus:
@@ -1564,7 +1726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     def scenarios_for(server: str) -> list[Scenario]:
-        suffix = {"on": "", "off": "_nobatch", "floor": ""}[server]
+        suffix = {"on": "", "off": "_nobatch", "floor": "", "w2": "_w2"}[server]
         prefix = "floor_" if server == "floor" else ""
         out = []
         if prefix + "a" + suffix in wanted:
@@ -1581,6 +1743,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for rate in args.rate_list:
                 title = f"(c) 1 trade, open loop {rate:g}/s"
                 out.append(Scenario(f"{prefix}c{rate:g}{suffix}", title, server, "open", 1, rate=rate))
+        if prefix + "d" + suffix in wanted:
+            title = (
+                f"(d) ScoreStream, 1 trade/msg, {args.stream_concurrency} x {args.stream_window} in flight"
+            )
+            out.append(Scenario(prefix + "d" + suffix, title, server, "stream", 1, args.stream_concurrency))
         return out
 
     out_dir: Path = args.output_dir
@@ -1591,8 +1758,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     servers: list[dict[str, Any]] = []
     rounds: list[dict[str, Any]] = []
-    for kind in ("on", "off", "floor"):
+    for kind in ("on", "off", "floor", "w2"):
         todo = scenarios_for(kind)
+        if kind == "on" and "curve" in wanted:
+            todo += [
+                Scenario(
+                    f"curve{rate:g}", f"curve: 1 trade, open loop {rate:g}/s", "on", "open", 1, rate=rate
+                )
+                for rate in args.curve_rate_list
+            ]
         if not todo:
             continue
         if kind == "floor":
@@ -1604,8 +1778,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--batching" if kind == "on" else "--no-batching",
                 *args.server_arg,
             ]
-            say(f"starting server: {' '.join(flags)}")
-            server = ServerProcess.engine(args.bundle, args.server_cpus, flags)
+            cpus = args.server_cpus
+            if kind == "w2":
+                flags = [f"--intra-op-threads={args.intra_op_threads}", "--workers=2", *args.server_arg]
+                cpus = (
+                    args.server_cpus | args.client_cpus
+                )  # two workers want two cores: shared with the client
+            say(f"starting server: {' '.join(flags)} on CPUs {cpus_text(cpus)}")
+            server = ServerProcess.engine(args.bundle, cpus, flags)
         desc: dict[str, Any] = {"kind": kind}
         try:
             desc.update(server.describe())
@@ -1618,6 +1798,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"({server.launcher})"
             )
             for sc in todo:
+                if sc.key.startswith("curve") and _saturated(results):
+                    continue  # the curve stops after the first rate the engine could not keep up with
                 say(f"  {sc.key}: {sc.title}")
                 pool = reqs.singles if sc.trades_per_call == 1 else reqs.batches
                 r = run_scenario(sc, server, pool, args, profile_dir)
@@ -1660,11 +1842,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scenarios": results,
         "b_rounds": rounds,
         "verdicts": verdicts(ip, by_key, rounds),
+        "curve": curve_verdict(results),
         "elapsed_s": time.perf_counter() - started,
     }
     path = out_dir / f"bench-{stamp}.json"
     if path.exists():  # another run started in the same second
         path = out_dir / f"bench-{stamp}-{os.getpid()}.json"
+    if report["curve"] is not None:
+        png = path.with_suffix(".png")
+        label = f"{machine.get('cpu_model', '?')}, {machine.get('cpus_online', '?')} CPUs; "
+        label += f"server on CPUs {cpus_text(args.server_cpus)}, load on {cpus_text(args.client_cpus)}"
+        if plot_curve(report["curve"], png, label):
+            report["curve"]["plot"] = str(png)
     path.write_text(json.dumps(report, indent=2, default=float) + "\n")
     print_report(report)
     print(f"JSON: {path}  ({report['elapsed_s']:.0f} s)")
