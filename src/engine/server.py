@@ -15,9 +15,12 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
@@ -28,7 +31,8 @@ from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.batching import MicroBatcher
 from engine.config import Settings
 from engine.features.columns import TradeColumns
-from engine.metrics import EngineMetrics
+from engine.interceptors import MetricsInterceptor
+from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.servable import ServingModel, load_serving_model
 from engine.scoring.trades import TradeScorerService
@@ -38,6 +42,26 @@ log = logging.getLogger(__name__)
 #: after the last scoring call, how long other calls (health watches) may still run at shutdown
 FLUSH_SECONDS = 1.0
 SCORER_SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
+
+
+#: services whose gRPC metrics exist (at 0) from the start
+METERED_SERVICES = (
+    pb.DESCRIPTOR.services_by_name["TradeScorer"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+)
+
+
+def _scoring_with_metrics(
+    metrics: EngineMetrics,
+) -> Callable[[ServingModel, TradeColumns], npt.NDArray[np.float32]]:
+    """`ServingModel.score` that also records the batch's score distribution (in the inference thread)."""
+
+    def score(model: ServingModel, trades: TradeColumns) -> npt.NDArray[np.float32]:
+        probabilities = model.score(trades)
+        metrics.observe_scores(probabilities, model.bundle.manifest.risk_bands.assign(probabilities))
+        return probabilities
+
+    return score
 
 
 class EngineServer:
@@ -66,7 +90,7 @@ class EngineServer:
         model = self.models.load_initial()
         log.info("model %s %s loaded from %s", model.name, model.version, s.bundle)
         self.batcher = MicroBatcher(
-            ServingModel.score,
+            _scoring_with_metrics(self.metrics),
             TradeColumns.concat,
             max_batch_rows=s.max_batch_rows,
             max_wait_s=s.max_wait_s,
@@ -84,7 +108,11 @@ class EngineServer:
         ]
         # beyond max_concurrent_rpcs gRPC answers RESOURCE_EXHAUSTED itself, before the call
         # waits in its own pending queue (which would otherwise end in CANCELLED under overload)
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
+        server = grpc.aio.server(
+            options=options,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            interceptors=[MetricsInterceptor(self.metrics, METERED_SERVICES)],
+        )
         self.scorer = TradeScorerService(
             self.models,
             self.batcher,
@@ -182,8 +210,11 @@ def run(settings: Settings) -> int:
     """Serve with `settings.workers` processes (one: in this process)."""
     if settings.workers == 1:
         return asyncio.run(serve(settings))
+    shared_metrics = MultiprocessMetrics()
     if settings.metrics_port:
-        log.warning("--metrics-port is served only with --workers 1 for now; not serving /metrics")
+        # before the workers start: they read PROMETHEUS_MULTIPROC_DIR when they import prometheus-client
+        shared_metrics.prepare()
+        start_http_server(settings.metrics_port, registry=shared_metrics.registry())
     # spawn, not fork: no gRPC or ONNX Runtime state may cross into the workers
     ctx = multiprocessing.get_context("spawn")
     workers = [
@@ -212,6 +243,8 @@ def run(settings: Settings) -> int:
             if w.exitcode is None:
                 continue
             workers.remove(w)
+            if settings.metrics_port and w.pid is not None:
+                shared_metrics.worker_exited(w.pid)
             if w.exitcode != 0:
                 code = 1
                 log.error("worker %s exited with %s", w.pid, w.exitcode)
