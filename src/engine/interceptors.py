@@ -86,23 +86,23 @@ class _CountingContext:
     async def read(self) -> Any:
         message = await self._context.read()
         if message is not grpc.aio.EOF:  # type: ignore[attr-defined]
-            self._m.msg_received.inc()
+            self._m.msg_received(1)
         return message
 
     async def write(self, message: Any) -> None:
         await self._context.write(message)
-        self._m.msg_sent.inc()
+        self._m.msg_sent(1)
 
 
 async def _count_async(requests: AsyncIterator[Any], m: GrpcMethodMetrics) -> AsyncIterator[Any]:
     async for message in requests:
-        m.msg_received.inc()
+        m.msg_received(1)
         yield message
 
 
 def _count_sync(requests: Iterable[Any], m: GrpcMethodMetrics) -> Iterator[Any]:
     for message in requests:
-        m.msg_received.inc()
+        m.msg_received(1)
         yield message
 
 
@@ -112,24 +112,20 @@ def wrap_handler(handler: Handler, m: GrpcMethodMetrics) -> Handler:
     streaming_out = handler.response_streaming
     attr = ("stream_" if streaming_in else "unary_") + ("stream" if streaming_out else "unary")
     behaviour: Callable[..., Any] = getattr(handler, attr)
-    started = m.started.inc
-    received = m.msg_received.inc
-    sent = m.msg_sent.inc
-    observe = m.handling.observe
-    handled = {code: child.inc for code, child in m.handled.items()}
+    started, received, sent, observe, handled = m.started, m.msg_received, m.msg_sent, m.handling, m.handled
     ok = handled[_OK]
     unknown = handled[grpc.StatusCode.UNKNOWN]
 
     def finish(start: float, code: grpc.StatusCode) -> None:
         observe(perf_counter() - start)
-        handled[code]()
+        handled.get(code, unknown)(1)
 
     if not streaming_out and inspect.iscoroutinefunction(behaviour):
         if not streaming_in:
 
             async def unary_unary(request: Any, context: Any) -> Any:
-                started()
-                received()
+                started(1)
+                received(1)
                 start = perf_counter()
                 try:
                     response = await behaviour(request, context)
@@ -139,17 +135,17 @@ def wrap_handler(handler: Handler, m: GrpcMethodMetrics) -> Handler:
                 observe(perf_counter() - start)
                 code = context.code()
                 if code is None or code is _OK:
-                    sent()
-                    ok()
+                    sent(1)
+                    ok(1)
                 else:
-                    handled.get(code, unknown)()
+                    handled.get(code, unknown)(1)
                 return response
 
             wrapped: Callable[..., Any] = unary_unary
         else:
 
             async def stream_unary(requests: Any, context: Any) -> Any:
-                started()
+                started(1)
                 start = perf_counter()
                 try:
                     response = await behaviour(_count_async(requests, m), context)
@@ -158,7 +154,7 @@ def wrap_handler(handler: Handler, m: GrpcMethodMetrics) -> Handler:
                     raise
                 code = _ended_code(context)
                 if code is _OK:
-                    sent()
+                    sent(1)
                 finish(start, code)
                 return response
 
@@ -166,16 +162,16 @@ def wrap_handler(handler: Handler, m: GrpcMethodMetrics) -> Handler:
     elif streaming_out and inspect.isasyncgenfunction(behaviour):
 
         async def stream_out(request: Any, context: Any) -> AsyncIterator[Any]:
-            started()
+            started(1)
             if streaming_in:
                 request = _count_async(request, m)
             else:
-                received()
+                received(1)
             start = perf_counter()
             responses = behaviour(request, context)
             try:
                 async for response in responses:
-                    sent()
+                    sent(1)
                     yield response
             except BaseException as exc:
                 finish(start, _failed_code(exc, context))
@@ -188,11 +184,11 @@ def wrap_handler(handler: Handler, m: GrpcMethodMetrics) -> Handler:
     elif streaming_out and inspect.iscoroutinefunction(behaviour):
 
         async def stream_writer(request: Any, context: Any) -> None:
-            started()
+            started(1)
             if streaming_in:
                 request = _count_async(request, m)
             else:
-                received()
+                received(1)
             start = perf_counter()
             try:
                 await behaviour(request, _CountingContext(context, m))
@@ -205,18 +201,18 @@ def wrap_handler(handler: Handler, m: GrpcMethodMetrics) -> Handler:
     elif not streaming_out:  # synchronous handler: grpc.aio runs it in its thread pool
 
         def sync_unary(request: Any, context: Any) -> Any:
-            started()
+            started(1)
             if streaming_in:
                 request = _count_sync(request, m)
             else:
-                received()
+                received(1)
             start = perf_counter()
             try:
                 response = behaviour(request, context)
             except BaseException as exc:
                 finish(start, _failed_code(exc, context))
                 raise
-            sent()
+            sent(1)
             finish(start, _OK)
             return response
 
@@ -224,15 +220,15 @@ def wrap_handler(handler: Handler, m: GrpcMethodMetrics) -> Handler:
     else:  # synchronous generator (or a function returning an iterator)
 
         def sync_stream(request: Any, context: Any) -> Iterator[Any]:
-            started()
+            started(1)
             if streaming_in:
                 request = _count_sync(request, m)
             else:
-                received()
+                received(1)
             start = perf_counter()
             try:
                 for response in behaviour(request, context):
-                    sent()
+                    sent(1)
                     yield response
             except BaseException as exc:
                 finish(start, _failed_code(exc, context))
