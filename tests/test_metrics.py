@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,7 +20,7 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.interceptors import MetricsInterceptor
 from engine.metrics import GRPC_CODE_NAMES, SCORE_BUCKETS, EngineMetrics, _observe_counts
-from tests.conftest import ServerFactory, make_trade, sample_request
+from tests.conftest import ROOT, ServerFactory, make_trade, sample_request
 
 SCORER = "tradescore.v1.TradeScorer"
 
@@ -265,9 +268,16 @@ async def test_interceptor_wraps_raw_bytes_handlers_of_every_shape(
 
 
 def test_cost_measurement_script_runs_and_counts_its_calls() -> None:
-    """loadtest/metrics_cost.py (the per-call cost report) keeps working; its timings are not asserted."""
-    from loadtest.metrics_cost import measure
-
-    result = measure(calls=40)
-    assert result["calls_counted"] == 5 * 40  # best of 5 runs, each through the wrapped handler
-    assert result["wrapped_ns"] > 0 and result["observe_scores_256_ns"] > 0
+    """loadtest/metrics_cost.py (the per-call cost report) works in both modes; timings are not asserted."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest" / "metrics_cost.py"), "--calls", "40", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    results = [json.loads(line) for line in out.splitlines()]
+    assert [r["multiprocess"] for r in results] == [False, True]
+    for r in results:
+        assert r["calls_counted"] == 5 * 40  # best of 5 runs, each through the wrapped handler
+        assert r["wrapped_ns"] > 0 and r["observe_scores_256_ns"] > 0
