@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.interceptors import MetricsInterceptor
-from engine.metrics import GRPC_CODE_NAMES, SCORE_BUCKETS, EngineMetrics, _observe_counts
+from engine.metrics import GRPC_CODE_NAMES, SCORE_BUCKETS, EngineMetrics, MultiprocessMetrics, _observe_counts
 from tests.conftest import ROOT, ServerFactory, make_trade, sample_request
 
 SCORER = "tradescore.v1.TradeScorer"
@@ -281,3 +282,13 @@ def test_cost_measurement_script_runs_and_counts_its_calls() -> None:
     for r in results:
         assert r["calls_counted"] == 5 * 40  # best of 5 runs, each through the wrapped handler
         assert r["wrapped_ns"] > 0 and r["observe_scores_256_ns"] > 0
+
+
+def test_multiprocess_dir_of_its_own_is_removed_at_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    shared = MultiprocessMetrics()
+    path = shared.prepare()
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == path and os.path.isdir(path)
+    assert list(shared.registry().collect()) == []  # the parent has no metrics of its own
+    shared.close()
+    assert not os.path.exists(path) and "PROMETHEUS_MULTIPROC_DIR" not in os.environ

@@ -57,12 +57,15 @@ class Rules:
     @staticmethod
     def from_spec(raw: Mapping[str, Any] | None, direction: str) -> Rules:
         raw = raw or {}
+        policies: tuple[Policy, ...]
         if direction == "scaleUp":
             window, policies = 0, (Policy("Percent", 100, 15), Policy("Pods", 4, 15))
         else:
             window, policies = 300, (Policy("Percent", 100, 15),)
         if "policies" in raw:
-            policies = tuple(Policy(p["type"], int(p["value"]), int(p["periodSeconds"])) for p in raw["policies"])
+            policies = tuple(
+                Policy(p["type"], int(p["value"]), int(p["periodSeconds"])) for p in raw["policies"]
+            )
         for p in policies:
             if p.type not in ("Pods", "Percent") or p.value <= 0 or not 0 < p.period_seconds <= 1800:
                 raise ValueError(f"invalid {direction} policy {p}")
@@ -165,7 +168,9 @@ class Controller:
                 proposals = []
                 for p in rules.policies:
                     start = self._period_start(now, p.period_seconds)
-                    proposals.append(start - p.value if p.type == "Pods" else int(start * (1 - p.value / 100)))
+                    proposals.append(
+                        start - p.value if p.type == "Pods" else int(start * (1 - p.value / 100))
+                    )
                 limit = min(proposals) if rules.select_policy == "Max" else max(proposals)
             return max(desired, s.min_replicas, min(limit, current))
         return desired

@@ -27,7 +27,8 @@ def binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         raise RuntimeError(
-            f"{name} not found: install Debian's 'prometheus' package (scripts/install-system-deps does it as root)"
+            f"{name} not found: install Debian's 'prometheus' package "
+            "(scripts/install-system-deps does it when run as root)"
         )
     return path
 
@@ -59,7 +60,8 @@ class Prometheus:
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "prometheus.yml"
-        self.config.write_text(json.dumps(self._config(targets or {}, labels or {}, rule_files, interval), indent=2))
+        config = self._config(targets or {}, labels or {}, rule_files, interval)
+        self.config.write_text(json.dumps(config, indent=2))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "prometheus.log"
@@ -132,8 +134,10 @@ class Prometheus:
         if at is not None:
             params["time"] = f"{at:.3f}"
         data = self.api("query", **params)
-        result: list[dict[str, Any]] = data["result"] if data["resultType"] in ("vector", "matrix") else [data]
-        return result
+        if data["resultType"] in ("vector", "matrix"):
+            result: list[dict[str, Any]] = data["result"]
+            return result
+        return [data]
 
     def value(self, promql: str, at: float | None = None) -> float:
         """The single value of an instant query that must return exactly one series."""

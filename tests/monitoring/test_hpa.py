@@ -84,14 +84,15 @@ def test_settle_seconds() -> None:
 
 
 def test_spec_from_scaled_object() -> None:
+    behavior = {"scaleDown": {"selectPolicy": "Min"}}
+    metadata = {"query": "q", "threshold": "24"}
+    trigger = {"type": "prometheus", "metricType": "AverageValue", "metadata": metadata}
     scaled = {
         "spec": {
             "minReplicaCount": 2,
             "maxReplicaCount": 12,
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {"selectPolicy": "Min"}}}},
-            "triggers": [
-                {"type": "prometheus", "metricType": "AverageValue", "metadata": {"query": "q", "threshold": "24"}}
-            ],
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior}},
+            "triggers": [trigger],
         }
     }
     hpa, query = spec_from_scaled_object(scaled)
