@@ -147,7 +147,7 @@ class Prometheus:
         return float(result[0]["value"][1])
 
     def query_range(self, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
-        data = self.api("query_range", query=promql, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step}s")
+        data = self.api("query_range", query=promql, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:g}")
         result: list[dict[str, Any]] = data["result"]
         return result
 
