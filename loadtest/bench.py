@@ -6,9 +6,9 @@ What one run measures (issue #2, item 8)
 1. In-process ONNX Runtime, in a child process pinned to the server's CPU set,
    with the server's ORT settings (`load_serving_model(bundle, intra_op_threads)`):
    rows/s on 256-row feature matrices built exactly as the server builds them
-   (request bytes -> `decode_trades` -> `validate` -> `FeaturePlan.compute`), single-row call
+   (request bytes -> `decode_request` -> `validate_rows` -> `FeaturePlan.compute_rows`), single-row call
    time in microseconds, and the CPU cost of every step of the request path
-   (parse, decode, validate + features, predict, encode) for 1 and 256 trades.
+   (decode, validate, features, predict, encode) for 1 and 256 trades.
 2. The served engine: `engine serve --host 127.0.0.1 --port 0 ...` in a separate
    process pinned to `--server-cpus` (port read from its log line), loaded by
    grpc.aio clients in child processes pinned to `--client-cpus`:
@@ -522,32 +522,28 @@ def _inprocess_main(job: InProcessJob, conn: Connection) -> None:
 def _inprocess(job: InProcessJob) -> dict[str, Any]:
     pin_process(job.cpus)
     from engine.config import Settings
-    from engine.features.columns import TradeColumns
-    from engine.features.validate import validate
-    from engine.scoring.codec import decode_trades, encode_scores
-    from engine.scoring.servable import ServingModel, load_serving_model
+    from engine.features.rows import TradeRows
+    from engine.features.validate import validate_rows
+    from engine.scoring.servable import load_serving_model
+    from engine.scoring.wire import WireRequest, decode_request, response_bytes
 
     model = load_serving_model(job.bundle, job.intra_op_threads)
     max_trades = Settings().max_trades_per_request
 
-    def parse(raw: bytes) -> pb.ScoreRequest:
-        return pb.ScoreRequest.FromString(raw)
+    # the steps of TradeScorerService._prepare / _respond, one by one
+    def decode(raw: bytes) -> WireRequest:
+        return decode_request(raw, model.wire, max_trades)
 
-    def decode(req: pb.ScoreRequest) -> Any:
-        return decode_trades(req.trades)
+    def check(rows: TradeRows) -> None:
+        validate_rows(rows, max_trades)
 
-    def check(cols: TradeColumns) -> None:
-        validate(cols, max_trades)
+    def features(rows: TradeRows) -> npt.NDArray[np.float32]:
+        return model.plan.compute_rows(rows)
 
-    def features(cols: TradeColumns) -> npt.NDArray[np.float32]:
-        return model.plan.compute(cols)
-
-    def respond(args: tuple[list[str], npt.NDArray[np.float32]]) -> bytes:
-        ids, probs = args  # what TradeScorerService._respond does, plus the wire encoding
-        m: ServingModel = model
-        response = pb.ScoreResponse(request_id="r", model_name=m.name, model_version=m.version)
-        bands = m.bundle.manifest.risk_bands.assign(probs)
-        return encode_scores(response, ids, probs, bands).SerializeToString()
+    def respond(args: tuple[WireRequest, npt.NDArray[np.float32]]) -> bytes:
+        request, probs = args
+        bands = model.bundle.manifest.risk_bands.assign(probs)
+        return response_bytes(request, probs, bands, model.name_bytes, model.version_bytes)
 
     out: dict[str, Any] = {
         "model": {
@@ -562,19 +558,17 @@ def _inprocess(job: InProcessJob) -> dict[str, Any]:
 
     def request_path(raws: list[bytes]) -> tuple[dict[str, float], list[npt.NDArray[np.float32]]]:
         """Median CPU microseconds of each step the server takes for one request; and the matrices."""
-        reqs = [parse(r) for r in raws]
-        decoded = [decode(r) for r in reqs]
-        cols = [d[0] for d in decoded]
-        for c in cols:
-            check(c)
-        mats = [features(c) for c in cols]
-        pairs = [(d[1], model.predict(x)) for d, x in zip(decoded, mats, strict=True)]
+        decoded = [decode(r) for r in raws]
+        rows = [d.rows for d in decoded]
+        for r in rows:
+            check(r)
+        mats = [features(r) for r in rows]
+        pairs = [(d, model.predict(x)) for d, x in zip(decoded, mats, strict=True)]
         _timed(model.predict, mats, min(job.warmup_s, 1.0))  # warm up ORT for this shape
         per = {
-            "parse_request": _timed(parse, raws, stage_s),
-            "decode_trades": _timed(decode, reqs, stage_s),
-            "validate": _timed(check, cols, stage_s),
-            "features": _timed(features, cols, stage_s),
+            "decode_request": _timed(decode, raws, stage_s),
+            "validate": _timed(check, rows, stage_s),
+            "features": _timed(features, rows, stage_s),
             "ort_predict": _timed(model.predict, mats, stage_s),
             "encode_response": _timed(respond, pairs, stage_s),
         }

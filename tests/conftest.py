@@ -183,8 +183,8 @@ def sample_request(n: int, seed: int = 3, request_id: str = "r") -> pb.ScoreRequ
 
 def in_process_probabilities(engine: EngineServer, request: pb.ScoreRequest) -> np.ndarray:
     """What ONNX Runtime gives for the same trades, without gRPC or batching."""
-    from engine.scoring.codec import decode_trades
+    from engine.scoring.codec import trades_to_columns
 
     model = engine.models.current
-    cols, _ = decode_trades(request.trades)
+    cols = trades_to_columns(request.trades)
     return model.predict(model.plan.compute(cols))

@@ -14,7 +14,7 @@ from engine.features.compute import CATALOG, OTHER, FeaturePlan, default_spec
 from engine.features.validate import validate
 from engine.models.bundle import DEFAULT_BUNDLE, ModelBundle
 from engine.models.spec import FeatureDef, FeatureSpec, RiskBands
-from engine.scoring.codec import columns_to_trades, decode_trades
+from engine.scoring.codec import columns_to_trades, trades_to_columns
 from engine.tables import read_table, write_table
 from tests.conftest import make_trade
 
@@ -27,7 +27,7 @@ def test_dates_parse_in_one_step_and_bad_ones_name_their_row() -> None:
 
 
 def test_validation_reports_lowest_index_and_count() -> None:
-    cols, _ = decode_trades(
+    cols = trades_to_columns(
         [make_trade(0), make_trade(1, price=-1.0), make_trade(2, quantity=-1.0), make_trade(3, price=0.0)]
     )
     with pytest.raises(InvalidInput) as info:
@@ -47,8 +47,9 @@ def test_columns_round_trip_through_proto() -> None:
             on_loan_recall_pending=True,
         )
     ]
-    cols, ids = decode_trades(trades)
-    again, _ = decode_trades(columns_to_trades(cols))
+    cols = trades_to_columns(trades)
+    ids = cols.trade_id.tolist()
+    again = trades_to_columns(columns_to_trades(cols))
     for name in ("quantity", "price", "inventory_ratio", "on_loan_recall_pending", "settlement_cycle_days"):
         np.testing.assert_array_equal(getattr(cols, name), getattr(again, name))
     assert ids == [t.trade_id for t in trades]
@@ -58,7 +59,7 @@ def test_columns_round_trip_through_proto() -> None:
 @pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl", ".parquet"])
 def test_tables_round_trip(tmp_path: Path, suffix: str) -> None:
     zeros = make_trade(5, trade_id="000123", instrument_id="037833100", counterparty_id="0042")
-    cols, _ = decode_trades([make_trade(i) for i in range(4)] + [make_trade(4, inventory_ratio=None), zeros])
+    cols = trades_to_columns([make_trade(i) for i in range(4)] + [make_trade(4, inventory_ratio=None), zeros])
     path = tmp_path / f"trades{suffix}"
     write_table(cols.to_table(), path)
     back = from_table(read_table(path))
@@ -93,7 +94,7 @@ def test_table_without_a_required_column_is_refused() -> None:
 def test_feature_plan_uses_bundle_vocabulary_and_other() -> None:
     bundle = ModelBundle.load(DEFAULT_BUNDLE)
     plan = FeaturePlan(bundle.manifest.features, bundle.references)
-    cols, _ = decode_trades([make_trade(0, settlement_venue="NOWHERE-CSD", currency="XXX")])
+    cols = trades_to_columns([make_trade(0, settlement_venue="NOWHERE-CSD", currency="XXX")])
     x = plan.compute(cols)
     names = bundle.manifest.features.names
     venue = bundle.manifest.features.get("settlement_venue")

@@ -24,6 +24,8 @@ from engine.metrics import GRPC_CODE_NAMES, SCORE_BUCKETS, EngineMetrics, Multip
 from tests.conftest import ROOT, ServerFactory, make_trade, sample_request
 
 SCORER = "tradescore.v1.TradeScorer"
+#: generous: the engine compiles its numba kernels on its first call after a fresh install
+TIMEOUT = 60.0
 
 
 def value(registry: CollectorRegistry, metric: str, **labels: str) -> float:
@@ -93,9 +95,9 @@ async def test_engine_counts_unary_calls_codes_and_scores(start_engine: ServerFa
     assert handled(r, "ScoreStream", "Internal", kind="bidi_stream") == 0
 
     requests = [sample_request(7, seed=i) for i in range(5)]
-    responses = [await stub.Score(req, timeout=5) for req in requests]
+    responses = [await stub.Score(req, timeout=TIMEOUT) for req in requests]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Score(pb.ScoreRequest(trades=[make_trade(0, quantity=-1.0)]), timeout=5)
+        await stub.Score(pb.ScoreRequest(trades=[make_trade(0, quantity=-1.0)]), timeout=TIMEOUT)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
 
@@ -127,7 +129,7 @@ async def test_engine_counts_stream_messages(start_engine: ServerFactory) -> Non
             yield sample_request(3, seed=i, request_id=f"s{i}")
         yield pb.ScoreRequest(request_id="bad")  # no trades: an error response, the stream goes on
 
-    got = [resp async for resp in stub.ScoreStream(requests(), timeout=10)]
+    got = [resp async for resp in stub.ScoreStream(requests(), timeout=TIMEOUT)]
     assert len(got) == 5
     r = engine.metrics.registry
     labels = grpc_labels("ScoreStream", kind="bidi_stream")

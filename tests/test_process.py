@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.features.columns import TradeColumns
-from engine.scoring.codec import decode_trades
+from engine.scoring.codec import trades_to_columns
 from engine.tables import write_table
 from tests.conftest import EngineProcess, copy_bundle, make_trade, resign
 
@@ -146,7 +146,7 @@ def test_cli_score_info_health_against_a_server(engine_process: Start, tmp_path:
     rows = [json.loads(line) for line in sample.stdout.splitlines()]
     assert len(rows) == 30 and all(0.0 <= r["fail_probability"] <= 1.0 for r in rows)
 
-    cols: TradeColumns = decode_trades([make_trade(i) for i in range(5)])[0]
+    cols: TradeColumns = trades_to_columns([make_trade(i) for i in range(5)])
     path = tmp_path / "trades.csv"
     write_table(cols.to_table(), path)
     scored = cli("score", "--file", str(path), "--target", server.target, "--stream")

@@ -154,9 +154,9 @@ async def test_unset_optional_signals_are_missing_not_zero(engine_stub: Stub) ->
     engine, stub = engine_stub
     unset = make_trade(0, inventory_ratio=None, ssi_matched=None)
     zero = make_trade(0, inventory_ratio=0.0, ssi_matched=False)
-    from engine.scoring.codec import decode_trades
+    from engine.scoring.codec import trades_to_columns
 
-    cols, _ = decode_trades([unset, zero])
+    cols = trades_to_columns([unset, zero])
     assert np.isnan(cols.inventory_ratio[0]) and cols.inventory_ratio[1] == 0.0
     assert np.isnan(cols.ssi_matched[0]) and cols.ssi_matched[1] == 0.0
     r = await stub.Score(

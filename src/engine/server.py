@@ -27,21 +27,19 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
-from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
-from engine.batching import MicroBatcher
+from engine.batching import MicroBatcher, concat_matrices
 from engine.config import Settings
-from engine.features.columns import TradeColumns
 from engine.interceptors import MetricsInterceptor
 from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.servable import ServingModel, load_serving_model
+from engine.scoring.trades import SERVICE as SCORER_SERVICE
 from engine.scoring.trades import TradeScorerService
 
 log = logging.getLogger(__name__)
 
 #: after the last scoring call, how long other calls (health watches) may still run at shutdown
 FLUSH_SECONDS = 1.0
-SCORER_SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
 
 
 #: services whose gRPC metrics exist (at 0) from the start
@@ -51,17 +49,17 @@ METERED_SERVICES = (
 )
 
 
-def _scoring_with_metrics(
+def _predict_with_metrics(
     metrics: EngineMetrics,
-) -> Callable[[ServingModel, TradeColumns], npt.NDArray[np.float32]]:
-    """`ServingModel.score` that also records the batch's score distribution (in the inference thread)."""
+) -> Callable[[ServingModel, npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+    """`ServingModel.predict` that also records the batch's score distribution (in the inference thread)."""
 
-    def score(model: ServingModel, trades: TradeColumns) -> npt.NDArray[np.float32]:
-        probabilities = model.score(trades)
+    def predict(model: ServingModel, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        probabilities = model.predict(features)
         metrics.observe_scores(probabilities, model.bundle.manifest.risk_bands.assign(probabilities))
         return probabilities
 
-    return score
+    return predict
 
 
 class EngineServer:
@@ -77,7 +75,7 @@ class EngineServer:
             on_swap=lambda m: self.metrics.set_model(m.name, m.version, m.loaded_at),
             on_outcome=lambda ok: self.metrics.model_reloads.labels("success" if ok else "failure").inc(),
         )
-        self.batcher: MicroBatcher[ServingModel, TradeColumns] | None = None
+        self.batcher: MicroBatcher[ServingModel, npt.NDArray[np.float32]] | None = None
         self.health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -90,8 +88,8 @@ class EngineServer:
         model = self.models.load_initial()
         log.info("model %s %s loaded from %s", model.name, model.version, s.bundle)
         self.batcher = MicroBatcher(
-            _scoring_with_metrics(self.metrics),
-            TradeColumns.concat,
+            _predict_with_metrics(self.metrics),
+            concat_matrices,
             max_batch_rows=s.max_batch_rows,
             max_wait_s=s.max_wait_s,
             max_queue_rows=s.max_queue_rows,
@@ -120,7 +118,7 @@ class EngineServer:
             max_trades_per_request=s.max_trades_per_request,
             stream_window=s.stream_window,
         )
-        pb_grpc.add_TradeScorerServicer_to_server(self.scorer, server)
+        server.add_generic_rpc_handlers((self.scorer.handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (

@@ -138,7 +138,8 @@ async def _score_over_connections(target: str, connections: int, calls_each: int
         async with grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
             stub = pb_grpc.TradeScorerStub(ch)
             for k in range(calls_each):
-                await stub.Score(sample_request(5, seed=i * 31 + k), timeout=10)
+                # generous: each worker compiles its kernels on its first call after a fresh install
+                await stub.Score(sample_request(5, seed=i * 31 + k), timeout=60)
         return calls_each
 
     return sum(await asyncio.gather(*(one(i) for i in range(connections))))

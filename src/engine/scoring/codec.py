@@ -1,115 +1,63 @@
-"""Protobuf <-> columns. The only per-trade Python in the request path lives here.
+"""`TradeColumns` <-> protobuf `Trade` messages, for clients: the CLI, tests, the benchmark.
 
-Decoding reads one field at a time across all trades (`map(attrgetter)`, a C
-loop, over a plain list of the messages: iterating the repeated field itself
-creates a wrapper per message and costs ~6x more) into numpy columns. Optional
-numbers are told apart from zero without a `HasField` call per trade: only
-trades whose value reads as 0 can be unset, so only those are asked. Dates are
-parsed once per distinct string (a request holds a handful) through a cache.
+The server does not use this module: it decodes request bytes with the
+compiled `engine.scoring.wire`. `trades_to_columns` is the plain, readable
+reading of the same messages, which the tests use as the reference that the
+wire decoder must agree with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import attrgetter
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.errors import InvalidInput
-from engine.features.columns import Str, TradeColumns, parse_dates
+from engine.features.columns import TradeColumns, parse_dates
 
-_ids = attrgetter("trade_id")
-_NAT = np.datetime64("NaT", "D").astype(np.int64)
-#: "YYYY-MM-DD" -> days since 1970-01-01 (NaT for ""); bounded, cleared when full
-_DATE_CACHE: dict[str, int] = {"": int(_NAT)}
-_DATE_CACHE_SIZE = 8192
-
-
-def _dates(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.datetime64]:
-    text = list(map(attrgetter(name), trades))
-    days = list(map(_DATE_CACHE.get, text))
-    if None in days:
-        new = sorted({t for t, d in zip(text, days, strict=True) if d is None})
-        parsed = parse_dates(np.array(new, dtype=np.str_), name, [text.index(t) for t in new])
-        if len(_DATE_CACHE) + len(new) > _DATE_CACHE_SIZE:
-            _DATE_CACHE.clear()
-            _DATE_CACHE[""] = int(_NAT)
-        _DATE_CACHE.update(zip(new, parsed.astype(np.int64).tolist(), strict=True))
-        days = list(map(_DATE_CACHE.__getitem__, text))
-    return np.array(days, dtype=np.int64).view("datetime64[D]")
+_OPTIONAL = (
+    "settlement_cycle_days",
+    "inventory_ratio",
+    "on_loan_recall_pending",
+    "ssi_matched",
+    "counterparty_fail_rate",
+    "instrument_adv",
+)
 
 
-def _text(trades: Sequence[pb.Trade], name: str) -> Str:
-    return np.array(list(map(attrgetter(name), trades)), dtype=object)
-
-
-def _number(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.float64]:
-    return np.array(list(map(attrgetter(name), trades)), dtype=np.float64)
-
-
-def _optional(trades: Sequence[pb.Trade], name: str) -> npt.NDArray[np.float64]:
-    """An optional number per trade; NaN where unset. A value *set* to NaN is refused.
-
-    Only trades whose value reads as 0 (or NaN) can be unset, so only those are
-    asked (`name in message`, the cheapest presence test upb offers).
-    """
-    raw = list(map(attrgetter(name), trades))
-    values = np.array(raw, dtype=np.float64)
-    unset = []
-    for i in [i for i, v in enumerate(raw) if not v or v != v]:  # 0, False or NaN
-        if name not in trades[i]:
-            unset.append(i)
-        elif raw[i] != raw[i]:
-            raise InvalidInput(name, "is NaN; leave the field unset when the value is unknown", i)
-    if unset:
-        values[unset] = np.nan
-    return values
-
-
-def decode_trades(trades: Sequence[pb.Trade]) -> tuple[TradeColumns, list[str]]:
-    """Columns for `trades`, and their ids as a list (for the response).
-
-    Raises InvalidInput for malformed dates; everything else is checked by
-    `engine.features.validate`.
-    """
+def trades_to_columns(trades: Sequence[pb.Trade]) -> TradeColumns:
+    """Columns for `trades`; unset optional numbers are NaN, a number set to NaN raises InvalidInput."""
     trades = list(trades)
-    ids = list(map(_ids, trades))
-    cols = TradeColumns(
-        trade_id=np.array(ids, dtype=object),
-        account_id=_text(trades, "account_id"),
-        counterparty_id=_text(trades, "counterparty_id"),
-        instrument_id=_text(trades, "instrument_id"),
-        asset_class=np.array(list(map(attrgetter("asset_class"), trades)), dtype=np.int32),
-        side=np.array(list(map(attrgetter("side"), trades)), dtype=np.int32),
-        quantity=_number(trades, "quantity"),
-        price=_number(trades, "price"),
-        currency=_text(trades, "currency"),
-        trade_date=_dates(trades, "trade_date"),
-        settlement_date=_dates(trades, "settlement_date"),
-        settlement_cycle_days=_optional(trades, "settlement_cycle_days"),
-        settlement_venue=_text(trades, "settlement_venue"),
-        inventory_ratio=_optional(trades, "inventory_ratio"),
-        on_loan_recall_pending=_optional(trades, "on_loan_recall_pending"),
-        ssi_matched=_optional(trades, "ssi_matched"),
-        counterparty_fail_rate=_optional(trades, "counterparty_fail_rate"),
-        instrument_adv=_optional(trades, "instrument_adv"),
+
+    def text(name: str) -> np.ndarray:
+        return np.array([getattr(t, name) for t in trades], dtype=object)
+
+    def optional(name: Any) -> np.ndarray:  # a Trade field name (HasField wants its literal type)
+        values = np.array([float(getattr(t, name)) if t.HasField(name) else np.nan for t in trades])
+        for i, t in enumerate(trades):
+            if t.HasField(name) and np.isnan(values[i]):
+                raise InvalidInput(name, "is NaN; leave the field unset when the value is unknown", i)
+        return values
+
+    return TradeColumns(
+        trade_id=text("trade_id"),
+        account_id=text("account_id"),
+        counterparty_id=text("counterparty_id"),
+        instrument_id=text("instrument_id"),
+        asset_class=np.array([t.asset_class for t in trades], dtype=np.int32),
+        side=np.array([t.side for t in trades], dtype=np.int32),
+        quantity=np.array([t.quantity for t in trades], dtype=np.float64),
+        price=np.array([t.price for t in trades], dtype=np.float64),
+        currency=text("currency"),
+        trade_date=parse_dates(np.array([t.trade_date for t in trades], dtype=np.str_), "trade_date"),
+        settlement_date=parse_dates(
+            np.array([t.settlement_date for t in trades], dtype=np.str_), "settlement_date"
+        ),
+        settlement_venue=text("settlement_venue"),
+        **{name: optional(name) for name in _OPTIONAL},
     )
-    return cols, ids
-
-
-def encode_scores(
-    response: pb.ScoreResponse,
-    trade_ids: Sequence[str],
-    probabilities: npt.NDArray[np.floating],
-    bands: npt.NDArray[np.int32],
-) -> pb.ScoreResponse:
-    """Append one TradeScore per trade to `response`, in order."""
-    add = response.scores.add
-    for i, p, b in zip(trade_ids, probabilities.tolist(), bands.tolist(), strict=True):
-        add(trade_id=i, fail_probability=p, risk_band=b)
-    return response
 
 
 def columns_to_trades(cols: TradeColumns) -> list[pb.Trade]:

@@ -1,0 +1,226 @@
+"""The compiled wire codec against the protobuf runtime (upb) and the plain column reading."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+import pytest
+
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine.errors import InvalidInput
+from engine.features.rows import TradeRows
+from engine.models.bundle import DEFAULT_BUNDLE
+from engine.scoring.codec import trades_to_columns
+from engine.scoring.servable import ServingModel, load_serving_model
+from engine.scoring.wire import decode_request, parse_day, response_bytes
+from tests.conftest import make_trade, sample_request
+
+
+@pytest.fixture(scope="module")
+def model() -> ServingModel:
+    return load_serving_model(DEFAULT_BUNDLE)
+
+
+def _reference_rows(model: ServingModel, raw: bytes) -> TradeRows:
+    """What the protobuf runtime reads from `raw`, through the plain column path."""
+    return model.plan.rows(trades_to_columns(pb.ScoreRequest.FromString(raw).trades))
+
+
+def _assert_same_rows(a: TradeRows, b: TradeRows) -> None:
+    np.testing.assert_array_equal(a.x, b.x)  # NaN == NaN here
+    np.testing.assert_array_equal(a.k, b.k)
+
+
+# -- a tiny protobuf writer, to produce encodings the Python runtime never writes ------------
+
+
+def _varint(v: int) -> bytes:
+    v &= (1 << 64) - 1
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _field(number: int, wire: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | wire) + payload
+
+
+def _len(number: int, data: bytes) -> bytes:
+    return _field(number, 2, _varint(len(data)) + data)
+
+
+def _trade_fields(t: pb.Trade) -> list[bytes]:
+    """One encoded field per set field of `t` (the order is the caller's to choose)."""
+    out = []
+    for fd, value in t.ListFields():
+        if fd.type == fd.TYPE_STRING:
+            out.append(_len(fd.number, value.encode()))
+        elif fd.type == fd.TYPE_DOUBLE:
+            out.append(_field(fd.number, 1, struct.pack("<d", value)))
+        else:  # enums, uint32, bool
+            out.append(_field(fd.number, 0, _varint(int(value))))
+    return out
+
+
+UNKNOWN = [
+    _field(99, 0, _varint(7)),
+    _field(100, 1, b"\x00" * 8),
+    _field(101, 5, b"\x00" * 4),
+    _len(102, b"whatever"),
+    _field(7, 0, _varint(5)),  # quantity sent as a varint: a known field with the wrong wire type
+    _len(5, b"xx"),  # asset_class as bytes: same
+]
+
+
+def test_any_field_order_unknown_fields_and_last_value_wins(model: ServingModel) -> None:
+    rng = np.random.default_rng(7)
+    for round_ in range(300):
+        trades = [make_trade(i, trade_id=f"T{round_}-{i}-é") for i in range(int(rng.integers(1, 6)))]
+        body = b""
+        for t in trades:
+            fields = _trade_fields(t)
+            fields += [UNKNOWN[int(j)] for j in rng.integers(0, len(UNKNOWN), size=int(rng.integers(0, 3)))]
+            if rng.random() < 0.3:  # a repeated scalar: the last one counts
+                fields.insert(0, _field(8, 1, struct.pack("<d", 1.0)))
+                fields.insert(0, _len(9, b"EUR"))
+            order = rng.permutation(len(fields))
+            body += _len(2, b"".join(fields[int(j)] for j in order))
+        raw = _len(1, b"req") + body + _field(50, 0, _varint(1))
+        got = decode_request(raw, model.wire, 100)
+        _assert_same_rows(got.rows, _reference_rows(model, raw))
+        assert got.request_id_text == "req"
+
+
+def test_sample_requests_decode_like_the_runtime(model: ServingModel) -> None:
+    for n, seed in ((1, 1), (7, 2), (256, 3), (1000, 4)):
+        raw = sample_request(n, seed=seed).SerializeToString()
+        _assert_same_rows(decode_request(raw, model.wire, 1000).rows, _reference_rows(model, raw))
+
+
+def test_open_enums_and_negative_values(model: ServingModel) -> None:
+    t = make_trade(0)
+    raw = pb.ScoreRequest(trades=[t]).SerializeToString()
+    odd = _len(2, b"".join(_trade_fields(t)) + _field(5, 0, _varint(-3)) + _field(6, 0, _varint(2**40 + 2)))
+    got = decode_request(odd, model.wire, 10)
+    assert got.rows.k[0, 0] == -3 and got.rows.k[0, 1] == 2  # int32 of the varint, as upb reads it
+    parsed = pb.ScoreRequest.FromString(odd).trades[0]
+    assert (parsed.asset_class, parsed.side) == (-3, 2)
+    assert decode_request(raw, model.wire, 10).rows.k[0, 0] == pb.ASSET_CLASS_EQUITY
+
+
+def test_malformed_bytes_are_refused_exactly_when_the_runtime_refuses_them(model: ServingModel) -> None:
+    raw = sample_request(5, seed=9).SerializeToString()
+    rng = np.random.default_rng(3)
+    candidates = [raw[:cut] for cut in range(1, len(raw))]
+    for _ in range(400):
+        b = bytearray(raw)
+        for j in rng.integers(0, len(b), size=int(rng.integers(1, 4))):
+            b[int(j)] = int(rng.integers(0, 256))
+        candidates.append(bytes(b))
+    candidates += [b"\x00", b"\x12\xff\xff\xff\xff\x0f", b"\x12\x02\x0b\x00", b"\x0a\x02\xc3\x28"]
+    accepted = refused = 0
+    for data in candidates:
+        try:
+            request = pb.ScoreRequest.FromString(data)
+            upb_ok = True
+        except Exception:  # noqa: BLE001 - DecodeError and friends
+            upb_ok = False
+        try:
+            got = decode_request(data, model.wire, 100)
+        except InvalidInput as exc:
+            # the runtime parses some bytes that the engine refuses on content: NaN numbers,
+            # malformed dates, an empty request; those must be content errors, not "malformed"
+            assert not upb_ok or exc.field != "request", (data, exc)
+            refused += 1
+            continue
+        assert upb_ok, data
+        accepted += 1
+        if len(request.trades):
+            try:
+                want = _reference_rows(model, data)
+            except InvalidInput:
+                pytest.fail(f"engine accepted what the plain reading refuses: {data!r}")
+            _assert_same_rows(got.rows, want)
+    assert accepted > 20 and refused > 100
+
+
+def test_text_must_be_utf8_and_errors_name_field_and_index(model: ServingModel) -> None:
+    good = b"".join(_trade_fields(make_trade(0)))
+    bad = b"".join(_trade_fields(make_trade(1, counterparty_id="X"))).replace(
+        b"\x1a\x01X", b"\x1a\x02\xed\xa0"
+    )
+    raw = _len(2, good) + _len(2, bad) + _len(2, bad.replace(b"T000001", b"T000002"))
+    with pytest.raises(InvalidInput) as info:
+        decode_request(raw, model.wire, 10)
+    assert (info.value.field, info.value.index, info.value.count) == ("counterparty_id", 1, 2)
+    assert "UTF-8" in info.value.reason
+
+
+def test_nan_in_an_optional_number_and_bad_dates_are_refused(model: ServingModel) -> None:
+    raw = pb.ScoreRequest(trades=[make_trade(0), make_trade(1, inventory_ratio=math.nan)]).SerializeToString()
+    with pytest.raises(InvalidInput, match=r"trades\[1\]\.inventory_ratio: is NaN"):
+        decode_request(raw, model.wire, 10)
+    raw = pb.ScoreRequest(trades=[make_trade(0, settlement_date="2026-02-30")]).SerializeToString()
+    with pytest.raises(
+        InvalidInput, match=r"trades\[0\]\.settlement_date: must be a calendar date.*2026-02-30"
+    ):
+        decode_request(raw, model.wire, 10)
+
+
+def test_trade_count_is_checked_before_decoding(model: ServingModel) -> None:
+    raw = sample_request(11).SerializeToString()
+    with pytest.raises(InvalidInput, match="11 trades exceed the limit of 10"):
+        decode_request(raw, model.wire, 10)
+    with pytest.raises(InvalidInput, match="at least one trade"):
+        decode_request(pb.ScoreRequest(request_id="x").SerializeToString(), model.wire, 10)
+
+
+def test_dates_parse_like_numpy() -> None:
+    rng = np.random.default_rng(11)
+    samples = ["2024-02-29", "2023-02-29", "1900-02-29", "2000-02-29", "0000-01-01", "9999-12-31"]
+    samples += [
+        "2026-13-01",
+        "2026-00-10",
+        "2026-01-32",
+        "2026-1-010",
+        "20261120",
+        "2026/11/20",
+        "abcd-ef-gh",
+    ]
+    for _ in range(3000):
+        y, m, d = int(rng.integers(0, 10000)), int(rng.integers(0, 14)), int(rng.integers(0, 33))
+        samples.append(f"{y:04d}-{m:02d}-{d:02d}")
+    for s in samples:
+        buf = np.frombuffer(s.encode(), dtype=np.uint8)
+        got = parse_day(buf, 0, len(buf))
+        try:
+            want = float(np.datetime64(s, "D").astype(np.int64)) if len(s) == 10 else -math.inf
+        except ValueError:
+            want = -math.inf
+        assert got == want, s
+
+
+def test_response_bytes_equal_the_runtime_serialization(model: ServingModel) -> None:
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 17, 300):
+        ids = [f"T{i}-" + "é" * int(rng.integers(0, 3)) + "x" * int(rng.integers(0, 200)) for i in range(n)]
+        request = pb.ScoreRequest(
+            request_id=["", "r-1", "ü" * 300][n % 3], trades=[make_trade(0, trade_id=i) for i in ids]
+        )
+        raw = request.SerializeToString()
+        decoded = decode_request(raw, model.wire, 1000)
+        probs = rng.random(n).astype(np.float32)
+        probs[0] = 0.0
+        bands = model.bundle.manifest.risk_bands.assign(probs)
+        got = response_bytes(decoded, probs, bands, model.name_bytes, model.version_bytes)
+        want = pb.ScoreResponse(
+            request_id=request.request_id, model_name=model.name, model_version=model.version
+        )
+        for i, p, b in zip(ids, probs.tolist(), bands.tolist(), strict=True):
+            want.scores.add(trade_id=i, fail_probability=p, risk_band=b)
+        assert got == want.SerializeToString()
