@@ -31,10 +31,10 @@ from tests.monitoring.hpa import settle_seconds, spec_from_scaled_object
 from tests.monitoring.prom import ROOT, RULES_DIR, Prometheus, free_port
 
 # The KEDA ScaledObject the autoscaling proof reads (query, threshold, replicas, behaviour).
-# k8s/base/scaledobject.yaml is written on another branch; until it is merged here the agreed
-# values are in the fixture file below, which goes away with the merge.
+# k8s/base/scaledobject.yaml is written on another branch; until it is merged here a copy of it is
+# in the file below, which goes away with the merge.
 SCALED_OBJECT = ROOT / "k8s" / "base" / "scaledobject.yaml"
-_AGREED_SCALED_OBJECT = Path(__file__).parent / "scaledobject.agreed.yaml"
+_AGREED_SCALED_OBJECT = Path(__file__).parent / "scaledobject.agreed.yaml"  # deleted at the merge
 
 #: (seconds, concurrent closed-loop Score callers): a quiet pre-open, the open, the peak, the afternoon
 RAMP = ((3.0, 4), (2.0, 24), (2.0, 60), (4.0, 120), (2.0, 48))
@@ -43,8 +43,9 @@ RAMP = ((3.0, 4), (2.0, 24), (2.0, 60), (4.0, 120), (2.0, 48))
 TRADES_PER_CALL = 100
 #: room for every caller's trades in the batch queue: overload is not what this load is about
 MAX_QUEUE_ROWS = 16384
-#: one second of the recording stands for DILATION seconds on the autoscaler's clock (see test_autoscaling)
-DILATION = 30.0
+#: one second of the recording stands for DILATION seconds on the autoscaler's clock (see test_scaling):
+#: the ScaledObject's 1-minute window then spans 3 scrapes, so a late scrape leaves no window empty
+DILATION = 20.0
 
 
 def scaled_object_path() -> Path:

@@ -105,8 +105,12 @@ class Controller:
             return self.replicas
         return math.ceil(usage / target)
 
-    def sync(self, now: float, metric: float) -> int:
-        """One controller pass at time `now` (seconds) with the metric's value; returns the new count."""
+    def sync(self, now: float, metric: float | None) -> int:
+        """One controller pass at time `now` (seconds) with the metric's value; returns the new count.
+
+        `None`: the metric could not be read. The controller then records an error condition and
+        changes nothing (no recommendation, no scale event).
+        """
         s = self.spec
         current = self.replicas
         if not self.recommendations:
@@ -117,6 +121,8 @@ class Controller:
             desired = s.max_replicas
         elif current < s.min_replicas:
             desired = s.min_replicas
+        elif metric is None:
+            return current
         else:
             desired = self._rate_limited(now, self._stabilized(now, self.proposal(metric)))
         if desired != current:

@@ -69,6 +69,14 @@ def test_policies_percent_rounding_and_select() -> None:
     assert hpa.sync(60, 0.0) == 6
 
 
+def test_unreadable_metric_changes_nothing() -> None:
+    hpa = Controller(spec(), replicas=3)
+    assert hpa.sync(0, None) == 3
+    assert hpa.sync(15, 24.0 * 6) == 6
+    assert hpa.sync(30, None) == 6 and len(hpa.recommendations) == 2  # the initial one and t=15
+    assert Controller(spec(min_replicas=4), replicas=2).sync(0, None) == 4  # bounds still apply
+
+
 def test_disabled_and_out_of_range() -> None:
     hpa = Controller(spec(up=Rules(0, "Disabled", DEFAULT_UP.policies)), replicas=2)
     assert hpa.sync(0, 24.0 * 8) == 2
