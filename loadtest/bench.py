@@ -489,6 +489,8 @@ class InProcessJob:
     singles: list[bytes]
     warmup_s: float
     duration_s: float
+    #: only the 256-row ORT rate (the interleaved rounds of (b)), no request-path breakdown
+    batch_only: bool = False
 
 
 def _timed(fn: Callable[[Any], object], items: Sequence[Any], seconds: float, min_calls: int = 20) -> F64:
@@ -577,11 +579,14 @@ def _inprocess(job: InProcessJob) -> dict[str, Any]:
         return us, mats
 
     cores0, own0, wall0 = CpuTimes.read(job.cpus), time.process_time(), time.perf_counter()
-    single_path, single_mats = request_path(job.singles)
-    batch_path, batch_mats = request_path(job.batches)
+    if job.batch_only:
+        batch_mats = [features(decode(r).rows) for r in job.batches]
+    else:
+        single_path, single_mats = request_path(job.singles)
+        batch_path, batch_mats = request_path(job.batches)
+        out["pipeline_us_per_call_p50"] = {"1": single_path, str(batch_mats[0].shape[0]): batch_path}
     rows = int(batch_mats[0].shape[0])
     out["feature_width"] = int(batch_mats[0].shape[1])
-    out["pipeline_us_per_call_p50"] = {"1": single_path, str(rows): batch_path}
 
     _timed(model.predict, batch_mats, job.warmup_s)
     t0, cpu0 = time.perf_counter(), time.thread_time()
@@ -596,6 +601,8 @@ def _inprocess(job: InProcessJob) -> dict[str, Any]:
         "call_us_p50": float(np.median(calls) * 1e6),
         "call_us_p99": float(np.percentile(calls, 99) * 1e6),
     }
+    if job.batch_only:
+        return out
     single = _timed(model.predict, single_mats, max(1.0, job.duration_s / 3))
     out["single_row"] = {
         "calls": int(single.size),
@@ -607,6 +614,21 @@ def _inprocess(job: InProcessJob) -> dict[str, Any]:
     out["cpus_busy"] = cores0.until(CpuTimes.read(job.cpus), wall, len(job.cpus))
     out["own_cpu_util"] = (time.process_time() - own0) / wall / len(job.cpus)
     return out
+
+
+def inprocess_job(
+    args: argparse.Namespace, reqs: RequestSet, warmup_s: float, batch_only: bool = False
+) -> InProcessJob:
+    return InProcessJob(
+        args.bundle,
+        args.server_cpus,
+        args.intra_op_threads,
+        reqs.batches,
+        reqs.singles,
+        warmup_s,
+        args.duration,
+        batch_only,
+    )
 
 
 def run_inprocess(job: InProcessJob) -> dict[str, Any]:
@@ -1174,6 +1196,7 @@ def start_profiler(pid: int, stem: Path, duration: float) -> subprocess.Popen[by
         "--output",
         f"{stem}.txt",
         "--nonblocking",
+        *(["--native"] if os.environ.get("XP_NATIVE") else []),
     ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -1294,7 +1317,47 @@ def print_report(res: dict[str, Any]) -> None:
     print()
 
 
-def verdicts(ip: dict[str, Any], by_key: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def b_rounds(
+    args: argparse.Namespace, reqs: RequestSet, server: ServerProcess, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """(b) again, `--rounds - 1` more times, each right after its own in-process ORT measurement.
+
+    The CPU speed of a shared VM drifts by tens of percent over a minute; a ratio
+    of two measurements taken back to back, repeated, shows that drift instead of
+    hiding it in one pair taken a minute apart.
+    """
+    out = []
+    sc = Scenario(
+        "b",
+        f"(b) {args.batch_trades} trades x {args.batch_concurrency} in flight",
+        "on",
+        "closed",
+        args.batch_trades,
+        args.batch_concurrency,
+    )
+    for i in range(1, args.rounds):
+        local = run_inprocess(inprocess_job(args, reqs, min(args.warmup, 1.0), batch_only=True))["batch"]
+        served = run_scenario(sc, server, reqs.batches, args, None)
+        entry = {
+            "round": i,
+            "inprocess_rows_per_cpu_s": local["rows_per_cpu_s"],
+            "served_rows_per_server_cpu_s": served["rows_per_server_cpu_s"],
+            "inprocess_rows_per_s": local["rows_per_s"],
+            "served_rows_per_s": served["rows_per_s"],
+            "cpu_time_ratio": served["rows_per_server_cpu_s"] / local["rows_per_cpu_s"],
+            "ratio": served["rows_per_s"] / local["rows_per_s"],
+        }
+        out.append(entry)
+        say(
+            f"  (b) round {i + 1}/{args.rounds}: per CPU-second {entry['cpu_time_ratio']:.3f}, "
+            f"wall clock {entry['ratio']:.3f}"
+        )
+    return out
+
+
+def verdicts(
+    ip: dict[str, Any], by_key: dict[str, dict[str, Any]], rounds: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
     """The ratios and targets of issue #2 item 8, plus the engine-vs-bare-gRPC comparison."""
     out: dict[str, Any] = {}
     if "b" in by_key:
@@ -1305,18 +1368,31 @@ def verdicts(ip: dict[str, Any], by_key: dict[str, dict[str, Any]]) -> dict[str,
         # otherwise judge on rows per CPU-second, which other processes cannot skew
         noisy = max(ip["other_processes_cpu"], by_key["b"]["other_processes_cpu"]) > NOISY
         judged = cpu_ratio if noisy else ratio
+        per_round = [cpu_ratio, *(r["cpu_time_ratio"] for r in rounds)]
+        median_cpu = float(np.median(per_round))
+        if rounds:  # judge on the median of the back-to-back pairs, per CPU-second
+            judged = median_cpu
         ok = judged >= 0.7
+        basis = "median per CPU-second" if rounds else "per CPU-second" if noisy else "wall clock"
         out["served_vs_inprocess_b"] = {
             "ratio": ratio,
             "cpu_time_ratio": cpu_ratio,
-            "judged_on": "cpu_time_ratio" if noisy else "ratio",
+            "judged_on": "median_cpu_time_ratio" if rounds else ("cpu_time_ratio" if noisy else "ratio"),
+            "cpu_time_ratio_rounds": per_round,
+            "median_cpu_time_ratio": median_cpu,
             "target": 0.7,
             "pass": ok,
             "text": f"(b) served / in-process ORT rows/s = {_f(served)} / {_f(local)} = {ratio:.3f}"
             f"{' (UNRELIABLE: other processes were running)' if noisy else ''};\n"
             f"      per CPU-second (immune to other load): {_f(by_key['b']['rows_per_server_cpu_s'])} / "
-            f"{_f(ip['batch']['rows_per_cpu_s'])} = {cpu_ratio:.3f};  target >= 0.70 "
-            f"({'per CPU-second' if noisy else 'wall clock'}): {'PASS' if ok else 'FAIL'}",
+            f"{_f(ip['batch']['rows_per_cpu_s'])} = {cpu_ratio:.3f}"
+            + (
+                f";\n      {len(per_round)} back-to-back rounds per CPU-second: "
+                f"{', '.join(f'{r:.3f}' for r in per_round)}; median {median_cpu:.3f}"
+                if rounds
+                else ""
+            )
+            + f";  target >= 0.70 ({basis}): {'PASS' if ok else 'FAIL'}",
         }
     if "a" in by_key and "a_nobatch" in by_key:
         on, off = by_key["a"], by_key["a_nobatch"]
@@ -1441,6 +1517,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="py-spy record the server during each scenario (raw folded stacks next to the JSON); "
         "py-spy runs on the client CPUs and perturbs the numbers",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="(b) is measured this many times, each time right after its own in-process ORT "
+        "measurement; the (b) verdict is the median ratio per CPU-second (1: a single pair)",
+    )
     p.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where the JSON report goes")
     args = p.parse_args(argv)
     args.rate_list = [float(r) for r in str(args.rates).split(",") if r.strip()]
@@ -1473,17 +1556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     say(f"in-process ONNX Runtime on CPUs {cpus_text(args.server_cpus)}")
     others0, t_ip = others_cpu_seconds(), time.perf_counter()
-    ip = run_inprocess(
-        InProcessJob(
-            args.bundle,
-            args.server_cpus,
-            args.intra_op_threads,
-            reqs.batches,
-            reqs.singles,
-            args.warmup,
-            args.duration,
-        )
-    )
+    ip = run_inprocess(inprocess_job(args, reqs, args.warmup))
     ip["other_processes_cpu"] = (others_cpu_seconds() - others0) / (time.perf_counter() - t_ip)
     say(
         f"  {ip['batch']['rows_per_s']:,.0f} rows/s at {ip['batch']['rows']} rows, "
@@ -1517,6 +1590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile_dir.mkdir()
     results: list[dict[str, Any]] = []
     servers: list[dict[str, Any]] = []
+    rounds: list[dict[str, Any]] = []
     for kind in ("on", "off", "floor"):
         todo = scenarios_for(kind)
         if not todo:
@@ -1553,6 +1627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"p99 {r['latency']['p99_ms']:.2f} ms, server CPU {r['server_cpu_util']:.0%}, "
                     f"client CPU {r['client_cpu_util']:.0%}, errors {sum(r['errors'].values())}"
                 )
+            if kind == "on" and "b" in wanted and args.rounds > 1:
+                rounds.extend(b_rounds(args, reqs, server, say))
             desc["thread_cpus_after"] = proc_thread_cpus(server.pid)
         finally:
             desc.update(server.stop())
@@ -1582,7 +1658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "in_process": ip,
         "servers": servers,
         "scenarios": results,
-        "verdicts": verdicts(ip, by_key),
+        "b_rounds": rounds,
+        "verdicts": verdicts(ip, by_key, rounds),
         "elapsed_s": time.perf_counter() - started,
     }
     path = out_dir / f"bench-{stamp}.json"

@@ -17,7 +17,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import pytest
@@ -30,11 +29,8 @@ from tests.conftest import EngineProcess, make_trade, sample_request
 from tests.monitoring.hpa import settle_seconds, spec_from_scaled_object
 from tests.monitoring.prom import ROOT, RULES_DIR, Prometheus, free_port
 
-# The KEDA ScaledObject the autoscaling proof reads (query, threshold, replicas, behaviour).
-# k8s/base/scaledobject.yaml is written on another branch; until it is merged here a copy of it is
-# in the file below, which goes away with the merge.
+#: the KEDA ScaledObject the autoscaling proof reads (query, threshold, replicas, behaviour)
 SCALED_OBJECT = ROOT / "k8s" / "base" / "scaledobject.yaml"
-_AGREED_SCALED_OBJECT = Path(__file__).parent / "scaledobject.agreed.yaml"  # deleted at the merge
 
 #: (seconds, concurrent closed-loop Score callers): a quiet pre-open, the open, the peak, the afternoon
 RAMP = ((3.0, 4), (2.0, 24), (2.0, 60), (4.0, 120), (2.0, 48))
@@ -48,14 +44,10 @@ MAX_QUEUE_ROWS = 16384
 DILATION = 20.0
 
 
-def scaled_object_path() -> Path:
-    return SCALED_OBJECT if SCALED_OBJECT.exists() else _AGREED_SCALED_OBJECT
-
-
 def load_scaled_object() -> dict[str, object]:
-    docs = [d for d in yaml.safe_load_all(scaled_object_path().read_text()) if d]
+    docs = [d for d in yaml.safe_load_all(SCALED_OBJECT.read_text()) if d]
     found = [d for d in docs if d.get("kind") == "ScaledObject"]
-    assert len(found) == 1, f"{scaled_object_path()}: expected one ScaledObject"
+    assert len(found) == 1, f"{SCALED_OBJECT}: expected one ScaledObject"
     scaled: dict[str, object] = found[0]
     return scaled
 

@@ -28,7 +28,7 @@ import math
 import time
 from pathlib import Path
 
-from tests.monitoring.conftest import DILATION, RAMP, Recording, load_scaled_object, scaled_object_path
+from tests.monitoring.conftest import DILATION, RAMP, SCALED_OBJECT, Recording, load_scaled_object
 from tests.monitoring.hpa import SYNC_PERIOD_S, Controller, spec_from_scaled_object
 from tests.monitoring.prom import Prometheus, promtool
 
@@ -72,7 +72,7 @@ def test_keda_query_through_the_hpa_scales_up_with_the_ramp_and_back_down(
         result = replay.query_range(query, start + 60, end, SYNC_PERIOD_S)
     finally:
         replay.stop()
-    assert len(result) == 1, f"{scaled_object_path()}: the query must give one series, got {result}"
+    assert len(result) == 1, f"{SCALED_OBJECT}: the query must give one series, got {result}"
     answered = {round(float(t)): float(v) for t, v in result[0]["values"]}
     syncs = [start + 60 + i * SYNC_PERIOD_S for i in range(int((end - start - 60) // SYNC_PERIOD_S) + 1)]
     # a late scrape on this shared machine can leave a window empty: KEDA then fails that poll and the
@@ -106,7 +106,7 @@ def test_keda_query_through_the_hpa_scales_up_with_the_ramp_and_back_down(
         if i == 0 or r != timeline[i - 1][2]
     ]
     story = "\n".join(changes)
-    print(f"\nHPA decisions ({scaled_object_path().name}, one recorded second = {DILATION:.0f} s):\n{story}")
+    print(f"\nHPA decisions ({SCALED_OBJECT.name}, one recorded second = {DILATION:.0f} s):\n{story}")
 
     assert min(replicas) >= hpa_spec.min_replicas and max(replicas) <= hpa_spec.max_replicas, story
     # before the open: the minimum

@@ -193,11 +193,6 @@ def _log10_positive(v: float) -> float:
 
 
 @compiled
-def _ref(values: F64, row: Int) -> float:
-    return values[row] if 0 <= row < values.shape[0] else math.nan
-
-
-@compiled
 def weekdays_between(begin: Int, end: Int) -> Int:
     """Monday..Friday days in [begin, end) (negative when end < begin), like np.busday_count."""
     if end < begin:
@@ -226,10 +221,20 @@ def compute_rows(
     n = x.shape[0]
     cp_rate, cp_trades, inst_adv, inst_rate, fx_usd = refs
     for i in range(n):
+        # reference values (NaN: id not in the table), read in line: a helper call would pass
+        # each array as a reference-counted struct, dearer than the read
+        cp = k[i, K_CP_ROW]
+        inst = k[i, K_INSTRUMENT_ROW]
+        fx = k[i, K_FX_ROW]
+        ref_cp_rate = cp_rate[cp] if 0 <= cp < cp_rate.shape[0] else math.nan
+        ref_cp_trades = cp_trades[cp] if 0 <= cp < cp_trades.shape[0] else math.nan
+        ref_adv = inst_adv[inst] if 0 <= inst < inst_adv.shape[0] else math.nan
+        ref_inst_rate = inst_rate[inst] if 0 <= inst < inst_rate.shape[0] else math.nan
+        ref_fx = fx_usd[fx] if 0 <= fx < fx_usd.shape[0] else math.nan
         qty = x[i, X_QUANTITY]
         adv = x[i, X_ADV]
         if adv != adv:
-            adv = _ref(inst_adv, k[i, K_INSTRUMENT_ROW])
+            adv = ref_adv
         td = x[i, X_TRADE_DAY]
         sd = x[i, X_SETTLE_DAY]
         venue = k[i, K_VENUE_CODE]
@@ -237,7 +242,7 @@ def compute_rows(
         inv = x[i, X_INVENTORY]
         rate = x[i, X_CP_FAIL_RATE]
         if rate != rate:
-            rate = _ref(cp_rate, k[i, K_CP_ROW])
+            rate = ref_cp_rate
         if td == td and sd == sd:
             cycle = float(weekdays_between(int(td), int(sd)))
         else:
@@ -255,7 +260,7 @@ def compute_rows(
             elif f == F_CURRENCY:
                 v = float(currency if currency >= 0 else others[1])
             elif f == F_LOG_NOTIONAL_USD:
-                v = _log10_positive(qty * x[i, X_PRICE] * _ref(fx_usd, k[i, K_FX_ROW]))
+                v = _log10_positive(qty * x[i, X_PRICE] * ref_fx)
             elif f == F_LOG_QUANTITY_TO_ADV:
                 v = _log10_positive(qty / adv)
             elif f == F_LOG_ADV:
@@ -269,9 +274,9 @@ def compute_rows(
             elif f == F_CP_FAIL_RATE:
                 v = rate
             elif f == F_CP_LOG_TRADES:
-                v = math.log10(1.0 + _ref(cp_trades, k[i, K_CP_ROW]))
+                v = math.log10(1.0 + ref_cp_trades)
             elif f == F_INSTRUMENT_FAIL_RATE:
-                v = _ref(inst_rate, k[i, K_INSTRUMENT_ROW])
+                v = ref_inst_rate
             elif f == F_CYCLE_DAYS:
                 v = cycle
             else:  # F_WEEKDAY

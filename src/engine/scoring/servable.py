@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.features.columns import TradeColumns
 from engine.features.compute import FeaturePlan
+from engine.features.validate import validate_rows
 from engine.models.bundle import ModelBundle
-from engine.scoring.wire import WireTables
+from engine.scoring.wire import WireTables, decode_request, response_bytes
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -48,8 +50,40 @@ class ServingModel:
         return self.bundle.predict(self.plan.compute(trades))
 
 
+def _warm_up(model: ServingModel) -> None:
+    """Run one request through every compiled step, so no caller waits for a compile.
+
+    numba compiles each kernel on first use (seconds) and caches the machine code
+    on disk (NUMBA_CACHE_DIR, else __pycache__ next to the sources): with a warm
+    cache this takes milliseconds.
+    """
+    trade = pb.Trade(
+        trade_id="warm-up",
+        account_id="A",
+        counterparty_id="C",
+        instrument_id="I",
+        asset_class=pb.ASSET_CLASS_EQUITY,
+        side=pb.SIDE_BUY,
+        quantity=1.0,
+        price=1.0,
+        currency="USD",
+        trade_date="2026-01-02",
+        settlement_date="2026-01-06",
+        settlement_venue="V",
+        inventory_ratio=1.0,
+    )
+    raw = pb.ScoreRequest(request_id="w", trades=[trade]).SerializeToString()
+    request = decode_request(raw, model.wire, 1)
+    validate_rows(request.rows, 1)
+    probabilities = model.predict(model.plan.compute_rows(request.rows))
+    bands = model.bundle.manifest.risk_bands.assign(probabilities)
+    response_bytes(request, probabilities, bands, model.name_bytes, model.version_bytes)
+
+
 def load_serving_model(path: Path, intra_op_threads: int = 1) -> ServingModel:
-    """Load a bundle and check its feature spec against the catalog (BundleError if not servable)."""
+    """Load a bundle, check its feature spec against the catalog (BundleError if not servable), warm up."""
     bundle = ModelBundle.load(path, intra_op_threads=intra_op_threads)
     plan = FeaturePlan(bundle.manifest.features, bundle.references)
-    return ServingModel(bundle, plan, WireTables.build(plan))
+    model = ServingModel(bundle, plan, WireTables.build(plan))
+    _warm_up(model)
+    return model

@@ -161,13 +161,32 @@ def _skip(buf: U8, p: Int, end: Int, wire: Int) -> Int:
 
 
 @compiled
-def _double(buf: U8, p: Int, bits: npt.NDArray[np.uint64], value: npt.NDArray[np.float64]) -> float:
-    """The little-endian double at buf[p]; `value` is a float64 view of the 1-element `bits`."""
-    v = np.uint64(0)
-    for j in range(7, -1, -1):
-        v = (v << np.uint64(8)) | np.uint64(buf[p + j])
-    bits[0] = v
-    return float(value[0])
+def _utf8_sequence(buf: U8, p: Int, end: Int) -> Int:
+    """Length of the valid multi-byte UTF-8 sequence starting at buf[p]; 0 when it is not one."""
+    b = buf[p]
+    if 0xC2 <= b <= 0xDF:
+        if p + 1 >= end or (buf[p + 1] & 0xC0) != 0x80:
+            return 0
+        return 2
+    if 0xE0 <= b <= 0xEF:
+        if p + 2 >= end or (buf[p + 1] & 0xC0) != 0x80 or (buf[p + 2] & 0xC0) != 0x80:
+            return 0
+        if b == 0xE0 and buf[p + 1] < 0xA0:  # overlong
+            return 0
+        if b == 0xED and buf[p + 1] >= 0xA0:  # surrogates
+            return 0
+        return 3
+    if 0xF0 <= b <= 0xF4:
+        if p + 3 >= end or (buf[p + 1] & 0xC0) != 0x80:
+            return 0
+        if (buf[p + 2] & 0xC0) != 0x80 or (buf[p + 3] & 0xC0) != 0x80:
+            return 0
+        if b == 0xF0 and buf[p + 1] < 0x90:  # overlong
+            return 0
+        if b == 0xF4 and buf[p + 1] >= 0x90:  # above U+10FFFF
+            return 0
+        return 4
+    return 0
 
 
 @compiled
@@ -177,33 +196,13 @@ def _utf8_chars(buf: U8, start: Int, length: Int) -> Int:
     end = start + length
     chars = 0
     while p < end:
-        b = buf[p]
-        if b < 0x80:
+        if buf[p] < 0x80:
             p += 1
-        elif 0xC2 <= b <= 0xDF:
-            if p + 1 >= end or (buf[p + 1] & 0xC0) != 0x80:
-                return -1
-            p += 2
-        elif 0xE0 <= b <= 0xEF:
-            if p + 2 >= end or (buf[p + 1] & 0xC0) != 0x80 or (buf[p + 2] & 0xC0) != 0x80:
-                return -1
-            if b == 0xE0 and buf[p + 1] < 0xA0:  # overlong
-                return -1
-            if b == 0xED and buf[p + 1] >= 0xA0:  # surrogates
-                return -1
-            p += 3
-        elif 0xF0 <= b <= 0xF4:
-            if p + 3 >= end or (buf[p + 1] & 0xC0) != 0x80:
-                return -1
-            if (buf[p + 2] & 0xC0) != 0x80 or (buf[p + 3] & 0xC0) != 0x80:
-                return -1
-            if b == 0xF0 and buf[p + 1] < 0x90:  # overlong
-                return -1
-            if b == 0xF4 and buf[p + 1] >= 0x90:  # above U+10FFFF
-                return -1
-            p += 4
         else:
-            return -1
+            size = _utf8_sequence(buf, p, end)
+            if size == 0:
+                return -1
+            p += size
         chars += 1
     return chars
 
@@ -251,10 +250,15 @@ def parse_day(buf: U8, start: Int, length: Int) -> float:
 
 @compiled
 def _hash(buf: U8, start: Int, length: Int, salt: Int) -> np.uint64:
-    """FNV-1a over the bytes, then the murmur3 finaliser so that the low bits (the slot) mix well."""
-    h = _FNV_OFFSET ^ np.uint64(salt)
+    """FNV-1a over the bytes, the salt, then the murmur3 finaliser (so the low bits mix well).
+
+    `_resolve_text` writes the same steps out inline; if they differed, no id would be found
+    (tests/test_wire.py compares every look-up with the dict-based table path).
+    """
+    h = _FNV_OFFSET
     for j in range(start, start + length):
         h = (h ^ np.uint64(buf[j])) * _FNV_PRIME
+    h ^= np.uint64(salt)
     h ^= h >> np.uint64(33)
     h *= _MIX1
     h ^= h >> np.uint64(33)
@@ -330,24 +334,6 @@ def _fill_slots(blob: U8, offsets: I64, owner: I64, slots: I64) -> None:
         while slots[s] >= 0:
             s = (s + 1) & mask
         slots[s] = j
-
-
-@compiled
-def _lookup(
-    table: Int, buf: U8, start: Int, length: Int, blob: U8, offsets: I64, owner: I64, value: I64, slots: I64
-) -> Int:
-    """Position of buf[start:start+length] in `table` (a K_* column), -1 when it is not a key."""
-    mask = slots.shape[0] - 1
-    s = _slot(_hash(buf, start, length, table), mask)
-    while True:
-        j = slots[s]
-        if j < 0:
-            return -1
-        if owner[j] == table:
-            k0 = offsets[j]
-            if offsets[j + 1] - k0 == length and _same(blob, k0, buf, start, length):
-                return np.int64(value[j])
-        s = (s + 1) & mask
 
 
 # -- request -----------------------------------------------------------------------------
@@ -444,7 +430,13 @@ def decode_trades(
             text_start[i, t] = q
             text_len[i, t] = 0
         while q < stop:
-            tag, q = _varint(buf, q, stop)
+            # one-byte varints (tags, lengths, enums, flags) are read in line: a call to
+            # _varint passes `buf` as a reference-counted struct, dearer than the read itself
+            if buf[q] < 0x80:
+                tag = np.uint64(buf[q])
+                q += 1
+            else:
+                tag, q = _varint(buf, q, stop)
             if q < 0:
                 _note(err, E_MALFORMED, 0, i)
                 return
@@ -454,7 +446,11 @@ def decode_trades(
                 _note(err, E_MALFORMED, 0, i)
                 return
             if w == _LEN and 0 < f < field_slot.shape[0] and field_slot[f] >= 0:
-                ln, r = _varint(buf, q, stop)
+                if q < stop and buf[q] < 0x80:
+                    ln = np.uint64(buf[q])
+                    r = q + 1
+                else:
+                    ln, r = _varint(buf, q, stop)
                 if r < 0 or ln > np.uint64(stop - r):
                     _note(err, E_MALFORMED, f, i)
                     return
@@ -462,7 +458,11 @@ def decode_trades(
                 text_len[i, field_slot[f]] = np.int64(ln)
                 q = r + np.int64(ln)
             elif w == _VARINT and (f == 5 or f == 6 or f == 12 or f == 15 or f == 16):
-                v, q = _varint(buf, q, stop)
+                if q < stop and buf[q] < 0x80:
+                    v = np.uint64(buf[q])
+                    q += 1
+                else:
+                    v, q = _varint(buf, q, stop)
                 if q < 0:
                     _note(err, E_MALFORMED, f, i)
                     return
@@ -477,7 +477,11 @@ def decode_trades(
                 if q + 8 > stop:
                     _note(err, E_MALFORMED, f, i)
                     return
-                d = _double(buf, q, bits, value_of_bits)
+                u = np.uint64(0)
+                for j in range(q + 7, q - 1, -1):  # little-endian, read in line (see above)
+                    u = (u << np.uint64(8)) | np.uint64(buf[j])
+                bits[0] = u
+                d = value_of_bits[0]
                 q += 8
                 if f == 7:
                     x[i, X_QUANTITY] = d
@@ -492,45 +496,112 @@ def decode_trades(
                 if q < 0 or q > stop:
                     _note(err, E_MALFORMED, f, i)
                     return
-        # text: valid UTF-8, length in characters, dates, look-ups
-        for t in range(text_start.shape[1]):
+        i += 1
+    _resolve_text(buf, x, k, text_start, text_len, field_slot, blob, offsets, owner, value, slots, err)
+    _mark_repeats(buf, text_start, text_len, k)
+
+
+#: K_* column resolved from each text slot (-1: none), and the second one for currency
+_SLOT_LOOKUP = (-1, -1, K_CP_ROW, K_INSTRUMENT_ROW, K_FX_ROW, -1, -1, K_VENUE_CODE)
+_SLOT_LENGTH = (
+    K_LEN_TRADE_ID,
+    K_LEN_ACCOUNT,
+    K_LEN_CP,
+    K_LEN_INSTRUMENT,
+    K_LEN_CURRENCY,
+    -1,
+    -1,
+    K_LEN_VENUE,
+)
+
+
+@compiled
+def _resolve_text(
+    buf: U8,
+    x: npt.NDArray[np.float64],
+    k: I64,
+    text_start: I64,
+    text_len: I64,
+    field_slot: I64,
+    blob: U8,
+    offsets: I64,
+    owner: I64,
+    value: I64,
+    slots: I64,
+    err: I64,
+) -> None:
+    """Per trade and text field: UTF-8 check and length in characters, dates, table look-ups.
+
+    One loop with the helpers written out: a call per field would pass every array
+    again (reference-counted), which costs more than the work itself.
+    """
+    mask = slots.shape[0] - 1
+    for i in range(x.shape[0]):
+        for t in range(N_TEXT):
             s0 = text_start[i, t]
             ln = text_len[i, t]
-            chars = _utf8_chars(buf, s0, ln)
+            end = s0 + ln
+            # UTF-8: ASCII bytes fast, multi-byte sequences checked in full
+            chars = 0
+            p = s0
+            while p < end:
+                b = buf[p]
+                if b < 0x80:
+                    p += 1
+                else:
+                    size = _utf8_sequence(buf, p, end)
+                    if size == 0:
+                        chars = -1
+                        break
+                    p += size
+                chars += 1
             if chars < 0:
                 for number in range(field_slot.shape[0]):
                     if field_slot[number] == t:
                         _note(err, E_UTF8, number, i)
                 chars = 0
-            if t == T_TRADE_ID:
-                k[i, K_LEN_TRADE_ID] = chars
-            elif t == T_ACCOUNT:
-                k[i, K_LEN_ACCOUNT] = chars
-            elif t == T_CP:
-                k[i, K_LEN_CP] = chars
-                k[i, K_CP_ROW] = _lookup(K_CP_ROW, buf, s0, ln, blob, offsets, owner, value, slots)
-            elif t == T_INSTRUMENT:
-                k[i, K_LEN_INSTRUMENT] = chars
-                k[i, K_INSTRUMENT_ROW] = _lookup(
-                    K_INSTRUMENT_ROW, buf, s0, ln, blob, offsets, owner, value, slots
-                )
-            elif t == T_CURRENCY:
-                k[i, K_LEN_CURRENCY] = chars
-                k[i, K_FX_ROW] = _lookup(K_FX_ROW, buf, s0, ln, blob, offsets, owner, value, slots)
-                k[i, K_CURRENCY_CODE] = _lookup(
-                    K_CURRENCY_CODE, buf, s0, ln, blob, offsets, owner, value, slots
-                )
-            elif t == T_VENUE:
-                k[i, K_LEN_VENUE] = chars
-                k[i, K_VENUE_CODE] = _lookup(K_VENUE_CODE, buf, s0, ln, blob, offsets, owner, value, slots)
-            else:  # dates
+            if t == T_TRADE_DATE or t == T_SETTLE_DATE:
                 day = parse_day(buf, s0, ln)
                 if day == -np.inf:
                     _note(err, E_DATE, 10 if t == T_TRADE_DATE else 11, i)
                     day = np.nan
                 x[i, X_TRADE_DAY if t == T_TRADE_DATE else X_SETTLE_DAY] = day
-        i += 1
-    _mark_repeats(buf, text_start, text_len, k)
+                continue
+            k[i, _SLOT_LENGTH[t]] = chars
+            table = _SLOT_LOOKUP[t]
+            if table < 0:
+                continue
+            # FNV-1a + murmur3 finaliser (as _hash), then linear probing (as WireTables.build)
+            h0 = _FNV_OFFSET
+            for j in range(s0, end):
+                h0 = (h0 ^ np.uint64(buf[j])) * _FNV_PRIME
+            for column in (table, K_CURRENCY_CODE):
+                h = h0 ^ np.uint64(column)  # the salt, mixed in after the bytes
+                h ^= h >> np.uint64(33)
+                h *= _MIX1
+                h ^= h >> np.uint64(33)
+                h *= _MIX2
+                h ^= h >> np.uint64(33)
+                s = np.int64(h & np.uint64(mask))
+                found = -1
+                while True:
+                    j = slots[s]
+                    if j < 0:
+                        break
+                    if owner[j] == column and offsets[j + 1] - offsets[j] == ln:
+                        k0 = offsets[j]
+                        same = True
+                        for c in range(ln):
+                            if blob[k0 + c] != buf[s0 + c]:
+                                same = False
+                                break
+                        if same:
+                            found = value[j]
+                            break
+                    s = (s + 1) & mask
+                k[i, column] = found
+                if t != T_CURRENCY:
+                    break  # only the currency resolves twice: fx row and vocabulary code
 
 
 @compiled
@@ -701,17 +772,46 @@ def encode_response(
     out = np.empty(size, dtype=np.uint8)
     raw = probs.view(np.uint8)
     p = _put_bytes(out, 0, 1, buf, rid_start, rid_len)
-    for i in range(n):
+    for i in range(n):  # written out: helper calls would pass `out` and `buf` per field
         out[p] = (2 << 3) | _LEN
-        p = _put_varint(out, p + 1, inner[i])
-        p = _put_bytes(out, p, 1, buf, id_start[i], id_len[i])
+        p += 1
+        v = inner[i]
+        while v >= 0x80:
+            out[p] = (v & 0x7F) | 0x80
+            v >>= 7
+            p += 1
+        out[p] = v
+        p += 1
+        length = id_len[i]
+        if length:
+            out[p] = (1 << 3) | _LEN
+            p += 1
+            v = length
+            while v >= 0x80:
+                out[p] = (v & 0x7F) | 0x80
+                v >>= 7
+                p += 1
+            out[p] = v
+            p += 1
+            s0 = id_start[i]
+            for j in range(length):
+                out[p + j] = buf[s0 + j]
+            p += length
         if bits[i] != 0:
             out[p] = (2 << 3) | _I64
-            out[p + 1 : p + 9] = raw[8 * i : 8 * i + 8]
+            for j in range(8):
+                out[p + 1 + j] = raw[8 * i + j]
             p += 9
         if bands[i] != 0:
             out[p] = (3 << 3) | _VARINT
-            p = _put_varint(out, p + 1, bands[i])
+            p += 1
+            v = bands[i]
+            while v >= 0x80:
+                out[p] = (v & 0x7F) | 0x80
+                v >>= 7
+                p += 1
+            out[p] = v
+            p += 1
     p = _put_bytes(out, p, 3, name, 0, name.shape[0])
     p = _put_bytes(out, p, 4, version, 0, version.shape[0])
     return out
