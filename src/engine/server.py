@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -25,9 +26,11 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.batching import MicroBatcher, concat_matrices
 from engine.config import Settings
-from engine.metrics import EngineMetrics
+from engine.interceptors import MetricsInterceptor
+from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.servable import ServingModel, load_serving_model
 from engine.scoring.trades import SERVICE as SCORER_SERVICE
@@ -37,6 +40,26 @@ log = logging.getLogger(__name__)
 
 #: after the last scoring call, how long other calls (health watches) may still run at shutdown
 FLUSH_SECONDS = 1.0
+
+
+#: services whose gRPC metrics exist (at 0) from the start
+METERED_SERVICES = (
+    pb.DESCRIPTOR.services_by_name["TradeScorer"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+)
+
+
+def _predict_with_metrics(
+    metrics: EngineMetrics,
+) -> Callable[[ServingModel, npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+    """`ServingModel.predict` that also records the batch's score distribution (in the inference thread)."""
+
+    def predict(model: ServingModel, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        probabilities = model.predict(features)
+        metrics.observe_scores(probabilities, model.bundle.manifest.risk_bands.assign(probabilities))
+        return probabilities
+
+    return predict
 
 
 class EngineServer:
@@ -65,7 +88,7 @@ class EngineServer:
         model = self.models.load_initial()
         log.info("model %s %s loaded from %s", model.name, model.version, s.bundle)
         self.batcher = MicroBatcher(
-            ServingModel.predict,
+            _predict_with_metrics(self.metrics),
             concat_matrices,
             max_batch_rows=s.max_batch_rows,
             max_wait_s=s.max_wait_s,
@@ -83,7 +106,11 @@ class EngineServer:
         ]
         # beyond max_concurrent_rpcs gRPC answers RESOURCE_EXHAUSTED itself, before the call
         # waits in its own pending queue (which would otherwise end in CANCELLED under overload)
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
+        server = grpc.aio.server(
+            options=options,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            interceptors=[MetricsInterceptor(self.metrics, METERED_SERVICES)],
+        )
         self.scorer = TradeScorerService(
             self.models,
             self.batcher,
@@ -181,8 +208,11 @@ def run(settings: Settings) -> int:
     """Serve with `settings.workers` processes (one: in this process)."""
     if settings.workers == 1:
         return asyncio.run(serve(settings))
+    shared_metrics = MultiprocessMetrics()
     if settings.metrics_port:
-        log.warning("--metrics-port is served only with --workers 1 for now; not serving /metrics")
+        # before the workers start: they read PROMETHEUS_MULTIPROC_DIR when they import prometheus-client
+        shared_metrics.prepare()
+        start_http_server(settings.metrics_port, registry=shared_metrics.registry())
     # spawn, not fork: no gRPC or ONNX Runtime state may cross into the workers
     ctx = multiprocessing.get_context("spawn")
     workers = [
@@ -211,6 +241,8 @@ def run(settings: Settings) -> int:
             if w.exitcode is None:
                 continue
             workers.remove(w)
+            if settings.metrics_port and w.pid is not None:
+                shared_metrics.worker_exited(w.pid)
             if w.exitcode != 0:
                 code = 1
                 log.error("worker %s exited with %s", w.pid, w.exitcode)
