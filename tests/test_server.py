@@ -282,3 +282,18 @@ async def test_hot_reload_swaps_good_bundles_and_refuses_bad_ones(
     resign(broken, "9.9.9")
     assert await engine.models.reload(broken) is False
     assert (await stub.GetModelInfo(pb.GetModelInfoRequest())).version == "1.0.0-b"
+
+
+async def test_max_connection_age_closes_old_connections(start_engine: ServerFactory) -> None:
+    # after the age a connection gets GOAWAY: new calls go over a new connection (the
+    # channel reconnects, re-resolving the name), a call still open past the grace ends
+    engine, channel = await start_engine(max_connection_age_s=0.5, max_connection_age_grace_s=0.5)
+    stub = pb_grpc.TradeScorerStub(channel)
+    assert len((await stub.Score(sample_request(3))).scores) == 3
+    stream = stub.ScoreStream()
+    await stream.write(sample_request(1, request_id="first"))
+    assert (await stream.read()).request_id == "first"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(stream.read(), timeout=10)  # idle until the server drops it
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len((await stub.Score(sample_request(2), timeout=5)).scores) == 2  # a fresh connection

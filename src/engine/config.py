@@ -54,6 +54,14 @@ class Settings:
     watch: bool = _opt(False, "reload the bundle when its manifest.json changes", bool_flag=True)
     watch_interval_s: float = _opt(2.0, "how often --watch looks at the bundle's manifest")
     max_message_bytes: int = _opt(16 * 1024 * 1024, "largest gRPC message accepted or sent")
+    max_connection_age_s: float = _opt(
+        0.0,
+        "close client connections after this many seconds (GOAWAY; clients reconnect and re-resolve, "
+        "so new pods behind a headless Service get traffic); 0: never",
+    )
+    max_connection_age_grace_s: float = _opt(
+        10.0, "after --max-connection-age-s, how long calls on the old connection may still take"
+    )
     metrics_port: int = _opt(0, "serve Prometheus /metrics on this port (0: off)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -72,6 +80,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1")
+        if self.max_connection_age_s < 0 or self.max_connection_age_grace_s < 0:
+            raise SettingsError("max_connection_age_s and max_connection_age_grace_s must be >= 0")
         if self.max_wait_ms < 0 or self.grace_seconds < 0 or self.watch_interval_s <= 0:
             raise SettingsError("max_wait_ms and grace_seconds must be >= 0, watch_interval_s > 0")
         if self.max_trades_per_request > self.max_queue_rows:

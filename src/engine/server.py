@@ -104,6 +104,11 @@ class EngineServer:
             # workers share the port on purpose; a lone server must fail loudly on a taken port
             ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
         ]
+        if s.max_connection_age_s > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_s * 1000)),
+            ]
         # beyond max_concurrent_rpcs gRPC answers RESOURCE_EXHAUSTED itself, before the call
         # waits in its own pending queue (which would otherwise end in CANCELLED under overload)
         server = grpc.aio.server(
