@@ -290,10 +290,16 @@ async def test_max_connection_age_closes_old_connections(start_engine: ServerFac
     engine, channel = await start_engine(max_connection_age_s=0.5, max_connection_age_grace_s=0.5)
     stub = pb_grpc.TradeScorerStub(channel)
     assert len((await stub.Score(sample_request(3))).scores) == 3
-    stream = stub.ScoreStream()
-    await stream.write(sample_request(1, request_id="first"))
-    assert (await stream.read()).request_id == "first"
+    hold = asyncio.Event()
+
+    async def feed() -> AsyncIterator[pb.ScoreRequest]:
+        yield sample_request(1, request_id="first")
+        await hold.wait()  # then stay open and idle
+
+    responses = stub.ScoreStream(feed()).__aiter__()
+    assert (await responses.__anext__()).request_id == "first"
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await asyncio.wait_for(stream.read(), timeout=10)  # idle until the server drops it
+        await asyncio.wait_for(responses.__anext__(), timeout=10)  # until the server drops it
+    hold.set()
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert len((await stub.Score(sample_request(2), timeout=5)).scores) == 2  # a fresh connection
