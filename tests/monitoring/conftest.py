@@ -139,6 +139,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
             {"tradescore": [f"127.0.0.1:{metrics_port}"]},
             labels={"namespace": "tradescore"},
             rule_files=sorted(RULES_DIR.glob("*.yaml")),
+            # twice a second: at DILATION 20 a 1m window of the scaler's query then holds ~6 samples, so
+            # a scrape or two lost to a busy CI machine does not leave it empty
+            interval="500ms",
         )
         up = prometheus.wait_for('up{job="tradescore"} == 1')
         assert up, f"Prometheus never scraped the engine:\n{prometheus.log.read_text()}"
