@@ -402,7 +402,8 @@ def reflection_pool(services: Iterable[str]) -> descriptor_pool.DescriptorPool:
         added.add(file.name)
 
     for name in services:
-        for source in (descriptor_pool.Default(), pb.DESCRIPTOR.pool):
+        # the engine's own OIP file first: with tritonclient imported, the default pool has Triton's
+        for source in (pb.DESCRIPTOR.pool, descriptor_pool.Default()):
             try:
                 service = source.FindServiceByName(name)
             except KeyError:
