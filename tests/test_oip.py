@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,7 +27,7 @@ from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.models.bundle import DEFAULT_BUNDLE
 from engine.scoring.codec import trades_to_columns
 from engine.scoring.servable import ServingModel, load_serving_model
-from tests.conftest import ROOT, EngineProcess, ServerFactory, sample_request
+from tests.conftest import ROOT, EngineProcess, ServerFactory, copy_bundle, resign, sample_request
 
 MODEL = "settlement-fail"
 VERSION = "1.0.0"
@@ -260,8 +262,6 @@ async def aio_client(start_engine: ServerFactory) -> AsyncIterator[tuple[Any, An
 async def test_oip_and_trade_scorer_rows_share_one_model_call(
     aio_client: tuple[Any, Any, grpc.aio.Channel], model: ServingModel
 ) -> None:
-    import asyncio
-
     engine, client, channel = aio_client
     registry = engine.metrics.registry
     before = registry.get_sample_value("engine_batches_total") or 0.0
@@ -276,6 +276,29 @@ async def test_oip_and_trade_scorer_rows_share_one_model_call(
     np.testing.assert_array_equal([s.fail_probability for s in scored.scores], want.astype(np.float64))
     assert registry.get_sample_value("engine_batches_total") == before + 1
     assert registry.get_sample_value("engine_batch_size_sum") == 150
+
+
+async def test_a_reloaded_bundle_is_the_model_served(
+    start_engine: ServerFactory, model: ServingModel, tmp_path: Path
+) -> None:
+    bundle = copy_bundle(tmp_path / "bundle", "1.0.0")
+    engine, _ = await start_engine(bundle=bundle)
+    client = triton_aio.InferenceServerClient(f"127.0.0.1:{engine.port}")
+    try:
+        assert (await client.get_model_metadata(MODEL, as_json=True))["versions"] == ["1.0.0"]
+        resign(bundle, "1.1.0")
+        assert await engine.reload()
+        assert (await client.get_model_metadata(MODEL, as_json=True))["versions"] == ["1.1.0"]
+        assert not await client.is_model_ready(MODEL, "1.0.0")
+        matrix = features(model, 3)
+        with pytest.raises(InferenceServerException) as caught:
+            await client.infer(MODEL, [triton_input(matrix)], model_version="1.0.0")
+        assert caught.value.status() == "StatusCode.NOT_FOUND"
+        result = await client.infer(MODEL, [triton_input(matrix)], model_version="1.1.0")
+        assert result.get_response().model_version == "1.1.0"
+        np.testing.assert_array_equal(result.as_numpy("fail_probability"), model.predict(matrix))
+    finally:
+        await client.close()
 
 
 async def test_health_and_reflection_know_the_oip_service(start_engine: ServerFactory) -> None:
