@@ -6,7 +6,7 @@ import asyncio
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,7 @@ def test_typed_inputs_get_typed_outputs(server: EngineProcess, model: ServingMod
     np.testing.assert_array_equal(list(band.contents.int_contents), bands)
 
 
-BAD_INFER = {
+BAD_INFER: dict[str, tuple[dict[str, Any], str, str]] = {
     "unknown model": (dict(model_name="fraud"), "NOT_FOUND", "'fraud' is not served here"),
     "unknown version": (dict(model_version="2.0.0"), "NOT_FOUND", "no version '2.0.0'"),
     "input name": (dict(name="x"), "INVALID_ARGUMENT", "inputs[0].name: must be 'features'"),
@@ -220,7 +220,7 @@ def _classification(r: Any) -> None:
     r.outputs.add(name="fail_probability").parameters["classification"].int64_param = 2
 
 
-BAD_WIRE = {
+BAD_WIRE: dict[str, tuple[Callable[[Any], None], str]] = {
     "byte length": (_short_bytes, "raw_input_contents[0]: holds 236 bytes; FP32 [4, 15] takes 240"),
     "raw entries": (_two_raw, "raw_input_contents: must hold 1 entry"),
     "raw and typed": (_raw_and_typed, "inputs[0].contents: must not be set when raw_input_contents"),
@@ -240,7 +240,7 @@ def test_refused_requests_on_the_wire(server: EngineProcess, model: ServingModel
     with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as caught:
         tpb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert message in caught.value.details()
+    assert message in str(caught.value.details())
 
 
 def test_model_metadata_of_another_model_is_not_found(client: Any) -> None:
