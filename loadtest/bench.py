@@ -817,6 +817,7 @@ class LoadSpec:
     parse_responses: bool
     first: int  # index of this process's first request
     window: int = 64  # stream: messages in flight per stream
+    method: str = SCORE_METHOD  # the unary method called (OIP_METHOD: the Open Inference Protocol case)
 
 
 @dataclass(slots=True)
@@ -855,7 +856,7 @@ class _Load:
             grpc.aio.insecure_channel(spec.target, options=options) for _ in range(spec.channels)
         ]
         # no serializers: the requests are bytes already, responses stay bytes
-        self.calls = [ch.unary_unary(SCORE_METHOD, None, None) for ch in self.channels]
+        self.calls = [ch.unary_unary(spec.method, None, None) for ch in self.channels]
         self.streams = [ch.stream_stream(STREAM_METHOD, None, None) for ch in self.channels]
         self.window = (math.inf, math.inf)
         self.stop = False
@@ -871,6 +872,12 @@ class _Load:
 
     def _check(self, raw: bytes) -> str | None:
         """None when `raw` is a full, sane answer; else an error label (counted like a status code)."""
+        if self.spec.method == OIP_METHOD:
+            bad = check_oip_response(raw, self.spec.trades_per_call)
+            if bad is None:
+                self.result.checked += 1
+                self._min_size = len(raw) // 2
+            return bad
         resp = pb.ScoreResponse.FromString(raw)
         if resp.HasField("error") or len(resp.scores) != self.spec.trades_per_call:
             return "BAD_RESPONSE_COUNT"
@@ -1067,6 +1074,7 @@ class Scenario:
     trades_per_call: int
     concurrency: int = 0
     rate: float = 0.0
+    method: str = SCORE_METHOD
 
 
 def run_scenario(
@@ -1100,6 +1108,7 @@ def run_scenario(
             parse_responses=args.parse_responses,
             first=p * 7919,
             window=args.stream_window,
+            method=sc.method,
         )
         recv, send = ctx.Pipe(duplex=False)
         client = ctx.Process(target=_client_main, args=(spec, barrier, send), name=f"bench-client-{p}")
@@ -1588,6 +1597,84 @@ def verdicts(
     return out
 
 
+# -- the Open Inference Protocol case (oip_b) -----------------------------------------------------
+
+OIP_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def oip_scenario(args: argparse.Namespace) -> Scenario:
+    """(b) through the Open Inference Protocol: the same matrices, raw FP32, same calls in flight."""
+    title = f"(oip_b) OIP {args.batch_trades} rows raw x {args.batch_concurrency}"
+    return Scenario(
+        "oip_b", title, "on", "closed", args.batch_trades, args.batch_concurrency, method=OIP_METHOD
+    )
+
+
+def oip_requests(batches: Sequence[bytes], bundle: Path) -> list[bytes]:
+    """ModelInferRequest bytes carrying, as raw FP32 contents, the feature matrices of the (b)
+    requests: the very matrices in-process ORT is timed on (decode -> validate -> features)."""
+    from engine._proto.inference import grpc_predict_v2_pb2 as oip
+    from engine.config import Settings
+    from engine.features.validate import validate_rows
+    from engine.scoring.servable import load_serving_model
+    from engine.scoring.wire import decode_request
+
+    model = load_serving_model(bundle)
+    limit = Settings().max_trades_per_request
+    out = []
+    for i, raw in enumerate(batches):
+        rows = decode_request(raw, model.wire, limit).rows
+        validate_rows(rows, limit)
+        matrix = model.plan.compute_rows(rows)
+        request = oip.ModelInferRequest(model_name=model.name, model_version=model.version, id=f"o{i}")
+        request.raw_input_contents.append(matrix.tobytes())
+        request.inputs.add(name=model.bundle.input_name, datatype="FP32", shape=list(matrix.shape))
+        out.append(request.SerializeToString())
+    return out
+
+
+def check_oip_response(raw: bytes, rows: int) -> str | None:
+    """None when `raw` is a ModelInferResponse with `rows` probabilities and risk bands, raw."""
+    from engine._proto.inference import grpc_predict_v2_pb2 as oip
+
+    resp = oip.ModelInferResponse.FromString(raw)
+    contents = resp.raw_output_contents
+    if [o.name for o in resp.outputs] != ["fail_probability", "risk_band"] or [len(c) for c in contents] != [
+        4 * rows,
+        4 * rows,
+    ]:
+        return "BAD_RESPONSE_COUNT"
+    probs, bands = np.frombuffer(contents[0], "<f4"), np.frombuffer(contents[1], "<i4")
+    if not (((probs >= 0) & (probs <= 1)).all() and ((bands >= 1) & (bands <= 4)).all()):
+        return "BAD_RESPONSE_VALUE"
+    return None
+
+
+def oip_verdicts(ip: dict[str, Any], by_key: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """oip_b against in-process ORT (the same matrices) and against TradeScorer's (b)."""
+    if "oip_b" not in by_key:
+        return {}
+    r, local = by_key["oip_b"], ip["batch"]
+    ratio = r["rows_per_s"] / local["rows_per_s"]
+    cpu_ratio = r["rows_per_server_cpu_s"] / local["rows_per_cpu_s"]
+    out: dict[str, Any] = {"ratio": ratio, "cpu_time_ratio": cpu_ratio}
+    text = (
+        f"(oip_b) OIP served / in-process ORT rows/s = {_f(r['rows_per_s'])} / {_f(local['rows_per_s'])} "
+        f"= {ratio:.3f}; per CPU-second {_f(r['rows_per_server_cpu_s'])} / {_f(local['rows_per_cpu_s'])} "
+        f"= {cpu_ratio:.3f}"
+    )
+    if "b" in by_key:
+        out["server_cpu_us_per_row"] = r["server_cpu_us_per_trade"]
+        out["b_server_cpu_us_per_trade"] = by_key["b"]["server_cpu_us_per_trade"]
+        b_us = by_key["b"]["server_cpu_us_per_trade"]
+        text += (
+            f";\n      server CPU per row {r['server_cpu_us_per_trade']:.1f} us "
+            f"(TradeScorer (b), features computed in the server: {b_us:.1f} us)"
+        )
+    out["text"] = text
+    return {"oip_b": out}
+
+
 # -- main -------------------------------------------------------------------------------------------
 
 
@@ -1657,13 +1744,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--scenarios",
-        default="a,b,c,d,a_nobatch,floor_a,floor_b,floor_d,curve",
+        default="a,b,oip_b,c,d,a_nobatch,floor_a,floor_b,floor_d,curve",
         help="which to run, comma separated: a, b, c (open loop at each of --rates), d (ScoreStream) "
         "against the engine; the same with _nobatch (a_nobatch, ...) against a second engine started "
         "with --no-batching, and with _w2 (a_w2, b_w2, ...) against one started with --workers 2 on "
         "the server and client CPUs together; floor_a, floor_b, floor_c, floor_d against a bare "
         "grpc.aio server that answers with canned bytes (what gRPC alone costs on these CPUs); curve: "
-        "open-loop latency at each of --curve-rates up to saturation, plotted to a PNG",
+        "open-loop latency at each of --curve-rates up to saturation, plotted to a PNG; oip_b: (b)'s "
+        "feature matrices as Open Inference Protocol ModelInfer calls with raw FP32 contents",
     )
     p.add_argument(
         "--singles", type=int, default=2048, help="distinct single-trade requests to cycle through"
@@ -1739,6 +1827,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     prefix + "b" + suffix, title, server, "closed", args.batch_trades, args.batch_concurrency
                 )
             )
+        if server == "on" and "oip_b" in wanted:
+            out.append(oip_scenario(args))
         if prefix + "c" + suffix in wanted:
             for rate in args.rate_list:
                 title = f"(c) 1 trade, open loop {rate:g}/s"
@@ -1758,6 +1848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     servers: list[dict[str, Any]] = []
     rounds: list[dict[str, Any]] = []
+    oip_pool: list[bytes] = []
     for kind in ("on", "off", "floor", "w2"):
         todo = scenarios_for(kind)
         if kind == "on" and "curve" in wanted:
@@ -1802,6 +1893,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue  # the curve stops after the first rate the engine could not keep up with
                 say(f"  {sc.key}: {sc.title}")
                 pool = reqs.singles if sc.trades_per_call == 1 else reqs.batches
+                if sc.method == OIP_METHOD:
+                    oip_pool = oip_pool or oip_requests(reqs.batches, args.bundle)
+                    pool = oip_pool
                 r = run_scenario(sc, server, pool, args, profile_dir)
                 results.append(r)
                 say(
@@ -1841,7 +1935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "servers": servers,
         "scenarios": results,
         "b_rounds": rounds,
-        "verdicts": verdicts(ip, by_key, rounds),
+        "verdicts": {**verdicts(ip, by_key, rounds), **oip_verdicts(ip, by_key)},
         "curve": curve_verdict(results),
         "elapsed_s": time.perf_counter() - started,
     }

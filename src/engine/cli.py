@@ -199,8 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="serve the model bundle over gRPC",
-        description="Serve TradeScorer, gRPC health and reflection. Every flag can also be set "
-        "with its ENGINE_* environment variable; flags win. SIGTERM drains, SIGHUP reloads the bundle.",
+        description="Serve TradeScorer, the Open Inference Protocol (KServe v2 "
+        "inference.GRPCInferenceService: the model's FP32 feature matrix in, fail_probability and "
+        "risk_band out; see the README), gRPC health and reflection, on one port. Every flag can "
+        "also be set with its ENGINE_* environment variable; flags win. SIGTERM drains, SIGHUP "
+        "reloads the bundle.",
     )
     add_arguments(serve)
     serve.set_defaults(func=_cmd_serve)

@@ -43,7 +43,9 @@ class Settings:
     max_queue_rows: int = _opt(
         4096, "trades allowed to wait for inference; beyond it calls get RESOURCE_EXHAUSTED at once"
     )
-    max_trades_per_request: int = _opt(1000, "most trades one ScoreRequest may carry")
+    max_trades_per_request: int = _opt(
+        1000, "most trades one ScoreRequest may carry (and rows one Open Inference Protocol ModelInfer)"
+    )
     max_inflight_batches: int = _opt(1, "batches running in ONNX Runtime at the same time")
     intra_op_threads: int = _opt(1, "ONNX Runtime threads per inference call")
     max_concurrent_rpcs: int = _opt(

@@ -2,6 +2,7 @@
 
 EngineError                      base; never shown to clients verbatim unless public
 ├── InvalidInput                 INVALID_ARGUMENT — names field, record index, reason
+├── ModelNotFound                NOT_FOUND — no such model name / version is served
 ├── Overloaded                   RESOURCE_EXHAUSTED — the bounded queue is full
 ├── DeadlineExpired              DEADLINE_EXCEEDED — dropped before inference
 ├── ShuttingDown                 UNAVAILABLE — the engine is draining
@@ -38,6 +39,12 @@ class InvalidInput(EngineError):
         where = f"trades[{index}].{field}" if index is not None else field
         more = f" (and {count - 1} more trade(s) with this problem)" if count > 1 else ""
         super().__init__(f"{where}: {reason}{more}")
+
+
+class ModelNotFound(EngineError):
+    """The request names a model or model version this engine does not serve."""
+
+    code = grpc.StatusCode.NOT_FOUND
 
 
 class Overloaded(EngineError):

@@ -32,6 +32,8 @@ from engine.config import Settings
 from engine.interceptors import MetricsInterceptor
 from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry
+from engine.scoring.oip import SERVICE as OIP_SERVICE
+from engine.scoring.oip import InferenceService, reflection_pool
 from engine.scoring.servable import ServingModel, load_serving_model
 from engine.scoring.trades import SERVICE as SCORER_SERVICE
 from engine.scoring.trades import TradeScorerService
@@ -80,6 +82,7 @@ class EngineServer:
         self._server: grpc.aio.Server | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.scorer: TradeScorerService | None = None
+        self.oip: InferenceService | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -123,28 +126,36 @@ class EngineServer:
             max_trades_per_request=s.max_trades_per_request,
             stream_window=s.stream_window,
         )
-        server.add_generic_rpc_handlers((self.scorer.handlers(),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SCORER_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        self.oip = InferenceService(
+            self.models, self.batcher, self.metrics, max_rows_per_request=s.max_trades_per_request
         )
+        server.add_generic_rpc_handlers((self.scorer.handlers(), self.oip.handlers()))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflected = (
+            SCORER_SERVICE,
+            OIP_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(reflected, server, pool=reflection_pool(reflected))
         self.port = server.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
             raise OSError(f"cannot bind {s.host}:{s.port}")
         await server.start()
         self._server = server
-        for service in ("", SCORER_SERVICE):
+        for service in ("", SCORER_SERVICE, OIP_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if s.watch:
             self._watcher = asyncio.get_running_loop().create_task(
                 self.models.watch(s.watch_interval_s), name="bundle-watcher"
             )
         return self.port
+
+    async def _calls_idle(self) -> None:
+        """Return once no scoring call (TradeScorer, or OIP ModelInfer) is in progress."""
+        for service in (self.scorer, self.oip):
+            if service is not None:
+                await service.wait_idle()
 
     async def reload(self) -> bool:
         return await self.models.reload()
@@ -164,7 +175,7 @@ class EngineServer:
             # grace period, so once scoring is idle the rest gets at most FLUSH_SECONDS
             # (time for finished calls to send their responses)
             stopping = asyncio.ensure_future(self._server.stop(grace))
-            idle = asyncio.ensure_future(self.scorer.wait_idle())
+            idle = asyncio.ensure_future(self._calls_idle())
             await asyncio.wait((stopping, idle), return_when=asyncio.FIRST_COMPLETED)
             if not stopping.done():
                 await self._server.stop(min(FLUSH_SECONDS, max(0.0, grace - (time.monotonic() - started))))

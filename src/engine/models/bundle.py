@@ -154,6 +154,11 @@ class ModelBundle:
     def version(self) -> str:
         return self.manifest.version
 
+    @property
+    def input_name(self) -> str:
+        """The ONNX model's input tensor: float32 [n, features]."""
+        return self._input_name
+
     def predict(self, features: F32) -> F32:
         """Failure probability for each row of a float32 [n, F] matrix."""
         probs = self._session.run(self._output, {self._input_name: features})[0]
