@@ -56,8 +56,9 @@ USER 10001:10001
 
 EXPOSE 50051 9095
 
-# gRPC health service (grpc.health.v1), the same one the Kubernetes probes call natively
-HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+# gRPC health service (grpc.health.v1), the same one the Kubernetes probes call natively; the
+# start period covers the first start's kernel compile (10-20 s here, more on a busy host)
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["engine", "health", "--target", "127.0.0.1:50051", "--timeout", "3"]
 
 # exec form: the engine is PID 1 and gets SIGTERM itself (it drains for ENGINE_GRACE_SECONDS,
