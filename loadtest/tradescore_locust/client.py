@@ -21,6 +21,7 @@ failure a `GrpcStatusError` carrying the gRPC status code.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +40,10 @@ SCORE = f"/{SERVICE}/Score"
 SCORE_STREAM = f"/{SERVICE}/ScoreStream"
 GET_MODEL_INFO = f"/{SERVICE}/GetModelInfo"
 EMPTY = pb.GetModelInfoRequest().SerializeToString()
+
+#: how long the first user of a process waits for its channels to connect (then calls say why not)
+CONNECT_WAIT_S = 3.0
+log = logging.getLogger(__name__)
 
 #: grpc.StatusCode by the integer google.rpc.Code carried in a ScoreStream `RequestError`
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -91,6 +96,15 @@ class ChannelPool:
             ]
             self._channels = [grpc.insecure_channel(target, options=options) for _ in range(max(1, size))]
             self._target = target
+            # connect now, so that no measured call pays for the TCP and HTTP/2 handshakes
+            deadline = time.monotonic() + CONNECT_WAIT_S
+            for channel in self._channels:
+                try:
+                    wait = max(0.0, deadline - time.monotonic())
+                    grpc.channel_ready_future(channel).result(timeout=wait)
+                except grpc.FutureTimeoutError:
+                    log.warning("%s: not connected within %.0f s", target, CONNECT_WAIT_S)
+                    break
         channel = self._channels[self._next % len(self._channels)]
         self._next += 1
         return channel

@@ -26,8 +26,8 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import MasterRunner, Runner, WorkerRunner
 
-from . import server_metrics, shapes, slo
-from .accounting import LATENCIES, USER_SECONDS
+from . import profiles, server_metrics, slo
+from .accounting import LATENCIES, PACING
 from .latency import LatencyBook
 from .options import Options, add_arguments
 from .server_metrics import ServerLatency, Snapshot
@@ -42,14 +42,16 @@ class _Run:
 
     def __init__(self) -> None:
         self.book = LatencyBook()
-        self.user_seconds = 0.0
+        self.due = 0.0
+        self.done = 0
         self.started = time.monotonic()
         self.before: Snapshot | None = None
         self.scrape_error: str | None = None
 
     def reset(self) -> None:
         self.book.clear()
-        self.user_seconds = 0.0
+        self.due = 0.0
+        self.done = 0
         self.started = time.monotonic()
         self.before = None
         self.scrape_error = None
@@ -86,12 +88,12 @@ def on_init(environment: Environment, **_: Any) -> None:
     if _coordinates(environment.runner):
         from .mix import MIXES, mean_trades_per_call
 
-        log.info(shapes.describe(options, mean_trades_per_call(MIXES[options.mix])))
+        log.info(profiles.describe(options, mean_trades_per_call(MIXES[options.mix])))
 
 
 def on_test_start(environment: Environment, **_: Any) -> None:
     LATENCIES.clear()
-    USER_SECONDS.drain()
+    PACING.drain()
     if not _coordinates(environment.runner):
         return
     RUN.reset()
@@ -105,14 +107,16 @@ def on_test_start(environment: Environment, **_: Any) -> None:
 
 
 def on_report_to_master(client_id: str, data: dict[str, Any], **_: Any) -> None:
-    data[REPORT_KEY] = {"latency": LATENCIES.drain(), "user_seconds": USER_SECONDS.drain()}
+    due, done = PACING.drain()
+    data[REPORT_KEY] = {"latency": LATENCIES.drain(), "due": due, "done": done}
 
 
 def on_worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
     report = data.get(REPORT_KEY)
     if report:
         RUN.book.merge(report["latency"])
-        RUN.user_seconds += float(report["user_seconds"])
+        RUN.due += float(report["due"])
+        RUN.done += int(report["done"])
 
 
 def _server(options: Options) -> tuple[ServerLatency | None, dict[str, Any]]:
@@ -136,19 +140,21 @@ def on_quitting(environment: Environment, **_: Any) -> None:
         return
     options = Options.read(environment.parsed_options)
     if isinstance(runner, MasterRunner):
-        book, user_seconds = RUN.book, RUN.user_seconds
+        book, due, done = RUN.book, RUN.due, RUN.done
     else:
-        book, user_seconds = LATENCIES, USER_SECONDS.drain()
+        book = LATENCIES
+        due, done = PACING.drain()
     server, server_summary = _server(options)
     total = runner.stats.total
     facts = slo.RunFacts(
         calls=total.num_requests,
         failures=total.num_failures,
         latencies=book,
-        offered_calls=user_seconds * options.user_rate if options.user_rate > 0 else None,
+        offered_calls=due if options.user_rate > 0 else None,
+        paced_calls=done,
         server=server,
     )
-    gates = slo.evaluate(options, facts)
+    gates = slo.evaluate(options.thresholds(), facts)
     ok = slo.passed(gates)
     lines = [f"SLO gates ({options.load_profile}): {'PASS' if ok else 'FAIL'}", *(g.line() for g in gates)]
     print("\n".join(lines), flush=True)
@@ -167,6 +173,7 @@ def on_quitting(environment: Environment, **_: Any) -> None:
             "calls": facts.calls,
             "failures": facts.failures,
             "offered_calls": facts.offered_calls,
+            "paced_calls_completed": facts.paced_calls,
             "client_latency_ms": {
                 group: {f"p{round(q * 100)}": _ms(hist.quantile(q)) for q in (0.5, 0.9, 0.99, 0.999)}
                 | {"calls": hist.total}

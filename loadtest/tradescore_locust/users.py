@@ -3,7 +3,7 @@
 Each user is one client connection's worth of traffic: it sends `--user-rate`
 calls/s with Poisson arrivals (exponential gaps on a schedule, so slow answers
 do not silently lower the offered rate: a late user catches up, and a backlog
-over a second is dropped and shows as achieved < offered), or, with
+over a second is dropped and shows as achieved < offered, `accounting.PACING`), or, with
 `--user-rate 0`, calls again as soon as it is answered (closed loop, for
 capacity runs). Every call draws its request from the trade mix (`mix`).
 """
@@ -17,7 +17,7 @@ import gevent
 from locust import User, task
 from locust.env import Environment
 
-from .accounting import USER_SECONDS
+from .accounting import PACING
 from .client import POOL, StreamClient, UnaryClient, normalize_target
 from .mix import RequestMix, build_mix
 from .options import Options
@@ -50,7 +50,8 @@ class _EngineUser(User):
         self._rng = random.Random()
         self._rate = self.options.user_rate
         self._next = 0.0
-        self._counted = False
+        self._issued = 0  # schedule points drawn (each one call due at that time)
+        self._done = 0  # calls completed (failed or not)
         self._checks = -1 if self.options.check_responses else CHECKED_RESPONSES
 
     def target(self) -> str:
@@ -59,24 +60,35 @@ class _EngineUser(User):
         return normalize_target(self.host)
 
     def on_start(self) -> None:
-        USER_SECONDS.begin()
-        self._counted = True
         if self._rate > 0:
             # a random phase: users spawned together do not call together
             self._next = time.monotonic() + self._rng.expovariate(self._rate)
+            self._issued = 1
             gevent.sleep(self._next - time.monotonic())
 
     def on_stop(self) -> None:
-        if self._counted:
-            USER_SECONDS.end()
-            self._counted = False
+        if self._rate <= 0 or self._issued == 0:
+            return
+        now = time.monotonic()
+        due = float(self._issued)
+        if self._next > now:
+            due -= 1  # the user was waiting for its next call: not due yet
+        else:
+            due += (now - self._next) * self._rate  # a call outlasted its successors' due times
+        PACING.add(due, self._done)
+        self._issued = self._done = 0
 
     def wait_time(self) -> float:
+        """Called by Locust after every task: the call just made is done; wait for the next point."""
         if self._rate <= 0:
             return 0.0
+        self._done += 1
         now = time.monotonic()
         self._next += self._rng.expovariate(self._rate)
+        self._issued += 1
         if self._next < now - MAX_BACKLOG_S:
+            # too far behind: the backlog's calls are dropped (they stay due)
+            self._issued += round((now - self._next) * self._rate)
             self._next = now
         return max(0.0, self._next - now)
 
