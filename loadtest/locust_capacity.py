@@ -245,6 +245,26 @@ def measure(args: argparse.Namespace, kind: str, workdir: Path) -> dict[str, Any
     }
 
 
+def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "python": sys.version.split()[0],
+        **{name: version(name) for name in ("locust", "gevent", "grpcio")},
+    }
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", choices=("echo", "engine", "both"), default="both")
@@ -264,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     kinds = ("echo", "engine") if args.server == "both" else (args.server,)
     results = []
+    host = machine()
     with tempfile.TemporaryDirectory(prefix="locust-capacity-") as tmp:
         for kind in kinds:
             res = measure(args, kind, Path(tmp))
@@ -277,7 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"argv": sys.argv[1:], "results": results}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps({"argv": sys.argv[1:], "machine": host, "results": results}, indent=2) + "\n"
+        )
     return 0
 
 
