@@ -92,7 +92,6 @@ class ChannelPool:
                 ("grpc.use_local_subchannel_pool", 1),
                 # a headless Service resolves to every pod: spread calls, not connections
                 ("grpc.lb_policy_name", "round_robin"),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ]
             self._channels = [grpc.insecure_channel(target, options=options) for _ in range(max(1, size))]
             self._target = target
