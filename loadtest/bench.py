@@ -1255,7 +1255,6 @@ def start_profiler(pid: int, stem: Path, duration: float) -> subprocess.Popen[by
         "--output",
         f"{stem}.txt",
         "--nonblocking",
-        *(["--native"] if os.environ.get("XP_NATIVE") else []),
     ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
