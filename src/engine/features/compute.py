@@ -160,7 +160,13 @@ class FeaturePlan:
             K_VENUE_CODE: vocab["settlement_venue"],
             K_CURRENCY_CODE: vocab["currency"],
         }
-        self.index = {column: {key: i for i, key in enumerate(keys)} for column, keys in self.keys.items()}
+        self.index: dict[int, dict[str, int]] = {
+            K_CP_ROW: refs.counterparties.index,
+            K_INSTRUMENT_ROW: refs.instruments.index,
+            K_FX_ROW: refs.fx.index,
+            K_VENUE_CODE: {key: i for i, key in enumerate(vocab["settlement_venue"])},
+            K_CURRENCY_CODE: {key: i for i, key in enumerate(vocab["currency"])},
+        }
         self.others = np.array([len(vocab["settlement_venue"]), len(vocab["currency"])], dtype=np.int64)
         empty = np.zeros(0, dtype=np.float64)
 

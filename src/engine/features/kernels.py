@@ -178,14 +178,6 @@ F_CYCLE_DAYS = 13
 F_WEEKDAY = 14
 N_FEATURES = 15
 
-#: reference values passed to compute_rows, one row per array in this order
-REF_CP_FAIL_RATE = 0
-REF_CP_TRADES = 1
-REF_INSTRUMENT_ADV = 2
-REF_INSTRUMENT_FAIL_RATE = 3
-REF_FX_USD = 4
-N_REFS = 5
-
 
 @compiled
 def _log10_positive(v: float) -> float:
@@ -214,7 +206,8 @@ def compute_rows(
 ) -> None:
     """Write catalog feature f of row i to out[i, columns[f]] (skipped where columns[f] < 0).
 
-    `refs`: the reference value arrays in REF_* order, indexed by the K_*_ROW
+    `refs`: the reference value arrays (counterparty fail rate, counterparty trades,
+    instrument ADV, instrument fail rate, USD per unit of the currency), indexed by the K_*_ROW
     columns; `others`: the OTHER code of the venue and currency vocabularies.
     Rows must have passed `check_rows`.
     """

@@ -34,10 +34,11 @@ class KeyedTable:
 
     keys: Str
     columns: Mapping[str, F64]
-    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+    #: key -> row, built once (the look-ups of table input and of the request decoder start here)
+    index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_index", {k: i for i, k in enumerate(self.keys.tolist())})
+        object.__setattr__(self, "index", {k: i for i, k in enumerate(self.keys.tolist())})
 
     @staticmethod
     def build(keys: npt.ArrayLike, columns: Mapping[str, npt.ArrayLike]) -> KeyedTable:
@@ -58,7 +59,7 @@ class KeyedTable:
     def positions(self, ids: Str) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
         """Row of each id in this table and whether it was found."""
         n = ids.shape[0]
-        pos = np.fromiter(map(self._index.get, ids.tolist(), repeat(-1)), dtype=np.intp, count=n)
+        pos = np.fromiter(map(self.index.get, ids.tolist(), repeat(-1)), dtype=np.intp, count=n)
         found = pos >= 0
         return np.where(found, pos, 0), found
 

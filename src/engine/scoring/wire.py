@@ -114,7 +114,6 @@ _TEXT_FIELD |= {11: T_SETTLE_DATE, 13: T_VENUE}
 FIELD_TEXT_SLOT = np.full(19, -1, dtype=np.int64)
 for _number, _text_slot in _TEXT_FIELD.items():
     FIELD_TEXT_SLOT[_number] = _text_slot
-TEXT_SLOT_FIELD = np.array([f for f, _ in sorted(_TEXT_FIELD.items(), key=lambda kv: kv[1])], dtype=np.int64)
 
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
@@ -298,8 +297,7 @@ class WireTables:
     offsets: I32
     owner: I32
     value: I32
-    slots: I32  # int32 throughout: a quarter of the cache lines a look-up touches with int64
-    columns: I64  # the K_* columns resolved, in lookup order
+    slots: I32  # int32 throughout: half the cache lines a look-up touches with int64
 
     @staticmethod
     def build(plan: FeaturePlan) -> WireTables:
@@ -323,7 +321,6 @@ class WireTables:
             np.array(owner, dtype=np.int32),
             np.array(value, dtype=np.int32),
             np.full(size, -1, dtype=np.int32),
-            np.array(sorted(plan.keys), dtype=np.int64),
         )
         _fill_slots(tables.blob, tables.offsets, tables.owner, tables.slots)
         return tables
