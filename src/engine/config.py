@@ -17,6 +17,8 @@ from typing import Any
 from engine.models.bundle import DEFAULT_BUNDLE
 
 ENV_PREFIX = "ENGINE_"
+#: values of Settings.event_loop
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -64,6 +66,10 @@ class Settings:
     max_connection_age_grace_s: float = _opt(
         10.0, "after --max-connection-age-s, how long calls on the old connection may still take"
     )
+    event_loop: str = _opt(
+        "uvloop",
+        "uvloop (libuv: less CPU per call) or asyncio (the standard library's loop, for comparison)",
+    )
     metrics_port: int = _opt(0, "serve Prometheus /metrics on this port (0: off)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -92,6 +98,8 @@ class Settings:
             raise SettingsError("ports must be within 0..65535")
         if self.workers > 1 and self.port == 0:
             raise SettingsError("--workers > 1 needs a fixed --port to share")
+        if self.event_loop not in EVENT_LOOPS:
+            raise SettingsError(f"unknown event loop {self.event_loop!r}: one of {', '.join(EVENT_LOOPS)}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"unknown log level {self.log_level!r}")
 
