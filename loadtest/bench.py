@@ -551,8 +551,7 @@ def _inprocess(job: InProcessJob) -> dict[str, Any]:
 
     def respond(args: tuple[WireRequest, npt.NDArray[np.float32]]) -> bytes:
         request, probs = args
-        bands = model.bundle.manifest.risk_bands.assign(probs)
-        return response_bytes(request, probs, bands, model.name_bytes, model.version_bytes)
+        return response_bytes(request, probs, model.band_edges, model.name_bytes, model.version_bytes)
 
     out: dict[str, Any] = {
         "model": {

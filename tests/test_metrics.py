@@ -20,7 +20,16 @@ from prometheus_client import CollectorRegistry, Histogram
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.interceptors import MetricsInterceptor
-from engine.metrics import GRPC_CODE_NAMES, SCORE_BUCKETS, EngineMetrics, MultiprocessMetrics, _observe_counts
+from engine.metrics import (
+    GRPC_CODE_NAMES,
+    RISK_BANDS,
+    SCORE_BUCKETS,
+    EngineMetrics,
+    MultiprocessMetrics,
+    _observe_counts,
+    _score_counts,
+)
+from engine.models.spec import RiskBands
 from tests.conftest import ROOT, ServerFactory, make_trade, sample_request
 
 SCORER = "tradescore.v1.TradeScorer"
@@ -294,3 +303,25 @@ def test_multiprocess_dir_of_its_own_is_removed_at_close(monkeypatch: pytest.Mon
     assert list(shared.registry().collect()) == []  # the parent has no metrics of its own
     shared.close()
     assert not os.path.exists(path) and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_score_counts_match_searchsorted_and_risk_bands() -> None:
+    """The compiled per-batch tally equals np.searchsorted bucketing and RiskBands.assign,
+    values on the bucket and band edges and NaN included."""
+    bands = RiskBands((0.04, 0.14, 0.41))
+    edges = np.asarray(SCORE_BUCKETS, dtype=np.float64)
+    rng = np.random.default_rng(3)
+    probs = np.concatenate([rng.random(500), edges, bands.edges, [0.0, 1.0, np.nan, np.nan]]).astype(
+        np.float32
+    )
+    counts = np.zeros(len(SCORE_BUCKETS) + 1 + len(RISK_BANDS), dtype=np.int64)
+    total = _score_counts(probs, edges, bands.edges, counts)
+    want_buckets = np.bincount(np.searchsorted(edges, probs, side="left"), minlength=len(edges) + 1)
+    want_bands = np.bincount(bands.assign(probs), minlength=len(RISK_BANDS) + 1)[1:]
+    assert counts[: len(edges) + 1].tolist() == want_buckets.tolist()
+    assert counts[len(edges) + 1 :].tolist() == want_bands.tolist()
+    finite = probs[~np.isnan(probs)]
+    assert np.isnan(total)
+    counts[:] = 0
+    want_total = float(finite.astype(np.float64).sum())
+    assert _score_counts(finite, edges, bands.edges, counts) == pytest.approx(want_total)

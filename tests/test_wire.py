@@ -216,8 +216,9 @@ def test_response_bytes_equal_the_runtime_serialization(model: ServingModel) -> 
         decoded = decode_request(raw, model.wire, 1000)
         probs = rng.random(n).astype(np.float32)
         probs[0] = 0.0
+        probs[-1] = np.nan if n > 2 else probs[-1]
         bands = model.bundle.manifest.risk_bands.assign(probs)
-        got = response_bytes(decoded, probs, bands, model.name_bytes, model.version_bytes)
+        got = response_bytes(decoded, probs, model.band_edges, model.name_bytes, model.version_bytes)
         want = pb.ScoreResponse(
             request_id=request.request_id, model_name=model.name, model_version=model.version
         )

@@ -36,6 +36,8 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
+from engine.features.kernels import compiled
+
 #: seconds, 10 µs .. 10 s (gRPC A66-style resolution at the low end)
 LATENCY_BUCKETS = (
     0.00001,
@@ -180,6 +182,41 @@ def raw_observe(histogram: Histogram) -> Callable[[float], None]:
     return observe
 
 
+@compiled
+def _score_counts(
+    probabilities: npt.NDArray[np.float32],
+    score_edges: npt.NDArray[np.float64],
+    band_edges: npt.NDArray[np.float64],
+    counts: npt.NDArray[np.int64],
+) -> float:
+    """Add each probability to its histogram bucket (counts[0..len(score_edges)], `le` bounds,
+    +Inf last) and to its risk band (counts[len(score_edges) + 1 + band - 1]); returns their sum.
+
+    The same counting as np.searchsorted(score_edges, p, "left") and RiskBands.assign (NaN lands
+    in +Inf and the top band), without a numpy call per step.
+    """
+    n_buckets = score_edges.shape[0]
+    base = n_buckets + 1
+    total = 0.0
+    for i in range(probabilities.shape[0]):
+        p = np.float64(probabilities[i])
+        total += p
+        if p != p:
+            counts[n_buckets] += 1
+            counts[base + band_edges.shape[0]] += 1
+            continue
+        b = 0
+        while b < n_buckets and score_edges[b] < p:
+            b += 1
+        counts[b] += 1
+        band = 0
+        for e in band_edges:
+            if e <= p:
+                band += 1
+        counts[base + band] += 1
+    return total
+
+
 def _observe_counts(histogram: Histogram, counts: list[int], total: float) -> None:
     """Add pre-bucketed observations (`counts[i]` in bucket i, +Inf last) to a histogram in one go."""
     buckets = histogram._buckets
@@ -300,15 +337,18 @@ class EngineMetrics:
         self._model_labels = (name, version, f"{loaded_at:.0f}")
         self.model_info.labels(*self._model_labels).set(1)
 
-    def observe_scores(self, probabilities: npt.NDArray[Any], bands: npt.NDArray[Any]) -> None:
-        """One batch's scores: the score histogram and the risk-band counters, vectorised."""
+    def observe_scores(
+        self, probabilities: npt.NDArray[np.float32], band_edges: npt.NDArray[np.float64]
+    ) -> None:
+        """One batch's scores: the score histogram and the risk-band counters (bands as
+        `RiskBands.assign` with thresholds `band_edges`), counted in one compiled pass."""
         if probabilities.size == 0:
             return
-        buckets = np.searchsorted(_SCORE_EDGES, probabilities, side="left")  # le semantics: x <= edge
-        counts = np.bincount(buckets, minlength=len(SCORE_BUCKETS) + 1).tolist()
-        _observe_counts(self.score, counts, float(probabilities.sum()))
-        per_band = np.bincount(bands, minlength=len(RISK_BANDS) + 1).tolist()
-        for inc, n in zip(self._bands, per_band[1:], strict=True):
+        counts = np.zeros(len(SCORE_BUCKETS) + 1 + len(RISK_BANDS), dtype=np.int64)
+        total = _score_counts(probabilities, _SCORE_EDGES, band_edges, counts)
+        tally = counts.tolist()
+        _observe_counts(self.score, tally[: len(SCORE_BUCKETS) + 1], total)
+        for inc, n in zip(self._bands, tally[len(SCORE_BUCKETS) + 1 :], strict=True):
             if n:
                 inc(n)
 

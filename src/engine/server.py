@@ -60,7 +60,7 @@ def _predict_with_metrics(
 
     def predict(model: ServingModel, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         probabilities = model.predict(features)
-        metrics.observe_scores(probabilities, model.bundle.manifest.risk_bands.assign(probabilities))
+        metrics.observe_scores(probabilities, model.band_edges)
         return probabilities
 
     return predict

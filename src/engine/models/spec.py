@@ -99,6 +99,13 @@ class RiskBands:
             raise BundleError(f"risk band thresholds must rise strictly inside (0, 1): {t}")
         object.__setattr__(self, "_edges", np.asarray(t, dtype=np.float64))
 
+    @property
+    def edges(self) -> npt.NDArray[np.float64]:
+        """The thresholds as float64, rising: band = 1 + how many of them are <= the probability
+        (NaN: the top band), as `assign`, `engine.scoring.wire.encode_response` and
+        `engine.metrics.EngineMetrics.observe_scores` all count it."""
+        return self._edges
+
     def assign(self, probabilities: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.int32]:
         """Band numbers (tradescore.v1.RiskBand: LOW=1 .. CRITICAL=4) for each probability."""
         return (np.searchsorted(self._edges, probabilities, side="right") + 1).astype(np.int32)

@@ -34,6 +34,11 @@ class ServingModel:
         return self.bundle.name
 
     @property
+    def band_edges(self) -> npt.NDArray[np.float64]:
+        """The risk band thresholds, for the compiled encoder and the score metrics."""
+        return self.bundle.manifest.risk_bands.edges
+
+    @property
     def version(self) -> str:
         return self.bundle.version
 
@@ -76,8 +81,7 @@ def _warm_up(model: ServingModel) -> None:
     request = decode_request(raw, model.wire, 1)
     validate_rows(request.rows, 1)
     probabilities = model.predict(model.plan.compute_rows(request.rows))
-    bands = model.bundle.manifest.risk_bands.assign(probabilities)
-    response_bytes(request, probabilities, bands, model.name_bytes, model.version_bytes)
+    response_bytes(request, probabilities, model.band_edges, model.name_bytes, model.version_bytes)
 
 
 def load_serving_model(path: Path, intra_op_threads: int = 1) -> ServingModel:

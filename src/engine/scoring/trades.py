@@ -117,8 +117,9 @@ class TradeScorerService:
     @staticmethod
     def _respond(prepared: _Prepared, probabilities: F32) -> bytes:
         model = prepared.model
-        bands = model.bundle.manifest.risk_bands.assign(probabilities)
-        return response_bytes(prepared.request, probabilities, bands, model.name_bytes, model.version_bytes)
+        return response_bytes(
+            prepared.request, probabilities, model.band_edges, model.name_bytes, model.version_bytes
+        )
 
     def _count_reject(self, error: EngineError) -> None:
         reason = _REASON.get(error.code)

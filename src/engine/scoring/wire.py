@@ -745,14 +745,30 @@ def encode_response(
     id_start: I64,
     id_len: I64,
     probabilities: npt.NDArray[np.float32],
-    bands: I64,
+    band_edges: npt.NDArray[np.float64],
     name: U8,
     version: U8,
 ) -> U8:
-    """ScoreResponse bytes, laid out as the protobuf runtime serializes them (fields in number order)."""
+    """ScoreResponse bytes, laid out as the protobuf runtime serializes them (fields in number order).
+
+    Each trade's risk band is 1 + the number of `band_edges` at or below its probability
+    (NaN: the top band), as `engine.models.spec.RiskBands.assign` counts it.
+    """
     n = probabilities.shape[0]
     probs = probabilities.astype(np.float64)
     bits = probs.view(np.uint64)
+    bands = np.empty(n, dtype=np.int64)
+    top = band_edges.shape[0] + 1
+    for i in range(n):
+        p = probs[i]
+        band = 1
+        if p != p:
+            band = top
+        else:
+            for e in band_edges:
+                if e <= p:
+                    band += 1
+        bands[i] = band
     size: Int = 0
     if rid_len:
         size += 1 + _varint_size(rid_len) + rid_len
@@ -820,11 +836,12 @@ def encode_response(
 def response_bytes(
     request: WireRequest,
     probabilities: npt.NDArray[np.float32],
-    bands: npt.NDArray[np.integer],
+    band_edges: npt.NDArray[np.float64],
     name: bytes,
     version: bytes,
 ) -> bytes:
-    """The serialized ScoreResponse for `request` (trade ids copied from the request bytes)."""
+    """The serialized ScoreResponse for `request` (trade ids copied from the request bytes; risk
+    bands from `band_edges`, the model's `RiskBands.edges`)."""
     out = encode_response(
         request.buf,
         request.request_id[0],
@@ -832,7 +849,7 @@ def response_bytes(
         request.text_start[:, T_TRADE_ID],
         request.text_len[:, T_TRADE_ID],
         np.ascontiguousarray(probabilities, dtype=np.float32),
-        np.asarray(bands, dtype=np.int64),
+        band_edges,
         np.frombuffer(name, dtype=np.uint8),
         np.frombuffer(version, dtype=np.uint8),
     )
