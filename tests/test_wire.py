@@ -10,11 +10,16 @@ import pytest
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.errors import InvalidInput
-from engine.features.rows import TradeRows
+from engine.features.rows import (
+    K_CP_ROW,
+    K_FX_ROW,
+    K_INSTRUMENT_ROW,
+    TradeRows,
+)
 from engine.models.bundle import DEFAULT_BUNDLE
 from engine.scoring.codec import trades_to_columns
 from engine.scoring.servable import ServingModel, load_serving_model
-from engine.scoring.wire import decode_request, parse_day, response_bytes
+from engine.scoring.wire import WireTables, decode_request, parse_day, response_bytes
 from tests.conftest import make_trade, sample_request
 
 
@@ -225,3 +230,33 @@ def test_response_bytes_equal_the_runtime_serialization(model: ServingModel) -> 
         for i, p, b in zip(ids, probs.tolist(), bands.tolist(), strict=True):
             want.scores.add(trade_id=i, fail_probability=p, risk_band=b)
         assert got == want.SerializeToString()
+
+
+class _Keys:
+    """What WireTables.build reads of a FeaturePlan: the look-up keys per K_* column."""
+
+    def __init__(self, keys: dict[int, list[str]]) -> None:
+        self.keys = keys
+
+
+def test_lookups_of_short_long_and_near_miss_keys() -> None:
+    """Every slot but one is pointed at the one key, so every probe walks past it and compares
+    (whatever the hashes): the key itself resolves to 0; keys differing in one byte (first, 8th,
+    9th, 16th, 17th, last), in length, or resolved through another column, to nothing (-1)."""
+    keys = ["C", "CP0001", "CP00000A", "CP000000000000BX", "CP000000000000BXY", "ü" * 9, "L" * 70]
+    for key in keys:
+        tables = WireTables.build(_Keys({K_CP_ROW: [key]}))  # type: ignore[arg-type]
+        tables.slots[:] = 0
+        tables.slots[-1] = -1
+        probes = {key: 0, key + "Z": -1, key[:-1]: -1}
+        for i in (0, 7, 8, 15, 16, len(key) - 1):
+            if i < len(key):
+                probes.setdefault(key[:i] + ("#" if key[i] != "#" else "%") + key[i + 1 :], -1)
+        names = [name for name in probes if name]
+        raw = pb.ScoreRequest(
+            trades=[make_trade(j, counterparty_id=name, instrument_id=key) for j, name in enumerate(names)]
+        ).SerializeToString()
+        rows = decode_request(raw, tables, 10_000).rows
+        assert rows.k[:, K_CP_ROW].tolist() == [probes[name] for name in names], key
+        assert set(rows.k[:, K_INSTRUMENT_ROW].tolist()) == {-1}, key  # same bytes, other column
+        assert set(rows.k[:, K_FX_ROW].tolist()) == {-1}
