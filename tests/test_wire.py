@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,10 +19,11 @@ from engine.features.rows import (
     K_INSTRUMENT_ROW,
     TradeRows,
 )
+from engine.features.validate import validate_rows
 from engine.models.bundle import DEFAULT_BUNDLE
 from engine.scoring.codec import trades_to_columns
 from engine.scoring.servable import ServingModel, load_serving_model
-from engine.scoring.wire import WireTables, decode_request, parse_day, response_bytes
+from engine.scoring.wire import WireTables, decode_request, parse_day, prepare_request, response_bytes
 from tests.conftest import make_trade, sample_request
 
 
@@ -260,3 +264,54 @@ def test_lookups_of_short_long_and_near_miss_keys() -> None:
         assert rows.k[:, K_CP_ROW].tolist() == [probes[name] for name in names], key
         assert set(rows.k[:, K_INSTRUMENT_ROW].tolist()) == {-1}, key  # same bytes, other column
         assert set(rows.k[:, K_FX_ROW].tolist()) == {-1}
+
+
+def _outcome(step: Callable[[], Any]) -> Any:
+    try:
+        return step()
+    except InvalidInput as exc:
+        return (exc.field, exc.index, exc.count, exc.reason)
+
+
+def test_prepare_request_is_decode_then_validate_then_features(model: ServingModel) -> None:
+    """The serving path's one compiled call gives what the three steps give, errors included."""
+
+    def three_steps(raw: bytes) -> Any:
+        request = decode_request(raw, model.wire, 100)
+        validate_rows(request.rows, 100)
+        return request, model.plan.compute_rows(request.rows)
+
+    good = [sample_request(n, seed=n).SerializeToString() for n in (1, 2, 100)]
+    bad_trades = [
+        make_trade(0, quantity=-1.0),
+        make_trade(0, settlement_date="2026-11-19"),
+        make_trade(0, trade_id=None),
+        make_trade(0, currency="usd"),
+        make_trade(0, inventory_ratio=math.nan),
+        make_trade(0, trade_date="2026-13-01"),
+        make_trade(0, counterparty_id="X" * 500),
+    ]
+    cases = good + [sample_request(101).SerializeToString(), pb.ScoreRequest().SerializeToString()]
+    cases += [pb.ScoreRequest(trades=[make_trade(1), t, t]).SerializeToString() for t in bad_trades]
+    cases += [pb.ScoreRequest(trades=[make_trade(1), make_trade(1)]).SerializeToString()]  # repeated id
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        b = bytearray(good[1])
+        b[int(rng.integers(0, len(b)))] = int(rng.integers(0, 256))
+        cases.append(bytes(b))
+    kinds: set[str] = set()
+    for raw in cases:
+        want = _outcome(partial(three_steps, raw))
+        got = _outcome(partial(prepare_request, raw, model.wire, model.plan, 100))
+        if isinstance(want, tuple) and isinstance(want[0], str):
+            assert got == want, raw
+            kinds.add(want[0])
+            continue
+        (want_request, want_features), (got_request, got_features) = want, got
+        _assert_same_rows(got_request.rows, want_request.rows)
+        np.testing.assert_array_equal(got_request.text_start, want_request.text_start)
+        np.testing.assert_array_equal(got_request.text_len, want_request.text_len)
+        assert got_request.request_id == want_request.request_id
+        np.testing.assert_array_equal(got_features, want_features)
+        kinds.add("ok")
+    assert {"ok", "request", "trades", "quantity", "trade_date", "inventory_ratio", "trade_id"} <= kinds

@@ -78,7 +78,11 @@ def _error(rule: int, first: npt.NDArray[np.int64], count: npt.NDArray[np.int64]
 def validate_rows(rows: TradeRows, max_trades: int) -> None:
     """Raise InvalidInput for the first problem (lowest trade index) in `rows`."""
     check_count(len(rows), max_trades)
-    first, count = kn.check_rows(rows.x, rows.k, LIMITS, _NO_MASK)
+    raise_first_problem(*kn.check_rows(rows.x, rows.k, LIMITS, _NO_MASK))
+
+
+def raise_first_problem(first: npt.NDArray[np.int64], count: npt.NDArray[np.int64]) -> None:
+    """Raise InvalidInput for the broken rule with the lowest trade index (`kn.check_rows` output)."""
     broken = np.flatnonzero(first >= 0)
     if broken.size:
         rule = int(broken[np.argmin(first[broken])])  # argmin keeps the earliest rule on ties

@@ -13,7 +13,7 @@ from engine.features.columns import TradeColumns
 from engine.features.compute import FeaturePlan
 from engine.features.validate import validate_rows
 from engine.models.bundle import ModelBundle
-from engine.scoring.wire import WireTables, decode_request, response_bytes
+from engine.scoring.wire import WireTables, decode_request, prepare_request, response_bytes
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -81,6 +81,7 @@ def _warm_up(model: ServingModel) -> None:
     request = decode_request(raw, model.wire, 1)
     validate_rows(request.rows, 1)
     probabilities = model.predict(model.plan.compute_rows(request.rows))
+    prepare_request(raw, model.wire, model.plan, 1)  # the serving path's own kernel
     response_bytes(request, probabilities, model.band_edges, model.name_bytes, model.version_bytes)
 
 

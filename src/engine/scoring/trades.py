@@ -27,12 +27,11 @@ from google.protobuf.message import DecodeError
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.batching import MicroBatcher
 from engine.errors import EngineError, InvalidInput
-from engine.features.validate import validate_rows
 from engine.metrics import EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.models.spec import BAND_NAMES
 from engine.scoring.servable import ServingModel
-from engine.scoring.wire import WireRequest, decode_request, response_bytes
+from engine.scoring.wire import WireRequest, prepare_request, response_bytes
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
 F32 = npt.NDArray[np.float32]
@@ -108,9 +107,8 @@ class TradeScorerService:
     def _prepare(self, raw: bytes, deadline: float | None) -> _Prepared:
         """Decode, validate, compute features and queue one request; EngineError before queueing."""
         model = self._registry.current
-        request = decode_request(raw, model.wire, self._max_trades)  # counts trades before decoding
-        validate_rows(request.rows, self._max_trades)
-        features = model.plan.compute_rows(request.rows)
+        # counts the trades before decoding any; one compiled call for decode + validate + features
+        request, features = prepare_request(raw, model.wire, model.plan, self._max_trades)
         future = self._batcher.submit(model, features, deadline)
         return _Prepared(model, request, future)
 
