@@ -271,6 +271,23 @@ def test_smoke_run_of_the_closing_auction_passes_its_gates(engine: Engine, tmp_p
 
 
 @pytest.mark.slow
+def test_a_share_of_calls_goes_through_the_open_inference_protocol(engine: Engine, tmp_path: Path) -> None:
+    prefix = tmp_path / "oip"
+    run = locust(
+        *("--config", str(LOCUST_CONF), "--host", engine.target),
+        *("--load-profile", "steady", "--run-time", "5s", "--rate", "20", "--user-rate", "5"),
+        *("--oip-share", "0.5", "--check-responses"),
+        *("--csv", str(prefix), "--html", str(tmp_path / "oip.html")),
+        *LENIENT,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    rows = stats(prefix)
+    assert int(rows["ModelInfer[1]"]["Request Count"]) > 5
+    assert int(rows["Score[1]"]["Request Count"]) > 5
+    assert int(rows["Aggregated"]["Failure Count"]) == 0  # every ModelInfer answer parsed and checked
+
+
+@pytest.mark.slow
 def test_a_violated_gate_exits_non_zero(engine: Engine, tmp_path: Path) -> None:
     prefix = tmp_path / "strict"
     run = locust(

@@ -29,6 +29,7 @@ from typing import Any
 import gevent
 import gevent.queue
 import grpc
+import numpy as np
 from locust.env import Environment
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
@@ -39,6 +40,7 @@ SERVICE = "tradescore.v1.TradeScorer"
 SCORE = f"/{SERVICE}/Score"
 SCORE_STREAM = f"/{SERVICE}/ScoreStream"
 GET_MODEL_INFO = f"/{SERVICE}/GetModelInfo"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 EMPTY = pb.GetModelInfoRequest().SerializeToString()
 
 #: how long the first user of a process waits for its channels to connect (then calls say why not)
@@ -154,8 +156,26 @@ class _Reporter:
         )
 
 
+def _check_infer(raw: bytes, rows: int) -> None:
+    from engine._proto.inference import grpc_predict_v2_pb2 as oip
+
+    response = oip.ModelInferResponse.FromString(raw)
+    names = [o.name for o in response.outputs]
+    if names != ["fail_probability", "risk_band"] or [len(c) for c in response.raw_output_contents] != [
+        4 * rows,
+        4 * rows,
+    ]:
+        raise ResponseError(
+            f"outputs {names} with {len(response.raw_output_contents)} raw contents for {rows} rows"
+        )
+    probabilities = np.frombuffer(response.raw_output_contents[0], dtype="<f4")
+    if not ((probabilities >= 0.0) & (probabilities <= 1.0)).all():
+        raise ResponseError("a fail probability outside [0, 1]")
+
+
 class UnaryClient(_Reporter):
-    """`Score` and `GetModelInfo` over a shared channel, bytes in, bytes out."""
+    """`Score`, `GetModelInfo` and the Open Inference Protocol's `ModelInfer` over a shared
+    channel, bytes in, bytes out."""
 
     def __init__(
         self, environment: Environment, channel: grpc.Channel, timeout_s: float, checks: int
@@ -164,7 +184,24 @@ class UnaryClient(_Reporter):
         # no (de)serializers: bytes go out and come back as they are
         self._score = channel.unary_unary(SCORE, request_serializer=None, response_deserializer=None)
         self._info = channel.unary_unary(GET_MODEL_INFO, request_serializer=None, response_deserializer=None)
+        self._infer = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
         self._timeout = timeout_s
+
+    def infer(self, payload: bytes, rows: int, name: str, group: str) -> None:
+        """One `ModelInfer` call (raw FP32 features of `rows` trades), reported as `name`."""
+        start = time.perf_counter()
+        try:
+            raw: bytes = self._infer(payload, timeout=self._timeout)
+        except grpc.RpcError as e:
+            self.report(name, group, start, 0, GrpcStatusError.from_rpc(e))
+            return
+        error: Exception | None = None
+        if self.should_check():
+            try:
+                _check_infer(raw, rows)
+            except Exception as e:  # any parse failure is this call's failure
+                error = e if isinstance(e, ResponseError) else ResponseError(f"unreadable response: {e}")
+        self.report(name, group, start, len(raw), error)
 
     def score(self, payload: bytes, trades: int, name: str, group: str) -> None:
         start = time.perf_counter()

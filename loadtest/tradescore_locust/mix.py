@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 
@@ -138,3 +139,30 @@ def build_mix(
             payloads.append(request.SerializeToString())
         prepared.append(Prepared(tier, tuple(payloads), tuple(plan)))
     return RequestMix(tiers, prepared, random.Random(rng.random()))
+
+
+def oip_payloads(mix: RequestMix, bundle: str | Path) -> tuple[tuple[bytes, ...], ...]:
+    """For every request of `mix`, the Open Inference Protocol `ModelInferRequest` bytes carrying
+    its trades' feature matrix as raw FP32 contents, in the same tiers and order.
+
+    The features are computed here, on the load generator, by the engine's own code for
+    `bundle` (`engine.scoring.wire.prepare_request`), as a client that keeps a feature store
+    would send them; the model is named by the bundle's manifest.
+    """
+    from engine._proto.inference import grpc_predict_v2_pb2 as oip
+    from engine.scoring.servable import load_serving_model
+    from engine.scoring.wire import prepare_request
+
+    model = load_serving_model(Path(bundle))
+    out: list[tuple[bytes, ...]] = []
+    for prepared in mix.prepared:
+        requests: list[bytes] = []
+        limit = max(prepared.trades)
+        for k, payload in enumerate(prepared.payloads):
+            _, matrix = prepare_request(payload, model.wire, model.plan, limit)
+            request = oip.ModelInferRequest(model_name=model.name, id=f"{prepared.tier.name}-{k}")
+            request.inputs.add(name=model.bundle.input_name, datatype="FP32", shape=list(matrix.shape))
+            request.raw_input_contents.append(matrix.astype("<f4", copy=False).tobytes())
+            requests.append(request.SerializeToString())
+        out.append(tuple(requests))
+    return tuple(out)

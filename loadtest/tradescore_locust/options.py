@@ -69,6 +69,19 @@ SPECS = (
         "single: one trade per call. Default: oms",
         choices=tuple(MIXES),
     ),
+    Spec(
+        "--oip-share",
+        0.0,
+        "share of OMS calls sent instead as Open Inference Protocol ModelInfer (KServe v2) with the "
+        "same trades' features as raw FP32, as a feature-store client would (default 0)",
+        float,
+    ),
+    Spec(
+        "--oip-bundle",
+        "",
+        "model bundle whose feature spec builds the ModelInfer inputs and names the model "
+        "(default: the bundle shipped with the engine; give the one the engine serves)",
+    ),
     Spec("--channels", 4, "gRPC channels (TCP connections) per Locust process (default 4)", int),
     Spec("--timeout-ms", 1000.0, "deadline of each call (default 1000)", float),
     Spec(
@@ -117,6 +130,8 @@ class Options:
     rate_scale: float
     user_rate: float
     mix: str
+    oip_share: float
+    oip_bundle: str
     channels: int
     timeout_s: float
     trade_seed: int
@@ -151,6 +166,8 @@ class Options:
             rate_scale=float(get("rate_scale")),
             user_rate=float(get("user_rate")),
             mix=str(get("mix")),
+            oip_share=float(get("oip_share") or 0.0),
+            oip_bundle=str(get("oip_bundle") or ""),
             channels=int(get("channels")),
             timeout_s=float(get("timeout_ms")) / 1000.0,
             trade_seed=int(get("trade_seed")),
@@ -185,6 +202,8 @@ class Options:
             out.append(f"--load-profile {self.load_profile} paces users: give --user-rate > 0 (0: flat only)")
         if self.channels < 1:
             out.append("--channels must be >= 1")
+        if not 0.0 <= self.oip_share <= 1.0:
+            out.append("--oip-share must be within 0..1")
         if self.timeout_s <= 0:
             out.append("--timeout-ms must be > 0")
         return out

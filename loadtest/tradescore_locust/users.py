@@ -19,7 +19,7 @@ from locust.env import Environment
 
 from .accounting import PACING
 from .client import POOL, StreamClient, UnaryClient, normalize_target
-from .mix import RequestMix, build_mix
+from .mix import RequestMix, build_mix, oip_payloads
 from .options import Options
 
 #: responses of each client parsed and checked in full (all of them with --check-responses)
@@ -93,8 +93,26 @@ class _EngineUser(User):
         return max(0.0, self._next - now)
 
 
+def oip_requests(options: Options, mix: RequestMix) -> tuple[tuple[bytes, ...], ...]:
+    """This process's ModelInfer requests for the mix's requests (built once per process)."""
+    key = (options.mix, options.trade_seed, options.oip_bundle)
+    if key not in _OIP:
+        from engine.models.bundle import DEFAULT_BUNDLE
+
+        _OIP[key] = oip_payloads(mix, options.oip_bundle or DEFAULT_BUNDLE)
+    return _OIP[key]
+
+
+_OIP: dict[tuple[str, int, str], tuple[tuple[bytes, ...], ...]] = {}
+
+
 class OmsUser(_EngineUser):
-    """An OMS on unary `Score`, asking `GetModelInfo` when it connects and now and then after."""
+    """An OMS on unary `Score`, asking `GetModelInfo` when it connects and now and then after.
+
+    With `--oip-share`, that share of its calls go out instead as the Open Inference
+    Protocol's `ModelInfer` with the same trades' features (raw FP32), reported as
+    `ModelInfer[<trades>]`.
+    """
 
     weight = 4
 
@@ -102,6 +120,8 @@ class OmsUser(_EngineUser):
         super().__init__(environment)
         channel = POOL.get(self.target(), self.options.channels)
         self.client = UnaryClient(environment, channel, self.options.timeout_s, self._checks)
+        self._oip_share = self.options.oip_share
+        self._oip = oip_requests(self.options, self.mix) if self._oip_share > 0 else ()
 
     def on_start(self) -> None:
         self.client.model_info()
@@ -112,6 +132,10 @@ class OmsUser(_EngineUser):
         prepared, i = self.mix.pick()
         trades = prepared.trades[i]
         group = "single" if trades == 1 else "batch"
+        if self._oip and self._rng.random() < self._oip_share:
+            payload = self._oip[self.mix.prepared.index(prepared)][i]
+            self.client.infer(payload, trades, f"ModelInfer[{prepared.tier.label}]", group)
+            return
         self.client.score(prepared.payloads[i], trades, f"Score[{prepared.tier.label}]", group)
 
     @task(1)
