@@ -71,7 +71,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -670,8 +670,11 @@ class ServerProcess:
     "serving tradescore.v1.TradeScorer on HOST:PORT"."""
 
     @staticmethod
-    def engine(bundle: Path, cpus: set[int], flags: Sequence[str]) -> ServerProcess:
-        """`engine serve --host 127.0.0.1 --port 0 --bundle BUNDLE --metrics-port M FLAGS...`."""
+    def engine(
+        bundle: Path, cpus: set[int], flags: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> ServerProcess:
+        """`engine serve --host 127.0.0.1 --port 0 --bundle BUNDLE --metrics-port M FLAGS...`,
+        with `env` added to this process's environment."""
         metrics_port = free_port()
         args = [
             "--host",
@@ -685,7 +688,8 @@ class ServerProcess:
         ]
         args += flags
         equivalent = f"taskset -c {cpus_text(cpus)} python -m engine.cli serve {' '.join(args)}"
-        server = ServerProcess([sys.executable, "-c", _SERVE, cpus_text(cpus), *args], equivalent, args)
+        command = [sys.executable, "-c", _SERVE, cpus_text(cpus), *args]
+        server = ServerProcess(command, equivalent, args, env=env)
         server.metrics_port = metrics_port
         return server
 
@@ -696,7 +700,12 @@ class ServerProcess:
         return ServerProcess([sys.executable, "-c", _FLOOR, *args], "bench.py's bare grpc.aio server", args)
 
     def __init__(
-        self, command: list[str], equivalent: str, args: list[str], start_timeout: float = 90.0
+        self,
+        command: list[str],
+        equivalent: str,
+        args: list[str],
+        start_timeout: float = 90.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.command = command
         self.metrics_port = 0  # the engine's Prometheus /metrics (0: none)
@@ -713,7 +722,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
         self.pid = self.proc.pid
         self._reader = threading.Thread(target=self._read, name="server-log", daemon=True)
@@ -1601,76 +1610,83 @@ def b_slices(
     return out
 
 
-def a_interleaved(
-    args: argparse.Namespace, reqs: RequestSet, say: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    """(a) against two engines at once, batching on and off, in alternating `--slice-seconds` slices.
+@dataclass(frozen=True, slots=True)
+class SliceRate:
+    """What one engine scored in one slice: rows per second of its server's CPU, and per second."""
 
-    Both servers run on the server CPUs with a paused (SIGSTOP) (a) load each; one
-    load runs at a time. Per slice: rows per server CPU-second of the one that ran
-    (schedstat, and the engine's batch counters). Side by side a few seconds
-    apart, the VM's drift cancels out, where the (a) and a_nobatch scenarios run
-    minutes apart.
+    rows_per_server_cpu_s: float
+    rows_per_s: float
+
+
+def interleave_engines(
+    args: argparse.Namespace,
+    reqs: RequestSet,
+    engines: Mapping[str, tuple[Sequence[str], Mapping[str, str]]],
+    single: bool,
+    on_slice: Callable[[int, dict[str, SliceRate]], None] | None = None,
+) -> list[dict[str, SliceRate]]:
+    """Several engines on the server CPUs at once, each (name -> (flags, environment)) with its own
+    closed-loop load, (a) when `single`, else (b), paused with SIGSTOP; then `--slices` rounds in
+    which each load runs alone for `--slice-seconds`, in alternating order.
+
+    Per round and engine: rows per server CPU-second (schedstat, and the engine's batch
+    counters) and per second. Side by side a few seconds apart, the VM's drift
+    cancels out, where scenarios run minutes apart compare two different machines.
     """
     ctx = mp.get_context("spawn")
     servers: dict[str, ServerProcess] = {}
     clients: dict[str, BaseProcess] = {}
-    out: list[dict[str, Any]] = []
+    out: list[dict[str, SliceRate]] = []
     try:
-        for kind in ("on", "off"):
-            batching = "--batching" if kind == "on" else "--no-batching"
-            flags = [f"--intra-op-threads={args.intra_op_threads}", batching]
-            servers[kind] = ServerProcess.engine(args.bundle, args.server_cpus, [*flags, *args.server_arg])
-        for kind, server in servers.items():
+        for name, (flags, env) in engines.items():
+            threads = f"--intra-op-threads={args.intra_op_threads}"
+            servers[name] = ServerProcess.engine(args.bundle, args.server_cpus, [threads, *flags], env)
+        for name, server in servers.items():
             spec = LoadSpec(
                 target=server.target,
                 mode="closed",
-                requests=reqs.singles,
-                trades_per_call=1,
-                concurrency=args.single_concurrency,
+                requests=reqs.singles if single else reqs.batches,
+                trades_per_call=1 if single else args.batch_trades,
+                concurrency=args.single_concurrency if single else args.batch_concurrency,
                 rate=0.0,
                 phase_s=0.0,
                 channels=args.channels,
                 warmup_s=args.warmup,
-                duration_s=args.slices * 2 * (args.slice_seconds + 0.5) + 30.0,
-                timeout_s=max(args.call_timeout, 2 * args.slice_seconds + 5.0),
+                duration_s=args.slices * len(engines) * (args.slice_seconds + 0.5) + 30.0,
+                timeout_s=max(args.call_timeout, len(engines) * args.slice_seconds + 5.0),
                 cpus=args.client_cpus,
                 parse_responses=args.parse_responses,
                 first=0,
             )
             barrier = ctx.Barrier(2)
-            recv, send = ctx.Pipe(duplex=False)
+            _, send = ctx.Pipe(duplex=False)
             client: BaseProcess = ctx.Process(
-                target=_client_main, args=(spec, barrier, send), name=f"bench-client-a-{kind}"
+                target=_client_main, args=(spec, barrier, send), name=f"bench-client-{name}"
             )
             client.start()
             send.close()
             barrier.wait(args.warmup + 120)
             assert client.pid is not None
             os.kill(client.pid, signal.SIGSTOP)
-            clients[kind] = client
+            clients[name] = client
+        names = list(engines)
         for i in range(args.slices):
-            entry: dict[str, Any] = {"slice": i + 1}
-            for kind in ("on", "off") if i % 2 == 0 else ("off", "on"):
-                pid, server = clients[kind].pid, servers[kind]
+            rates: dict[str, SliceRate] = {}
+            for name in names if i % 2 == 0 else names[::-1]:
+                pid, server = clients[name].pid, servers[name]
                 assert pid is not None
                 os.kill(pid, signal.SIGCONT)
-                time.sleep(0.25)
+                time.sleep(0.25)  # the pipeline refills
                 cpu0, m0, t0 = proc_cpu_ns(server.pid), server.engine_metrics(), time.perf_counter()
                 time.sleep(args.slice_seconds)
                 cpu1, t1, m1 = proc_cpu_ns(server.pid), time.perf_counter(), server.engine_metrics()
                 os.kill(pid, signal.SIGSTOP)
                 rows = m1.get("engine_batch_size_sum", 0.0) - m0.get("engine_batch_size_sum", 0.0)
-                entry[f"{kind}_rows_per_server_cpu_s"] = rows / ((cpu1 - cpu0) / 1e9)
-                entry[f"{kind}_rows_per_s"] = rows / (t1 - t0)
-                time.sleep(0.15)
-            entry["cpu_time_ratio"] = entry["on_rows_per_server_cpu_s"] / entry["off_rows_per_server_cpu_s"]
-            out.append(entry)
-            say(
-                f"  (a) slice {i + 1}/{args.slices}: batching on {entry['on_rows_per_server_cpu_s']:,.0f}, "
-                f"off {entry['off_rows_per_server_cpu_s']:,.0f} rows per CPU-second: "
-                f"{entry['cpu_time_ratio']:.2f}x"
-            )
+                rates[name] = SliceRate(rows / max((cpu1 - cpu0) / 1e9, 1e-9), rows / (t1 - t0))
+                time.sleep(0.15)  # in-flight calls finish
+            out.append(rates)
+            if on_slice is not None:
+                on_slice(i, rates)
     finally:
         for client in clients.values():
             if client.pid is not None and client.is_alive():
@@ -1679,6 +1695,39 @@ def a_interleaved(
             client.join(10)
         for server in servers.values():
             server.stop()
+    return out
+
+
+def a_interleaved(
+    args: argparse.Namespace, reqs: RequestSet, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """(a) on two engines at once, batching on and off, in interleaved slices (`interleave_engines`)."""
+
+    def report(i: int, rates: dict[str, SliceRate]) -> None:
+        on, off = rates["on"].rows_per_server_cpu_s, rates["off"].rows_per_server_cpu_s
+        say(
+            f"  (a) slice {i + 1}/{args.slices}: batching on {on:,.0f}, off {off:,.0f} rows per "
+            f"CPU-second: {on / off:.2f}x"
+        )
+
+    no_env: dict[str, str] = {}
+    engines = {
+        "on": (["--batching", *args.server_arg], no_env),
+        "off": (["--no-batching", *args.server_arg], no_env),
+    }
+    out: list[dict[str, Any]] = []
+    for i, rates in enumerate(interleave_engines(args, reqs, engines, single=True, on_slice=report)):
+        on, off = rates["on"], rates["off"]
+        out.append(
+            {
+                "slice": i + 1,
+                "on_rows_per_server_cpu_s": on.rows_per_server_cpu_s,
+                "off_rows_per_server_cpu_s": off.rows_per_server_cpu_s,
+                "on_rows_per_s": on.rows_per_s,
+                "off_rows_per_s": off.rows_per_s,
+                "cpu_time_ratio": on.rows_per_server_cpu_s / off.rows_per_server_cpu_s,
+            }
+        )
     return out
 
 
