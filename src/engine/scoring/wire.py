@@ -412,13 +412,22 @@ def decode_trades(
     p: Int = 0
     i = 0
     while p < end and i < n:
-        tag, p = _varint(buf, p, end)
-        field = np.int64(tag >> np.uint64(3))
-        wire = np.int64(tag & np.uint64(7))
-        if not (wire == _LEN and field == 2):
-            p = _skip(buf, p, end, wire)
-            continue
-        length, p = _varint(buf, p, end)
+        # count_trades checked the top level: a trade is tag 0x12, then its length (1 or 2 bytes
+        # for any realistic trade, read in line; see the note on _varint below)
+        if buf[p] == 0x12 and p + 1 < end and buf[p + 1] < 0x80:
+            length = np.uint64(buf[p + 1])
+            p += 2
+        elif buf[p] == 0x12 and p + 2 < end and buf[p + 2] < 0x80:
+            length = np.uint64(buf[p + 1] & 0x7F) | (np.uint64(buf[p + 2]) << np.uint64(7))
+            p += 3
+        else:
+            tag, p = _varint(buf, p, end)
+            field = np.int64(tag >> np.uint64(3))
+            wire = np.int64(tag & np.uint64(7))
+            if not (wire == _LEN and field == 2):
+                p = _skip(buf, p, end, wire)
+                continue
+            length, p = _varint(buf, p, end)
         q: Int = p
         stop: Int = p + np.int64(length)
         p = stop
@@ -438,6 +447,9 @@ def decode_trades(
             if buf[q] < 0x80:
                 tag = np.uint64(buf[q])
                 q += 1
+            elif q + 1 < stop and buf[q + 1] < 0x80:  # fields 16-2047: two-byte tags
+                tag = np.uint64(buf[q] & 0x7F) | (np.uint64(buf[q + 1]) << np.uint64(7))
+                q += 2
             else:
                 tag, q = _varint(buf, q, stop)
             if q < 0:
