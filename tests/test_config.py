@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import pytest
 
 from engine.config import Settings, SettingsError, add_arguments, from_sources
+from engine.server import run_loop
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -31,8 +33,17 @@ def test_flags_beat_environment_beats_defaults() -> None:
         ({"ENGINE_WORKERS": "2", "ENGINE_PORT": "0"}, "fixed --port"),
         ({"ENGINE_MAX_TRADES_PER_REQUEST": "9000"}, "max_queue_rows"),
         ({"ENGINE_WATCH": "maybe"}, "ENGINE_WATCH"),
+        ({"ENGINE_EVENT_LOOP": "tokio"}, "unknown event loop 'tokio'"),
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         from_sources(parse(), env)
+
+
+@pytest.mark.parametrize("name, module", [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_event_loop_setting_picks_the_loop(name: str, module: str) -> None:
+    async def on_the_named_loop() -> int:
+        return int(type(asyncio.get_running_loop()).__module__.split(".")[0] == module)
+
+    assert run_loop(Settings(event_loop=name), on_the_named_loop()) == 1
