@@ -1532,58 +1532,28 @@ def b_slices(
     local = ctx.Process(target=_slices_main, args=(job, child), name="bench-inprocess-slices")
     local.start()
     child.close()
-    settle = 0.2  # after pausing: in-flight calls finish; after resuming: the pipeline refills
-    slice_s = args.slice_seconds
-    spec = LoadSpec(
-        target=server.target,
-        mode="closed",
-        requests=reqs.batches,
-        trades_per_call=args.batch_trades,
-        concurrency=args.batch_concurrency,
-        rate=0.0,
-        phase_s=0.0,
-        channels=args.channels,
-        warmup_s=args.warmup,
-        duration_s=args.slices * (2 * slice_s + 2 * settle + 0.5) + 30.0,
-        timeout_s=max(args.call_timeout, 2 * slice_s + 5.0),
-        cpus=args.client_cpus,
-        parse_responses=args.parse_responses,
-        first=0,
-    )
-    barrier = ctx.Barrier(2)
-    recv, send = ctx.Pipe(duplex=False)
-    client = ctx.Process(target=_client_main, args=(spec, barrier, send), name="bench-client-slices")
-    client.start()
-    send.close()
     out: list[dict[str, Any]] = []
+    client: BaseProcess | None = None
     try:
+        client = _paused_load(args, reqs, server, single=False, name="bench-client-slices")
         if not parent.poll(120):
             raise RuntimeError("in-process slices: the child did not start")
         ready = parent.recv()
         if ready != "ready":
             raise RuntimeError(f"in-process slices failed: {ready}")
-        barrier.wait(args.warmup + 120)
-        assert client.pid is not None
         for i in range(args.slices):
-            os.kill(client.pid, signal.SIGSTOP)
-            time.sleep(settle)
-            parent.send(slice_s)
+            parent.send(args.slice_seconds)  # the load is paused meanwhile
             answer = parent.recv()
             if isinstance(answer, dict):
                 raise RuntimeError(f"in-process slices failed: {answer['error']}")
             rows_ip, cpu_ip, wall_ip = answer
-            os.kill(client.pid, signal.SIGCONT)
-            time.sleep(settle)
-            cpu0, m0, t0 = proc_cpu_ns(server.pid), server.engine_metrics(), time.perf_counter()
-            time.sleep(slice_s)
-            cpu1, t1, m1 = proc_cpu_ns(server.pid), time.perf_counter(), server.engine_metrics()
-            rows = m1.get("engine_batch_size_sum", 0.0) - m0.get("engine_batch_size_sum", 0.0)
+            served = _served_slice(client, server, args.slice_seconds)
             entry = {
                 "slice": i + 1,
                 "inprocess_rows_per_cpu_s": rows_ip / cpu_ip,
                 "inprocess_rows_per_s": rows_ip / wall_ip,
-                "served_rows_per_server_cpu_s": rows / ((cpu1 - cpu0) / 1e9),
-                "served_rows_per_s": rows / (t1 - t0),
+                "served_rows_per_server_cpu_s": served.rows_per_server_cpu_s,
+                "served_rows_per_s": served.rows_per_s,
             }
             served_rate, local_rate = entry["served_rows_per_server_cpu_s"], entry["inprocess_rows_per_cpu_s"]
             entry["cpu_time_ratio"] = served_rate / local_rate
@@ -1595,10 +1565,8 @@ def b_slices(
                 f"{entry['cpu_time_ratio']:.3f} (wall clock {entry['ratio']:.3f})"
             )
     finally:
-        if client.pid is not None and client.is_alive():
-            os.kill(client.pid, signal.SIGCONT)
-            client.kill()
-        client.join(10)
+        if client is not None:
+            _stop_load(client)
         if local.is_alive():
             try:
                 parent.send(None)
@@ -1633,7 +1601,6 @@ def interleave_engines(
     counters) and per second. Side by side a few seconds apart, the VM's drift
     cancels out, where scenarios run minutes apart compare two different machines.
     """
-    ctx = mp.get_context("spawn")
     servers: dict[str, ServerProcess] = {}
     clients: dict[str, BaseProcess] = {}
     out: list[dict[str, SliceRate]] = []
@@ -1642,60 +1609,81 @@ def interleave_engines(
             threads = f"--intra-op-threads={args.intra_op_threads}"
             servers[name] = ServerProcess.engine(args.bundle, args.server_cpus, [threads, *flags], env)
         for name, server in servers.items():
-            spec = LoadSpec(
-                target=server.target,
-                mode="closed",
-                requests=reqs.singles if single else reqs.batches,
-                trades_per_call=1 if single else args.batch_trades,
-                concurrency=args.single_concurrency if single else args.batch_concurrency,
-                rate=0.0,
-                phase_s=0.0,
-                channels=args.channels,
-                warmup_s=args.warmup,
-                duration_s=args.slices * len(engines) * (args.slice_seconds + 0.5) + 30.0,
-                timeout_s=max(args.call_timeout, len(engines) * args.slice_seconds + 5.0),
-                cpus=args.client_cpus,
-                parse_responses=args.parse_responses,
-                first=0,
-            )
-            barrier = ctx.Barrier(2)
-            _, send = ctx.Pipe(duplex=False)
-            client: BaseProcess = ctx.Process(
-                target=_client_main, args=(spec, barrier, send), name=f"bench-client-{name}"
-            )
-            client.start()
-            send.close()
-            barrier.wait(args.warmup + 120)
-            assert client.pid is not None
-            os.kill(client.pid, signal.SIGSTOP)
-            clients[name] = client
+            clients[name] = _paused_load(args, reqs, server, single, name=f"bench-client-{name}")
         names = list(engines)
         for i in range(args.slices):
-            rates: dict[str, SliceRate] = {}
-            for name in names if i % 2 == 0 else names[::-1]:
-                pid, server = clients[name].pid, servers[name]
-                assert pid is not None
-                os.kill(pid, signal.SIGCONT)
-                time.sleep(0.25)  # the pipeline refills
-                cpu0, m0, t0 = proc_cpu_ns(server.pid), server.engine_metrics(), time.perf_counter()
-                time.sleep(args.slice_seconds)
-                cpu1, t1, m1 = proc_cpu_ns(server.pid), time.perf_counter(), server.engine_metrics()
-                os.kill(pid, signal.SIGSTOP)
-                rows = m1.get("engine_batch_size_sum", 0.0) - m0.get("engine_batch_size_sum", 0.0)
-                rates[name] = SliceRate(rows / max((cpu1 - cpu0) / 1e9, 1e-9), rows / (t1 - t0))
-                time.sleep(0.15)  # in-flight calls finish
+            rates = {
+                name: _served_slice(clients[name], servers[name], args.slice_seconds)
+                for name in (names if i % 2 == 0 else names[::-1])
+            }
             out.append(rates)
             if on_slice is not None:
                 on_slice(i, rates)
     finally:
         for client in clients.values():
-            if client.pid is not None and client.is_alive():
-                os.kill(client.pid, signal.SIGCONT)
-                client.kill()
-            client.join(10)
+            _stop_load(client)
         for server in servers.values():
             server.stop()
     return out
+
+
+def _paused_load(
+    args: argparse.Namespace, reqs: RequestSet, server: ServerProcess, single: bool, name: str
+) -> BaseProcess:
+    """A client process running (a) (`single`) or (b) against `server` for as long as `--slices`
+    slices can take, warmed up, then paused (SIGSTOP) until `_served_slice` lets it run."""
+    ctx = mp.get_context("spawn")
+    spec = LoadSpec(
+        target=server.target,
+        mode="closed",
+        requests=reqs.singles if single else reqs.batches,
+        trades_per_call=1 if single else args.batch_trades,
+        concurrency=args.single_concurrency if single else args.batch_concurrency,
+        rate=0.0,
+        phase_s=0.0,
+        channels=args.channels,
+        warmup_s=args.warmup,
+        duration_s=args.slices * 3 * (args.slice_seconds + 0.5) + 30.0,
+        timeout_s=max(args.call_timeout, 3 * args.slice_seconds + 5.0),  # a paused call waits
+        cpus=args.client_cpus,
+        parse_responses=args.parse_responses,
+        first=0,
+    )
+    barrier = ctx.Barrier(2)
+    _, send = ctx.Pipe(duplex=False)
+    client: BaseProcess = ctx.Process(target=_client_main, args=(spec, barrier, send), name=name)
+    client.start()
+    send.close()
+    try:
+        barrier.wait(args.warmup + 120)
+    except Exception:
+        _stop_load(client)
+        raise
+    assert client.pid is not None
+    os.kill(client.pid, signal.SIGSTOP)
+    return client
+
+
+def _served_slice(client: BaseProcess, server: ServerProcess, seconds: float) -> SliceRate:
+    """Let the paused `client` run for `seconds` (after a refill) and pause it again; what
+    `server` scored meanwhile, per server CPU-second (schedstat) and per second."""
+    assert client.pid is not None
+    os.kill(client.pid, signal.SIGCONT)
+    time.sleep(0.25)  # the pipeline refills
+    cpu0, m0, t0 = proc_cpu_ns(server.pid), server.engine_metrics(), time.perf_counter()
+    time.sleep(seconds)
+    cpu1, t1, m1 = proc_cpu_ns(server.pid), time.perf_counter(), server.engine_metrics()
+    os.kill(client.pid, signal.SIGSTOP)
+    time.sleep(0.15)  # in-flight calls finish: the server is idle for whatever runs next
+    rows = m1.get("engine_batch_size_sum", 0.0) - m0.get("engine_batch_size_sum", 0.0)
+    return SliceRate(rows / max((cpu1 - cpu0) / 1e9, 1e-9), rows / (t1 - t0))
+
+
+def _stop_load(client: BaseProcess) -> None:
+    if client.pid is not None and client.is_alive():
+        os.kill(client.pid, signal.SIGCONT)
+        client.kill()
+    client.join(10)
 
 
 def a_interleaved(

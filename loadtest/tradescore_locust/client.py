@@ -156,6 +156,11 @@ class _Reporter:
         )
 
 
+def _check_info(raw: bytes) -> None:
+    if not pb.ModelInfo.FromString(raw).version:
+        raise ResponseError("GetModelInfo without a model version")
+
+
 def _check_infer(raw: bytes, rows: int) -> None:
     from engine._proto.inference import grpc_predict_v2_pb2 as oip
 
@@ -187,48 +192,40 @@ class UnaryClient(_Reporter):
         self._infer = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
         self._timeout = timeout_s
 
+    def score(self, payload: bytes, trades: int, name: str, group: str) -> None:
+        self._call(
+            self._score, payload, name, group, lambda raw: _check(pb.ScoreResponse.FromString(raw), trades)
+        )
+
     def infer(self, payload: bytes, rows: int, name: str, group: str) -> None:
         """One `ModelInfer` call (raw FP32 features of `rows` trades), reported as `name`."""
-        start = time.perf_counter()
-        try:
-            raw: bytes = self._infer(payload, timeout=self._timeout)
-        except grpc.RpcError as e:
-            self.report(name, group, start, 0, GrpcStatusError.from_rpc(e))
-            return
-        error: Exception | None = None
-        if self.should_check():
-            try:
-                _check_infer(raw, rows)
-            except Exception as e:  # any parse failure is this call's failure
-                error = e if isinstance(e, ResponseError) else ResponseError(f"unreadable response: {e}")
-        self.report(name, group, start, len(raw), error)
+        self._call(self._infer, payload, name, group, lambda raw: _check_infer(raw, rows))
 
-    def score(self, payload: bytes, trades: int, name: str, group: str) -> None:
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[bytes, bytes],
+        payload: bytes,
+        name: str,
+        group: str | None,
+        check: Callable[[bytes], None],
+    ) -> None:
+        """One unary call, reported; its answer `check`ed while checks are left."""
         start = time.perf_counter()
         try:
-            raw: bytes = self._score(payload, timeout=self._timeout)
+            raw: bytes = method(payload, timeout=self._timeout)
         except grpc.RpcError as e:
             self.report(name, group, start, 0, GrpcStatusError.from_rpc(e))
             return
         error: Exception | None = None
         if self.should_check():
             try:
-                _check(pb.ScoreResponse.FromString(raw), trades)
+                check(raw)
             except Exception as e:  # any parse failure is this call's failure
                 error = e if isinstance(e, ResponseError) else ResponseError(f"unreadable response: {e}")
         self.report(name, group, start, len(raw), error)
 
     def model_info(self) -> None:
-        start = time.perf_counter()
-        try:
-            raw: bytes = self._info(EMPTY, timeout=self._timeout)
-        except grpc.RpcError as e:
-            self.report("GetModelInfo", None, start, 0, GrpcStatusError.from_rpc(e))
-            return
-        error: Exception | None = None
-        if self.should_check() and not pb.ModelInfo.FromString(raw).version:
-            error = ResponseError("GetModelInfo without a model version")
-        self.report("GetModelInfo", None, start, len(raw), error)
+        self._call(self._info, EMPTY, "GetModelInfo", None, _check_info)
 
 
 _CLOSE: Any = object()

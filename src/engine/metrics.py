@@ -37,6 +37,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from engine.features.kernels import compiled
+from engine.models.spec import band_of
 
 #: seconds, 10 µs .. 10 s (gRPC A66-style resolution at the low end)
 LATENCY_BUCKETS = (
@@ -190,30 +191,21 @@ def _score_counts(
     counts: npt.NDArray[np.int64],
 ) -> float:
     """Add each probability to its histogram bucket (counts[0..len(score_edges)], `le` bounds,
-    +Inf last) and to its risk band (counts[len(score_edges) + 1 + band - 1]); returns their sum.
+    +Inf last) and to its risk band (counts[len(score_edges) + band], `band_of`); returns their sum.
 
-    The same counting as np.searchsorted(score_edges, p, "left") and RiskBands.assign (NaN lands
-    in +Inf and the top band), without a numpy call per step.
+    The same counting as np.searchsorted(score_edges, p, "left") (NaN lands in +Inf), without a
+    numpy call per step.
     """
     n_buckets = score_edges.shape[0]
-    base = n_buckets + 1
     total = 0.0
     for i in range(probabilities.shape[0]):
         p = np.float64(probabilities[i])
         total += p
-        if p != p:
-            counts[n_buckets] += 1
-            counts[base + band_edges.shape[0]] += 1
-            continue
         b = 0
-        while b < n_buckets and score_edges[b] < p:
+        while b < n_buckets and not p <= score_edges[b]:  # NaN passes every edge: +Inf
             b += 1
         counts[b] += 1
-        band = 0
-        for e in band_edges:
-            if e <= p:
-                band += 1
-        counts[base + band] += 1
+        counts[n_buckets + band_of(p, band_edges)] += 1  # band 1 right after +Inf
     return total
 
 
@@ -243,6 +235,8 @@ class EngineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # compile (or load from numba's cache) the per-batch kernel now, not in the first batch
+        _score_counts(np.zeros(0, np.float32), _SCORE_EDGES, _SCORE_EDGES, np.zeros(1, np.int64))
 
         # -- gRPC server (go-grpc-prometheus names, labels and code spelling) --------------------
         grpc_labels = ("grpc_type", "grpc_service", "grpc_method")

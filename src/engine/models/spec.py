@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import BundleError
+from engine.features.kernels import compiled
 
 #: band names in ascending order of risk; LOW has no threshold (it starts at 0)
 BAND_NAMES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
@@ -86,6 +87,20 @@ class FeatureSpec:
         return spec
 
 
+@compiled
+def band_of(probability: float, edges: npt.NDArray[np.float64]) -> int:
+    """The risk band number of one probability: 1 + how many of the rising `edges` are at or
+    below it, NaN in the top band; what `RiskBands.assign` computes with np.searchsorted, for
+    compiled callers (the response encoder, the score metrics)."""
+    if probability != probability:
+        return int(edges.shape[0]) + 1
+    band = 1
+    for e in edges:
+        if e <= probability:
+            band += 1
+    return band
+
+
 @dataclass(frozen=True, slots=True)
 class RiskBands:
     """Lower probability bounds of MEDIUM, HIGH and CRITICAL (LOW starts at 0)."""
@@ -101,9 +116,7 @@ class RiskBands:
 
     @property
     def edges(self) -> npt.NDArray[np.float64]:
-        """The thresholds as float64, rising: band = 1 + how many of them are <= the probability
-        (NaN: the top band), as `assign`, `engine.scoring.wire.encode_response` and
-        `engine.metrics.EngineMetrics.observe_scores` all count it."""
+        """The thresholds as float64, rising, for `band_of` (compiled callers)."""
         return self._edges
 
     def assign(self, probabilities: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.int32]:

@@ -11,9 +11,8 @@ import numpy.typing as npt
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.features.columns import TradeColumns
 from engine.features.compute import FeaturePlan
-from engine.features.validate import validate_rows
 from engine.models.bundle import ModelBundle
-from engine.scoring.wire import WireTables, decode_request, prepare_request, response_bytes
+from engine.scoring.wire import WireTables, prepare_request, response_bytes
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -78,10 +77,8 @@ def _warm_up(model: ServingModel) -> None:
         inventory_ratio=1.0,
     )
     raw = pb.ScoreRequest(request_id="w", trades=[trade]).SerializeToString()
-    request = decode_request(raw, model.wire, 1)
-    validate_rows(request.rows, 1)
-    probabilities = model.predict(model.plan.compute_rows(request.rows))
-    prepare_request(raw, model.wire, model.plan, 1)  # the serving path's own kernel
+    request, features = prepare_request(raw, model.wire, model.plan, 1)
+    probabilities = model.predict(features)
     response_bytes(request, probabilities, model.band_edges, model.name_bytes, model.version_bytes)
 
 

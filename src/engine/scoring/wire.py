@@ -60,6 +60,7 @@ from engine.features.rows import (
     TradeRows,
 )
 from engine.features.validate import LIMITS, check_count, raise_first_problem
+from engine.models.spec import band_of
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -858,24 +859,14 @@ def encode_response(
 ) -> U8:
     """ScoreResponse bytes, laid out as the protobuf runtime serializes them (fields in number order).
 
-    Each trade's risk band is 1 + the number of `band_edges` at or below its probability
-    (NaN: the top band), as `engine.models.spec.RiskBands.assign` counts it.
+    Each trade's risk band is `engine.models.spec.band_of` its probability.
     """
     n = probabilities.shape[0]
     probs = probabilities.astype(np.float64)
     bits = probs.view(np.uint64)
     bands = np.empty(n, dtype=np.int64)
-    top = band_edges.shape[0] + 1
     for i in range(n):
-        p = probs[i]
-        band = 1
-        if p != p:
-            band = top
-        else:
-            for e in band_edges:
-                if e <= p:
-                    band += 1
-        bands[i] = band
+        bands[i] = band_of(probs[i], band_edges)
     size: Int = 0
     if rid_len:
         size += 1 + _varint_size(rid_len) + rid_len
