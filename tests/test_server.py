@@ -184,7 +184,8 @@ async def test_full_queue_gets_resource_exhausted_at_once(start_engine: ServerFa
 
 
 async def test_calls_beyond_the_concurrency_limit_get_resource_exhausted(start_engine: ServerFactory) -> None:
-    # two calls wait for their batch (long max_wait, big batch); a third call is over the limit
+    # two calls wait for their batch (long max_wait, big batch); a third scoring call is over the
+    # limit, while health checks and model info, which are not scoring calls, are still answered
     engine, channel = await start_engine(max_concurrent_rpcs=2, max_batch_rows=1000, max_wait_ms=1500.0)
     stub = pb_grpc.TradeScorerStub(channel)
     waiting = [asyncio.ensure_future(stub.Score(pb.ScoreRequest(trades=[make_trade(i)]))) for i in range(2)]
@@ -193,7 +194,19 @@ async def test_calls_beyond_the_concurrency_limit_get_resource_exhausted(start_e
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Score(pb.ScoreRequest(trades=[make_trade(9)]), timeout=2.0)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "too many scoring calls in progress (limit 2)" in str(info.value.details())
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "tradescore.v1.TradeScorer"):
+        probe = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
+        assert probe.status == health_pb2.HealthCheckResponse.SERVING
+    assert (await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=2.0)).name
+    assert engine.calls is not None and engine.calls.active == 2  # still full: the probes were not refused
     assert [len(r.scores) for r in await asyncio.gather(*waiting)] == [1, 1]
+    assert engine.metrics.rejected.labels("overload")._value.get() == 1
+    refused = engine.metrics.grpc_handled.labels(
+        "unary", "tradescore.v1.TradeScorer", "Score", "ResourceExhausted"
+    )._value.get()
+    assert refused == 1
 
 
 async def test_expired_call_is_dropped_before_inference(start_engine: ServerFactory) -> None:

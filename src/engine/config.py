@@ -55,7 +55,10 @@ class Settings:
     max_inflight_batches: int = _opt(1, "batches running in ONNX Runtime at the same time")
     intra_op_threads: int = _opt(1, "ONNX Runtime threads per inference call")
     max_concurrent_rpcs: int = _opt(
-        1000, "calls (streams count as one) in progress at once; beyond it RESOURCE_EXHAUSTED at once"
+        1000,
+        "scoring calls (Score, ScoreStream, ModelInfer; a stream counts as one) in progress at once; "
+        "beyond it RESOURCE_EXHAUSTED at once. Health, reflection and metadata calls have 64 slots "
+        "more, so probes are answered under overload",
     )
     stream_window: int = _opt(128, "requests of one ScoreStream in flight before the engine stops reading it")
     grace_seconds: float = _opt(10.0, "on SIGTERM, how long in-flight calls may take to finish")

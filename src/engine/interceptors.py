@@ -19,9 +19,10 @@ What is counted, with the labels of go-grpc-prometheus:
   per response message (streams: each message read through the request
   iterator or `context.read()`, each one yielded or `context.write()`n).
 
-Calls gRPC refuses before any handler runs (`--max-concurrent-rpcs`
-exceeded, unknown methods, undecodable requests) are not seen here, as in
-go-grpc-prometheus.
+Calls gRPC refuses before any handler runs (beyond its own concurrency limit,
+`engine.admission.CONTROL_HEADROOM` above `--max-concurrent-rpcs`; unknown
+methods; undecodable requests) are not seen here, as in go-grpc-prometheus.
+Scoring calls the engine refuses at `--max-concurrent-rpcs` are.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine.admission import CONTROL_HEADROOM, ScoringCalls
 from engine.batching import MicroBatcher, concat_matrices
 from engine.config import Settings
 from engine.interceptors import MetricsInterceptor
@@ -97,6 +98,7 @@ class EngineServer:
         self._watcher: asyncio.Task[None] | None = None
         self.scorer: TradeScorerService | None = None
         self.oip: InferenceService | None = None
+        self.calls: ScoringCalls | None = None
         self.port = 0
 
     def _swapped(self, model: ServingModel) -> None:
@@ -130,22 +132,25 @@ class EngineServer:
                 ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_s * 1000)),
             ]
-        # beyond max_concurrent_rpcs gRPC answers RESOURCE_EXHAUSTED itself, before the call
-        # waits in its own pending queue (which would otherwise end in CANCELLED under overload)
+        # scoring calls beyond max_concurrent_rpcs are refused by ScoringCalls; gRPC's own limit,
+        # CONTROL_HEADROOM above it, keeps probes answering then, and refuses any call beyond it
+        # before it waits in gRPC's pending queue (which would otherwise end in CANCELLED)
+        self.calls = ScoringCalls(s.max_concurrent_rpcs, self.metrics)
         server = grpc.aio.server(
             options=options,
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs + CONTROL_HEADROOM,
             interceptors=[MetricsInterceptor(self.metrics, METERED_SERVICES)],
         )
         self.scorer = TradeScorerService(
             self.models,
             self.batcher,
             self.metrics,
+            self.calls,
             max_trades_per_request=s.max_trades_per_request,
             stream_window=s.stream_window,
         )
         self.oip = InferenceService(
-            self.models, self.batcher, self.metrics, max_rows_per_request=s.max_trades_per_request
+            self.models, self.batcher, self.metrics, self.calls, max_rows_per_request=s.max_trades_per_request
         )
         server.add_generic_rpc_handlers((self.scorer.handlers(), self.oip.handlers()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -172,9 +177,8 @@ class EngineServer:
 
     async def _calls_idle(self) -> None:
         """Return once no scoring call (TradeScorer, or OIP ModelInfer) is in progress."""
-        for service in (self.scorer, self.oip):
-            if service is not None:
-                await service.wait_idle()
+        if self.calls is not None:
+            await self.calls.wait_idle()
 
     async def reload(self) -> bool:
         return await self.models.reload()

@@ -38,7 +38,6 @@ what an output means and is refused.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from google.protobuf.descriptor import FileDescriptor
 
 from engine import __version__
 from engine._proto.inference import grpc_predict_v2_pb2 as pb
+from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher
 from engine.errors import EngineError, InvalidInput, ModelNotFound
 from engine.metrics import EngineMetrics
@@ -258,17 +258,16 @@ class InferenceService:
         registry: ModelRegistry[ServingModel],
         batcher: MicroBatcher[ServingModel, F32],
         metrics: EngineMetrics,
+        calls: ScoringCalls,
         *,
         max_rows_per_request: int,
     ) -> None:
         self._registry = registry
         self._batcher = batcher
         self._metrics = metrics
+        self._calls = calls
         self._max_rows = max_rows_per_request
         self._view: _ModelView | None = None
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The service's method handlers, with the generated (de)serializers."""
@@ -285,10 +284,6 @@ class InferenceService:
         return grpc.method_handlers_generic_handler(
             SERVICE, {name: unary(getattr(self, name), name) for name in methods}
         )
-
-    async def wait_idle(self) -> None:
-        """Return once no ModelInfer call is in progress."""
-        await self._idle.wait()
 
     def _current(self) -> _ModelView:
         model = self._registry.current
@@ -333,9 +328,8 @@ class InferenceService:
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
-        self._active += 1
-        self._idle.clear()
-        self._metrics.inflight_calls.inc()
+        if not self._calls.enter():
+            await self._calls.refuse(context)
         try:
             remaining = context.time_remaining()
             deadline = time.monotonic() + remaining if remaining is not None else None
@@ -352,10 +346,7 @@ class InferenceService:
                 await context.abort(exc.code, exc.client_message())
             return _response(request, view.model, outputs, probabilities, raw)
         finally:
-            self._active -= 1
-            self._metrics.inflight_calls.dec()
-            if self._active == 0:
-                self._idle.set()
+            self._calls.leave()
 
 
 def _response(

@@ -25,6 +25,7 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher
 from engine.errors import EngineError, InvalidInput
 from engine.metrics import EngineMetrics
@@ -59,6 +60,7 @@ class TradeScorerService:
         registry: ModelRegistry[ServingModel],
         batcher: MicroBatcher[ServingModel, F32],
         metrics: EngineMetrics,
+        calls: ScoringCalls,
         *,
         max_trades_per_request: int,
         stream_window: int,
@@ -66,26 +68,9 @@ class TradeScorerService:
         self._registry = registry
         self._batcher = batcher
         self._metrics = metrics
+        self._calls = calls
         self._max_trades = max_trades_per_request
         self._stream_window = stream_window
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def _enter(self) -> None:
-        self._active += 1
-        self._idle.clear()
-        self._metrics.inflight_calls.inc()
-
-    def _leave(self) -> None:
-        self._active -= 1
-        self._metrics.inflight_calls.dec()
-        if self._active == 0:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        """Return once no Score/ScoreStream call is in progress."""
-        await self._idle.wait()
 
     # -- shared steps ------------------------------------------------------------
 
@@ -127,7 +112,8 @@ class TradeScorerService:
     # -- RPCs ----------------------------------------------------------------------
 
     async def Score(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        self._enter()
+        if not self._calls.enter():
+            await self._calls.refuse(context)
         try:
             remaining = context.time_remaining()
             deadline = time.monotonic() + remaining if remaining is not None else None
@@ -139,7 +125,7 @@ class TradeScorerService:
                 await context.abort(exc.code, exc.client_message())
             return self._respond(prepared, probabilities)
         finally:
-            self._leave()
+            self._calls.leave()
 
     async def ScoreStream(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
@@ -161,7 +147,8 @@ class TradeScorerService:
             finally:
                 await window.put(None)
 
-        self._enter()
+        if not self._calls.enter():
+            await self._calls.refuse(context)
         reader = asyncio.get_running_loop().create_task(read(), name="score-stream-reader")
         try:
             while True:
@@ -180,7 +167,7 @@ class TradeScorerService:
                 ).SerializeToString()
             await reader  # surfaces a broken request stream as the call's error
         finally:
-            self._leave()
+            self._calls.leave()
             if not reader.done():
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
