@@ -36,7 +36,9 @@ What one run measures (issue #2, item 8)
 4. Verdicts: served (b) / in-process ORT rows/s (target >= 0.7; the median of
    the slices), batching on/off for (a) (rows: the median of the slices; p99:
    the two scenarios), whether (c) p99 at 500 calls/s is <= 5 ms, and engine
-   vs bare-gRPC CPU per call.
+   vs bare-gRPC CPU per call; with floor_b, the ceiling of (b) on this transport:
+   ORT / (ORT + bare gRPC + request path), what (b) would be if the engine added
+   nothing else.
 
 Requests are built and serialized once; clients send raw bytes and by default
 only check the size of the answer (the first responses of every scenario are
@@ -1721,6 +1723,31 @@ def a_interleaved(
     return out
 
 
+def b_ceiling(ip: dict[str, Any], by_key: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The (b) ratio an engine would reach if each call cost the server nothing but ORT, the bare
+    gRPC server's CPU per call (floor_b) and the compiled request path measured in process.
+
+    The transport's share is not the engine's to remove; when it alone keeps this below 0.7,
+    no engine on grpc.aio reaches (b)'s target on this machine in this state.
+    """
+    path = ip.get("pipeline_us_per_call_p50", {}).get(str(ip["batch"]["rows"]))
+    if "b" not in by_key or "floor_b" not in by_key or not path:
+        return None
+    ort = 1e6 * ip["batch"]["rows"] / ip["batch"]["rows_per_cpu_s"]
+    floor = by_key["floor_b"]["server_cpu_us_per_call"]
+    steps = path["total"] - path["ort_predict"]
+    value = ort / (ort + floor + steps)
+    return {
+        "ort_us_per_call": ort,
+        "bare_grpc_us_per_call": floor,
+        "request_path_us_per_call": steps,
+        "ceiling": value,
+        "text": f"(b) ceiling on this transport: ORT {ort:.0f} us per {ip['batch']['rows']}-row call / "
+        f"(ORT + bare gRPC {floor:.0f} us + request path {steps:.0f} us) = {value:.3f}, what (b) would be "
+        "if the engine added no other cost",
+    }
+
+
 def verdicts(
     ip: dict[str, Any],
     by_key: dict[str, dict[str, Any]],
@@ -1826,6 +1853,9 @@ def verdicts(
                 f"{_f(bare['calls_per_s'])} = {ratio:.2f} (target >= {target}): "
                 f"{'PASS' if ratio >= target else 'FAIL'}",
             }
+    ceiling = b_ceiling(ip, by_key)
+    if ceiling is not None:
+        out["b_ceiling"] = ceiling
     for shape in ("a", "b", "d"):
         if shape in by_key and f"floor_{shape}" in by_key:
             eng, bare = by_key[shape], by_key[f"floor_{shape}"]
