@@ -278,6 +278,28 @@ async def test_oip_and_trade_scorer_rows_share_one_model_call(
     assert registry.get_sample_value("engine_batch_size_sum") == 150
 
 
+async def test_model_infer_shares_the_scoring_call_limit(
+    start_engine: ServerFactory, model: ServingModel
+) -> None:
+    # one Score call waits for its batch and fills the limit of 1: ModelInfer is refused, while
+    # the v2 readiness and metadata calls (not scoring calls) are answered
+    engine, channel = await start_engine(max_concurrent_rpcs=1, max_batch_rows=1000, max_wait_ms=1500.0)
+    waiting = asyncio.ensure_future(pb_grpc.TradeScorerStub(channel).Score(sample_request(1, seed=4)))
+    while engine.batcher is not None and engine.batcher.queued_rows < 1:
+        await asyncio.sleep(0.005)
+    client = triton_aio.InferenceServerClient(f"127.0.0.1:{engine.port}")
+    try:
+        with pytest.raises(InferenceServerException) as caught:
+            await client.infer(MODEL, [triton_input(features(model, 2))])
+        assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "too many scoring calls in progress (limit 1)" in str(caught.value.message())
+        assert await client.is_server_ready() and await client.is_model_ready(MODEL)
+        assert (await client.get_model_metadata(MODEL, as_json=True))["name"] == MODEL
+    finally:
+        await client.close()
+    assert len((await waiting).scores) == 1
+
+
 async def test_a_reloaded_bundle_is_the_model_served(
     start_engine: ServerFactory, model: ServingModel, tmp_path: Path
 ) -> None:
