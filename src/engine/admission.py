@@ -7,7 +7,7 @@ decoded, and is counted in `engine_rejected_calls_total{reason="overload"}`
 and in the gRPC server metrics.
 
 Health checks, reflection and metadata calls are not scoring calls: gRPC's
-own limit is set `CONTROL_HEADROOM` calls above the scoring limit, so an
+own limit is set `engine.config.CONTROL_HEADROOM` calls above the scoring limit, so an
 overloaded engine still answers the kubelet's probes (had gRPC's limit alone
 been the scoring limit, a probe arriving at a full engine would be refused
 like any call, and Kubernetes would take an overloaded pod for a dead one).
@@ -23,10 +23,6 @@ from typing import Any, NoReturn
 import grpc
 
 from engine.metrics import EngineMetrics
-
-#: calls gRPC admits beyond the scoring limit: probes, reflection, metadata, and scoring calls
-#: that are being refused
-CONTROL_HEADROOM = 64
 
 
 class ScoringCalls:

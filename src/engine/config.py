@@ -29,6 +29,11 @@ class SettingsError(ValueError):
     """A setting has a value it cannot take."""
 
 
+#: calls gRPC admits beyond --max-concurrent-rpcs (engine.admission): probes, reflection,
+#: metadata, and scoring calls that are being refused
+CONTROL_HEADROOM = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = _opt("0.0.0.0", "interface to listen on")
@@ -57,8 +62,8 @@ class Settings:
     max_concurrent_rpcs: int = _opt(
         1000,
         "scoring calls (Score, ScoreStream, ModelInfer; a stream counts as one) in progress at once; "
-        "beyond it RESOURCE_EXHAUSTED at once. Health, reflection and metadata calls have 64 slots "
-        "more, so probes are answered under overload",
+        "beyond it RESOURCE_EXHAUSTED at once. Health, reflection and metadata calls have "
+        f"{CONTROL_HEADROOM} slots more, so probes are answered under overload",
     )
     stream_window: int = _opt(128, "requests of one ScoreStream in flight before the engine stops reading it")
     grace_seconds: float = _opt(10.0, "on SIGTERM, how long in-flight calls may take to finish")

@@ -20,7 +20,7 @@ What is counted, with the labels of go-grpc-prometheus:
   iterator or `context.read()`, each one yielded or `context.write()`n).
 
 Calls gRPC refuses before any handler runs (beyond its own concurrency limit,
-`engine.admission.CONTROL_HEADROOM` above `--max-concurrent-rpcs`; unknown
+`engine.config.CONTROL_HEADROOM` above `--max-concurrent-rpcs`; unknown
 methods; undecodable requests) are not seen here, as in go-grpc-prometheus.
 Scoring calls the engine refuses at `--max-concurrent-rpcs` are.
 """

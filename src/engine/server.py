@@ -29,9 +29,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
-from engine.admission import CONTROL_HEADROOM, ScoringCalls
+from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher, concat_matrices
-from engine.config import Settings
+from engine.config import CONTROL_HEADROOM, Settings
 from engine.interceptors import MetricsInterceptor
 from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry
