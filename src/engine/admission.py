@@ -2,9 +2,10 @@
 
 Scoring calls (TradeScorer `Score` and `ScoreStream`, Open Inference Protocol
 `ModelInfer`; a stream counts as one) share one limit, `--max-concurrent-rpcs`.
-Beyond it a call ends at once with RESOURCE_EXHAUSTED, before its request is
-decoded, and is counted in `engine_rejected_calls_total{reason="overload"}`
-and in the gRPC server metrics.
+Beyond it a call ends at once with RESOURCE_EXHAUSTED, before the engine
+decodes or queues any of it (gRPC has already parsed a ModelInfer request), and
+is counted in `engine_rejected_calls_total{reason="overload"}` and in the gRPC
+server metrics.
 
 Health checks, reflection and metadata calls are not scoring calls: gRPC's
 own limit is set `engine.config.CONTROL_HEADROOM` calls above the scoring limit, so an
