@@ -213,21 +213,29 @@ def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+THREAD_GROUPS = ("inference", "event_loop", "grpc_core_threads", "other_python_threads")
+
+
+def thread_group(pid: int, tid: int, comm: str) -> str:
+    """Which of THREAD_GROUPS a thread of server `pid` belongs to: the engine's inference threads
+    (named "inference-N"), the event loop (main thread), gRPC core's C threads (event_engine,
+    timer, lifeguard), other Python threads (grpc.aio's poller; the bare server's executor)."""
+    if tid == pid:
+        return "event_loop"
+    if comm.startswith("inference"):
+        return "inference"
+    if comm.startswith(("event_engine", "grpc", "lifeguard")):
+        return "grpc_core_threads"
+    return "other_python_threads"
+
+
 def thread_groups(
-    pid: int, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+    pid: int, before: Mapping[int, tuple[str, float]], after: Mapping[int, tuple[str, float]]
 ) -> dict[str, float]:
-    """CPU seconds between two readings by thread group: the event loop (main thread), gRPC core's
-    C threads (event_engine, timer, lifeguard) and the other Python threads (the inference
-    executor, grpc.aio's poller)."""
-    groups = {"event_loop": 0.0, "grpc_core_threads": 0.0, "other_python_threads": 0.0}
+    """CPU time between two readings (`thread_cpu_seconds` or `thread_cpu_ns`) by THREAD_GROUPS."""
+    groups = dict.fromkeys(THREAD_GROUPS, 0.0)
     for tid, (comm, cpu) in after.items():
-        spent = cpu - before.get(tid, (comm, 0.0))[1]
-        if tid == pid:
-            groups["event_loop"] += spent
-        elif comm.startswith(("event_engine", "grpc", "lifeguard")):
-            groups["grpc_core_threads"] += spent
-        else:
-            groups["other_python_threads"] += spent
+        groups[thread_group(pid, tid, comm)] += cpu - before.get(tid, (comm, 0.0))[1]
     return groups
 
 
@@ -1370,8 +1378,9 @@ def print_report(res: dict[str, Any]) -> None:
     for r in res["scenarios"]:
         by, b = r["server_cpu_by_thread"], r.get("batching") or {}
         line = (
-            f"  {r['key']:<10} event loop {by['event_loop']:4.0%}  gRPC core threads "
-            f"{by['grpc_core_threads']:4.0%}  other Python threads {by['other_python_threads']:4.0%}"
+            f"  {r['key']:<10} inference {by['inference']:4.0%}  event loop {by['event_loop']:4.0%}  "
+            f"gRPC core threads {by['grpc_core_threads']:4.0%}  other Python threads "
+            f"{by['other_python_threads']:4.0%}"
         )
         if b:
             line += (
@@ -1479,17 +1488,20 @@ def plot_curve(verdict: dict[str, Any], path: Path, machine: str) -> bool:
     return True
 
 
-def proc_cpu_ns(pid: int) -> int:
-    """Nanoseconds on a CPU so far, summed over the live threads of `pid` (schedstat: ns precision,
-    where utime/stime tick at 10 ms)."""
-    total = 0
+def thread_cpu_ns(pid: int) -> dict[int, tuple[str, float]]:
+    """tid -> (thread name, nanoseconds on a CPU so far) for every live thread of `pid`
+    (schedstat: ns precision, where utime/stime tick at 10 ms)."""
+    out: dict[int, tuple[str, float]] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
-                total += int(fh.read().split()[0])
+                ns = int(fh.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                comm = fh.read().strip()
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total
+        out[int(tid)] = (comm, float(ns))
+    return out
 
 
 def _slices_main(job: InProcessJob, conn: Connection) -> None:
@@ -1556,6 +1568,8 @@ def b_slices(
                 "inprocess_rows_per_s": rows_ip / wall_ip,
                 "served_rows_per_server_cpu_s": served.rows_per_server_cpu_s,
                 "served_rows_per_s": served.rows_per_s,
+                "inprocess_us_per_row": 1e6 * cpu_ip / rows_ip,
+                "served_us_per_row_by_thread": served.us_per_row_by_thread,
             }
             served_rate, local_rate = entry["served_rows_per_server_cpu_s"], entry["inprocess_rows_per_cpu_s"]
             entry["cpu_time_ratio"] = served_rate / local_rate
@@ -1582,10 +1596,12 @@ def b_slices(
 
 @dataclass(frozen=True, slots=True)
 class SliceRate:
-    """What one engine scored in one slice: rows per second of its server's CPU, and per second."""
+    """What one engine scored in one slice: rows per second of its server's CPU, and per second;
+    and the server's CPU microseconds per row by THREAD_GROUPS."""
 
     rows_per_server_cpu_s: float
     rows_per_s: float
+    us_per_row_by_thread: dict[str, float]
 
 
 def interleave_engines(
@@ -1674,13 +1690,16 @@ def _served_slice(client: BaseProcess, server: ServerProcess, seconds: float) ->
     time.sleep(0.25)  # the pipeline refills
     # the /metrics scrapes stay outside the CPU window (each costs the server ~0.4 ms)
     m0 = server.engine_metrics()
-    cpu0, t0 = proc_cpu_ns(server.pid), time.perf_counter()
+    threads0, t0 = thread_cpu_ns(server.pid), time.perf_counter()
     time.sleep(seconds)
-    cpu1, t1, m1 = proc_cpu_ns(server.pid), time.perf_counter(), server.engine_metrics()
+    threads1, t1, m1 = thread_cpu_ns(server.pid), time.perf_counter(), server.engine_metrics()
     os.kill(client.pid, signal.SIGSTOP)
     time.sleep(0.15)  # in-flight calls finish: the server is idle for whatever runs next
     rows = m1.get("engine_batch_size_sum", 0.0) - m0.get("engine_batch_size_sum", 0.0)
-    return SliceRate(rows / max((cpu1 - cpu0) / 1e9, 1e-9), rows / (t1 - t0))
+    groups = thread_groups(server.pid, threads0, threads1)
+    cpu_s = sum(groups.values()) / 1e9
+    per_row = {k: v / 1e3 / max(rows, 1.0) for k, v in groups.items()}
+    return SliceRate(rows / max(cpu_s, 1e-9), rows / (t1 - t0), per_row)
 
 
 def _stop_load(client: BaseProcess) -> None:
@@ -1748,6 +1767,31 @@ def b_ceiling(ip: dict[str, Any], by_key: dict[str, dict[str, Any]]) -> dict[str
     }
 
 
+def b_split(slices: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Where the served engine's CPU per row goes in the (b) slices, beside in-process ORT's
+    (medians over the slices): the inference threads (ORT and the batch's glue), the event loop
+    (gRPC's Python side, decode, features, response), gRPC core's and other threads."""
+    if not slices or "served_us_per_row_by_thread" not in slices[0]:
+        return None
+    med = {g: float(np.median([r["served_us_per_row_by_thread"][g] for r in slices])) for g in THREAD_GROUPS}
+    ort = float(np.median([r["inprocess_us_per_row"] for r in slices]))
+    slowdown = float(
+        np.median([r["served_us_per_row_by_thread"]["inference"] / r["inprocess_us_per_row"] for r in slices])
+    )
+    beyond = sum(med.values()) - ort
+    return {
+        "inprocess_ort_us_per_row": ort,
+        "served_us_per_row_by_thread": med,
+        "inference_vs_inprocess_ort": slowdown,
+        "served_beyond_ort_us_per_row": beyond,
+        "text": f"(b) server CPU per row, medians of the slices: inference threads {med['inference']:.2f} us "
+        f"({slowdown:.3f}x in-process ORT's {ort:.2f} us), event loop {med['event_loop']:.2f}, "
+        f"gRPC core threads {med['grpc_core_threads']:.2f}, other Python threads "
+        f"{med['other_python_threads']:.2f}; beyond ORT {beyond:.2f} us per row, where 0.70 allows "
+        f"{ort / 0.7 - ort:.2f}",
+    }
+
+
 def verdicts(
     ip: dict[str, Any],
     by_key: dict[str, dict[str, Any]],
@@ -1794,6 +1838,9 @@ def verdicts(
             "pass": ok,
             "text": text + f";  target >= 0.70 ({basis}): {'PASS' if ok else 'FAIL'}",
         }
+        split = b_split(slices)
+        if split is not None:
+            out["b_cpu_split"] = split
     if "a" in by_key and "a_nobatch" in by_key:
         on, off = by_key["a"], by_key["a_nobatch"]
         rows = on["rows_per_s"] / off["rows_per_s"] if off["rows_per_s"] else math.nan

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,5 +191,23 @@ async def test_sparse_arrivals_are_not_held_for_max_wait(model: FakeModel) -> No
     try:
         result = await asyncio.wait_for(b.submit(KEY, rows(3.0)), timeout=5)  # not 10 s
         np.testing.assert_array_equal(result, [6.0])
+    finally:
+        await b.close(timeout=5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc are Linux's")
+async def test_inference_threads_carry_their_names_in_proc(model: FakeModel) -> None:
+    b = make(model, max_inflight_batches=2)
+    b.start()
+    try:
+        assert (await b.submit(KEY, rows(1.0))).tolist() == [2.0]  # a worker has run
+        native = {t.native_id for t in threading.enumerate() if t.name.startswith("inference-")}
+        deadline = time.monotonic() + 5  # each thread names itself first thing, which may lag start()
+        while True:
+            comms = {Path(f"/proc/self/task/{tid}/comm").read_text().strip() for tid in native}
+            if comms == {"inference-0", "inference-1"} or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        assert comms == {"inference-0", "inference-1"}
     finally:
         await b.close(timeout=5)
