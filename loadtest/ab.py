@@ -12,7 +12,8 @@ scored (its /metrics batch counters): `bench.interleave_engines`. The VM's
 speed drifts by tens of percent within a minute; slices seconds apart compare
 like with like, where two runs minutes apart do not. Prints microseconds of
 server CPU per row for each slice and the median of the per-slice B/A ratios
-(below 1: B is cheaper). Not a test; nothing is asserted.
+(below 1: B is cheaper), and each server's CPU per row by thread group
+(`bench.THREAD_GROUPS`). Not a test; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -80,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     b_us = [1e6 / s["B"].rows_per_server_cpu_s for s in slices]
     ratios = [b / a for a, b in zip(a_us, b_us, strict=True)]
     print(f"A: median {statistics.median(a_us):.3f} us/row   B: median {statistics.median(b_us):.3f} us/row")
+    for name in ("A", "B"):
+        split = {
+            group: statistics.median(s[name].us_per_row_by_thread[group] for s in slices)
+            for group in bench.THREAD_GROUPS
+        }
+        print(f"{name} by thread (medians, us/row): " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()))
     print(
         f"B/A per slice: median {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f} "
         f"({o.slices} slices of {o.slice_seconds:g} s each)"
