@@ -103,10 +103,18 @@ F64 = npt.NDArray[np.float64]
 # thread gRPC or ONNX Runtime starts later inherits the CPU set), then runs
 # `engine serve` through engine.cli, or, while engine.cli cannot be imported
 # (engine.training.cli not written yet), through the same Settings + run().
+# BENCH_STUB_MODEL=1 in its environment replaces the model call by a constant
+# (the golden-row check at load still runs ORT): what the engine costs without
+# its model, e.g. `ab.py --b-env BENCH_STUB_MODEL=1`.
 _SERVE = r"""
 import os, sys
 os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(",")})
 args = sys.argv[2:]
+if os.environ.get("BENCH_STUB_MODEL"):  # ORT replaced by a constant: the engine without its model
+    import numpy as np
+    from engine.scoring.servable import ServingModel
+    ServingModel.predict = lambda self, features: np.full(features.shape[0], 0.01, dtype=np.float32)
+    print("bench-stub-model: every score is 0.01, no ONNX Runtime call", file=sys.stderr, flush=True)
 try:
     import engine.training.cli  # engine.cli's parser needs it
     from engine.cli import main
