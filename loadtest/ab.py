@@ -12,13 +12,15 @@ scored (its /metrics batch counters): `bench.interleave_engines`. The VM's
 speed drifts by tens of percent within a minute; slices seconds apart compare
 like with like, where two runs minutes apart do not. Prints microseconds of
 server CPU per row for each slice and the median of the per-slice B/A ratios
-(below 1: B is cheaper), and each server's CPU per row by thread group
-(`bench.THREAD_GROUPS`). Not a test; nothing is asserted.
+(below 1: B is cheaper), each server's CPU per row by thread group
+(`bench.THREAD_GROUPS`) and the p99 latency of the calls made in each slice
+(`bench.slice_p99_ms`). Not a test; nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -87,6 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for group in bench.THREAD_GROUPS
         }
         print(f"{name} by thread (medians, us/row): " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()))
+    p99 = {name: [s[name].p99_ms for s in slices] for name in ("A", "B")}
+    if all(math.isfinite(v) for values in p99.values() for v in values):
+        p99_ratios = [b / a for a, b in zip(p99["A"], p99["B"], strict=True)]
+        print(
+            f"p99 latency of each slice's calls: A median {statistics.median(p99['A']):.2f} ms, "
+            f"B {statistics.median(p99['B']):.2f} ms; B/A median {statistics.median(p99_ratios):.3f}"
+        )
     print(
         f"B/A per slice: median {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f} "
         f"({o.slices} slices of {o.slice_seconds:g} s each)"
