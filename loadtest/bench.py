@@ -32,11 +32,13 @@ What one run measures (issue #2, item 8)
    in alternating 1.5 s slices (the load paused by SIGSTOP while in-process ORT
    runs), and (a) on two engines at once, batching on and off, alternating the
    same way; rows per server CPU-second from schedstat and the engine's batch
-   counters.
+   counters, the server's CPU per row by thread, and (a)'s p99 latency of the
+   calls started in each slice.
 4. Verdicts: served (b) / in-process ORT rows/s (target >= 0.7; the median of
-   the slices), batching on/off for (a) (rows: the median of the slices; p99:
-   the two scenarios), whether (c) p99 at 500 calls/s is <= 5 ms, and engine
-   vs bare-gRPC CPU per call; with floor_b, the ceiling of (b) on this transport:
+   the slices) and where (b)'s server CPU per row goes by thread, batching
+   on/off for (a) (rows and p99: medians of the slices), whether (c) p99 at 500
+   calls/s is <= 5 ms (beside the engine's own handling p99), and engine vs
+   bare-gRPC CPU per call; with floor_b, the ceiling of (b) on this transport:
    ORT / (ORT + bare gRPC + request path), what (b) would be if the engine added
    nothing else.
 
@@ -2194,8 +2196,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=10,
         help="(b) vs in-process ORT again in this many interleaved pairs of short slices (the load "
         "is paused while in-process ORT runs), and (a) on two servers at once, batching on and "
-        "off, in as many pairs; the (b) and (a) rows verdicts are their medians per CPU-second "
-        "(0: judge on the single scenarios, measured minutes apart)",
+        "off, in as many pairs; the (b) and (a) rows verdicts are their medians per CPU-second, "
+        "(a)'s p99 verdict the median of its slices' on/off p99 ratios (0: judge on the single "
+        "scenarios, measured minutes apart)",
     )
     p.add_argument(
         "--slice-seconds", type=float, default=1.5, help="length of each in-process and each served slice"
