@@ -209,18 +209,19 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(after_comm[11]) + int(after_comm[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
 
 
-def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
-    """tid -> (thread name, utime + stime) for every live thread of `pid`."""
+def thread_cpu_ns(pid: int) -> dict[int, tuple[str, float]]:
+    """tid -> (thread name, nanoseconds on a CPU so far) for every live thread of `pid`
+    (schedstat: ns precision, where utime/stime tick at 10 ms)."""
     out: dict[int, tuple[str, float]] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
-                raw = fh.read()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                ns = int(fh.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                comm = fh.read().strip()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
-        after = raw.rsplit(")", 1)[1].split()
-        out[int(tid)] = (comm, (int(after[11]) + int(after[12])) / CLK_TCK)
+        out[int(tid)] = (comm, float(ns))
     return out
 
 
@@ -243,7 +244,7 @@ def thread_group(pid: int, tid: int, comm: str) -> str:
 def thread_groups(
     pid: int, before: Mapping[int, tuple[str, float]], after: Mapping[int, tuple[str, float]]
 ) -> dict[str, float]:
-    """CPU time between two readings (`thread_cpu_seconds` or `thread_cpu_ns`) by THREAD_GROUPS."""
+    """CPU time between two `thread_cpu_ns` readings by THREAD_GROUPS."""
     groups = dict.fromkeys(THREAD_GROUPS, 0.0)
     for tid, (comm, cpu) in after.items():
         groups[thread_group(pid, tid, comm)] += cpu - before.get(tid, (comm, 0.0))[1]
@@ -773,24 +774,16 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         return proc_cpu_seconds(self.pid)
 
-    def metrics_snapshot(self) -> server_metrics.Snapshot | None:
-        """The engine's latency histograms and counters from /metrics (None without them)."""
+    def scrape_metrics(self) -> tuple[dict[str, float], server_metrics.Snapshot | None]:
+        """One read of the engine's /metrics: its batching counters (empty without them) and its
+        latency histograms (`tradescore_locust.server_metrics`; None without them)."""
         if not self.metrics_port:
-            return None
-        try:
-            return server_metrics.scrape([f"http://127.0.0.1:{self.metrics_port}/metrics"])
-        except OSError:
-            return None
-
-    def engine_metrics(self) -> dict[str, float]:
-        """The engine's batching counters from /metrics (empty without them)."""
-        if not self.metrics_port:
-            return {}
+            return {}, None
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
                 text = resp.read().decode()
         except OSError:
-            return {}
+            return {}, None
         wanted = (
             "engine_batch_size_sum",
             "engine_batch_size_count",
@@ -798,12 +791,16 @@ class ServerProcess:
             "engine_queue_wait_seconds_count",
             "engine_inference_seconds_sum",
         )
-        out: dict[str, float] = {}
+        counters: dict[str, float] = {}
         for line in text.splitlines():
             name, _, value = line.partition(" ")
             if name in wanted:
-                out[name] = float(value)
-        return out
+                counters[name] = float(value)
+        return counters, server_metrics.parse(text)
+
+    def engine_metrics(self) -> dict[str, float]:
+        """The engine's batching counters from /metrics (empty without them)."""
+        return self.scrape_metrics()[0]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -1184,10 +1181,10 @@ def run_scenario(
                     raise RuntimeError(f"scenario {sc.key}: client failed: {err}") from exc
             proc.kill()
         raise RuntimeError(f"scenario {sc.key}: clients did not start: {exc!r}") from exc
-    metrics0, snap0 = server.engine_metrics(), server.metrics_snapshot()
+    metrics0, snap0 = server.scrape_metrics()
     cpu0 = server.cpu_seconds()
     others0 = others_cpu_seconds()
-    threads0 = thread_cpu_seconds(server.pid)
+    threads0 = thread_cpu_ns(server.pid)
     srv_cores0, cli_cores0 = CpuTimes.read(args.server_cpus), CpuTimes.read(args.client_cpus)
     t0 = time.perf_counter()
     if profile_dir is not None:
@@ -1195,9 +1192,9 @@ def run_scenario(
     time.sleep(args.duration)
     cpu1 = server.cpu_seconds()
     others1 = others_cpu_seconds()
-    threads1 = thread_cpu_seconds(server.pid)
+    threads1 = thread_cpu_ns(server.pid)
     window = time.perf_counter() - t0
-    metrics1, snap1 = server.engine_metrics(), server.metrics_snapshot()
+    metrics1, snap1 = server.scrape_metrics()
     srv_cores = srv_cores0.until(CpuTimes.read(args.server_cpus), window, len(args.server_cpus))
     cli_cores = cli_cores0.until(CpuTimes.read(args.client_cpus), window, len(args.client_cpus))
     results: list[WorkerResult] = []
@@ -1220,7 +1217,7 @@ def run_scenario(
         handled = server_metrics.server_p99(server_metrics.window(snap0, snap1))
         out["server_handling_p99_ms"] = None if handled.p99_s is None else 1e3 * handled.p99_s
     groups = thread_groups(server.pid, threads0, threads1)
-    out["server_cpu_by_thread"] = {k: v / max(cpu1 - cpu0, 1e-9) for k, v in groups.items()}
+    out["server_cpu_by_thread"] = {k: v / max(sum(groups.values()), 1e-9) for k, v in groups.items()}
     out["server_cpus_busy"] = srv_cores
     out["client_cpus_busy"] = cli_cores
     # other processes on the machine (2 CPUs: they take turns with the server or the client)
@@ -1523,22 +1520,6 @@ def plot_curve(verdict: dict[str, Any], path: Path, machine: str) -> bool:
     fig.savefig(path)
     plt.close(fig)
     return True
-
-
-def thread_cpu_ns(pid: int) -> dict[int, tuple[str, float]]:
-    """tid -> (thread name, nanoseconds on a CPU so far) for every live thread of `pid`
-    (schedstat: ns precision, where utime/stime tick at 10 ms)."""
-    out: dict[int, tuple[str, float]] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
-                ns = int(fh.read().split()[0])
-            with open(f"/proc/{pid}/task/{tid}/comm") as fh:
-                comm = fh.read().strip()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        out[int(tid)] = (comm, float(ns))
-    return out
 
 
 def _slices_main(job: InProcessJob, conn: Connection) -> None:
