@@ -26,3 +26,22 @@ def test_readme_python_example_scores_a_trade(engine_process: Callable[..., Engi
     trade_id, probability, band = first.split()
     assert trade_id == "T-1001" and 0.0 <= float(probability) <= 1.0 and band.startswith("RISK_BAND_")
     assert second == "settlement-fail 1.0.0"
+
+
+def test_readme_pairs_example_finds_the_status_break(engine_process: Callable[..., EngineProcess]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r"```python\n(.*?)```", readme, re.S)
+    pairs = [e for e in examples if "BreakScorerStub" in e]
+    assert len(examples) >= 2 and pairs, "the README lost its BreakScorer example"
+    server = engine_process()
+    # the pairs example uses the imports of the first one
+    imports = "\n".join(line for line in examples[0].splitlines() if line.startswith(("import", "from")))
+    code = imports + "\n" + pairs[0].replace("127.0.0.1:50051", server.target)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    first, *rest = run.stdout.splitlines()
+    score, is_break, break_class = first.split()
+    assert 0.0 <= float(score) <= 1.0 and is_break == "True" and break_class == "BREAK_CLASS_STATUS"
+    text = "\n".join(rest)
+    assert 'field: "status"' in text and 'value: "settled"' in text and 'source: "trading"' in text
+    assert rest[-1] == "['STATUS_MISMATCH', 'UPDATE_LAG']"

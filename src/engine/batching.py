@@ -117,6 +117,7 @@ class MicroBatcher(Generic[K, P]):
         max_inflight_batches: int = 1,
         coalesce: bool = True,
         metrics: EngineMetrics | None = None,
+        thread_name: str = "inference",
     ) -> None:
         self._run = run
         self._concat = concat
@@ -126,6 +127,7 @@ class MicroBatcher(Generic[K, P]):
         self.max_wait_s = max_wait_s
         self.max_queue_rows = max_queue_rows
         self._metrics = metrics
+        self._thread_name = thread_name
         self._queue: deque[_Item[K, P]] = deque()
         self._queued_rows = 0
         self._slots = max_inflight_batches
@@ -150,7 +152,7 @@ class MicroBatcher(Generic[K, P]):
         self._loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
         for i in range(self._slots):
-            thread = threading.Thread(target=self._worker, name=f"inference-{i}", daemon=True)
+            thread = threading.Thread(target=self._worker, name=f"{self._thread_name}-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
 

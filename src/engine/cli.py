@@ -262,11 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=3.0, help="deadline in seconds (default 3)")
     health.set_defaults(func=_cmd_health)
 
-    from engine.training.cli import add_export_parser, add_generate_parser, add_train_parser
+    from engine.training.cli import (
+        add_export_parser,
+        add_generate_parser,
+        add_train_pairs_parser,
+        add_train_parser,
+    )
 
     add_train_parser(sub)
     add_export_parser(sub)
     add_generate_parser(sub)
+    add_train_pairs_parser(sub)
     return parser
 
 

@@ -31,13 +31,15 @@ class InvalidInput(EngineError):
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
-    def __init__(self, field: str, reason: str, index: int | None = None, count: int = 1) -> None:
+    def __init__(
+        self, field: str, reason: str, index: int | None = None, count: int = 1, records: str = "trades"
+    ) -> None:
         self.field = field
         self.reason = reason
         self.index = index
         self.count = count
-        where = f"trades[{index}].{field}" if index is not None else field
-        more = f" (and {count - 1} more trade(s) with this problem)" if count > 1 else ""
+        where = f"{records}[{index}].{field}" if index is not None else field
+        more = f" (and {count - 1} more {records[:-1]}(s) with this problem)" if count > 1 else ""
         super().__init__(f"{where}: {reason}{more}")
 
 

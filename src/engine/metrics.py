@@ -123,6 +123,8 @@ _SCORE_EDGES = np.asarray(SCORE_BUCKETS, dtype=np.float64)
 REJECT_REASONS = ("overload", "deadline", "invalid", "shutdown")
 #: tradescore.v1.RiskBand numbers 1..4, as `RiskBands.assign` returns them
 RISK_BANDS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+#: BreakScorer break classes, as the engine_pair_breaks label spells them (the proto enum without prefix)
+BREAK_CLASSES = ("MISSING", "STATUS", "VALUE", "STATIC_DATA", "NONE")
 
 #: grpc_code label values as grpc-go's codes.Code.String() writes them (what public dashboards filter on)
 GRPC_CODE_NAMES: dict[grpc.StatusCode, str] = {
@@ -319,6 +321,25 @@ class EngineMetrics:
             "engine_risk_band", "Trades scored, by risk band returned.", ["band"], registry=r
         )
         self._bands = [raw_inc(self.risk_band.labels(band)) for band in RISK_BANDS]
+
+        # -- sync breaks (BreakScorer) ------------------------------------------------------------
+        self.pairs_scored = Counter(
+            "engine_pairs_scored", "Record pairs scored by the break model.", registry=r
+        )
+        self.pair_breaks = Counter(
+            "engine_pair_breaks",
+            "Record pairs flagged as breaks (break score >= the bundle's threshold), by break class.",
+            ["break_class"],
+            registry=r,
+        )
+        for cls in BREAK_CLASSES:
+            self.pair_breaks.labels(cls)
+        self.pair_inference = Histogram(
+            "engine_pair_inference_seconds",
+            "ONNX Runtime time per batch of record pairs.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     # -- model ---------------------------------------------------------------------------------
 

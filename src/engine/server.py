@@ -37,7 +37,9 @@ from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.oip import SERVICE as OIP_SERVICE
 from engine.scoring.oip import InferenceService, reflection_pool
-from engine.scoring.servable import ServingModel, load_serving_model
+from engine.scoring.pairs import SERVICE as BREAK_SERVICE
+from engine.scoring.pairs import BreakScorerService
+from engine.scoring.servable import PairModel, ServingModel, load_serving_model
 from engine.scoring.trades import SERVICE as SCORER_SERVICE
 from engine.scoring.trades import TradeScorerService
 
@@ -50,6 +52,7 @@ FLUSH_SECONDS = 1.0
 #: services whose gRPC metrics exist (at 0) from the start
 METERED_SERVICES = (
     pb.DESCRIPTOR.services_by_name["TradeScorer"],
+    pb.DESCRIPTOR.services_by_name["BreakScorer"],
     health_pb2.DESCRIPTOR.services_by_name["Health"],
 )
 
@@ -63,6 +66,20 @@ def _predict_with_metrics(
         probabilities = model.predict(features)
         metrics.observe_scores(probabilities, model.band_edges)
         return probabilities
+
+    return predict
+
+
+def _predict_pairs_with_metrics(
+    metrics: EngineMetrics,
+) -> Callable[[PairModel, npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+    """`PairModel.predict`, timed into engine_pair_inference_seconds (in the pair batcher's thread)."""
+
+    def predict(model: PairModel, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        started = time.perf_counter()
+        scores = model.predict(features)
+        metrics.pair_inference.observe(time.perf_counter() - started)
+        return scores
 
     return predict
 
@@ -93,11 +110,13 @@ class EngineServer:
             on_outcome=lambda ok: self.metrics.model_reloads.labels("success" if ok else "failure").inc(),
         )
         self.batcher: MicroBatcher[ServingModel, npt.NDArray[np.float32]] | None = None
+        self.pair_batcher: MicroBatcher[PairModel, npt.NDArray[np.float32]] | None = None
         self.health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.scorer: TradeScorerService | None = None
         self.oip: InferenceService | None = None
+        self.breaks: BreakScorerService | None = None
         self.calls: ScoringCalls | None = None
         self.port = 0
 
@@ -121,6 +140,19 @@ class EngineServer:
             metrics=self.metrics,
         )
         self.batcher.start()
+        # record pairs get a batcher (and inference thread) of their own: a reconciliation job's
+        # thousand-pair requests never queue in front of single-trade calls
+        self.pair_batcher = MicroBatcher(
+            _predict_pairs_with_metrics(self.metrics),
+            concat_matrices,
+            max_batch_rows=s.max_batch_rows,
+            max_wait_s=s.max_wait_s,
+            max_queue_rows=s.max_queue_rows,
+            max_inflight_batches=1,
+            coalesce=s.batching,
+            thread_name="pairs",
+        )
+        self.pair_batcher.start()
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -152,10 +184,19 @@ class EngineServer:
         self.oip = InferenceService(
             self.models, self.batcher, self.metrics, self.calls, max_rows_per_request=s.max_trades_per_request
         )
-        server.add_generic_rpc_handlers((self.scorer.handlers(), self.oip.handlers()))
+        self.breaks = BreakScorerService(
+            self.models,
+            self.pair_batcher,
+            self.metrics,
+            self.calls,
+            max_pairs_per_request=s.max_trades_per_request,
+            stream_window=s.stream_window,
+        )
+        server.add_generic_rpc_handlers((self.scorer.handlers(), self.oip.handlers(), self.breaks.handlers()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflected = (
             SCORER_SERVICE,
+            BREAK_SERVICE,
             OIP_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
@@ -167,7 +208,7 @@ class EngineServer:
         await server.start()
         self._server = server
         freeze_heap()
-        for service in ("", SCORER_SERVICE, OIP_SERVICE):
+        for service in ("", SCORER_SERVICE, BREAK_SERVICE, OIP_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if s.watch:
             self._watcher = asyncio.get_running_loop().create_task(
@@ -204,8 +245,9 @@ class EngineServer:
                 await self._server.stop(min(FLUSH_SECONDS, max(0.0, grace - (time.monotonic() - started))))
             idle.cancel()
             await stopping
-        if self.batcher is not None:
-            await self.batcher.close(timeout=max(0.0, grace - (time.monotonic() - started)) + 1.0)
+        for batcher in (self.batcher, self.pair_batcher):
+            if batcher is not None:
+                await batcher.close(timeout=max(0.0, grace - (time.monotonic() - started)) + 1.0)
         log.info("stopped after draining for %.2fs", time.monotonic() - started)
 
 

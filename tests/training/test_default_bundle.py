@@ -23,11 +23,21 @@ def _documented_command() -> list[str]:
     return shlex.split(match.group(1))[1:]
 
 
+def _documented_pairs_command() -> list[str]:
+    """The `engine train-pairs ...` command that follows it in the docstring, as argv after `engine`."""
+    match = re.search(r"^\s+(engine train-pairs .*?)$", cli.__doc__ or "", re.M)
+    assert match, "the pair model's rebuild command is missing from engine.training.cli's docstring"
+    return shlex.split(match.group(1))[1:]
+
+
 def test_documented_command_targets_the_shipped_bundle() -> None:
     args = _documented_command()
     out = Path(args[args.index("--out") + 1])
     assert (Path(__file__).resolve().parents[2] / out).resolve() == DEFAULT_BUNDLE
     assert args[:3] == ["train", "--synthetic-rows", "400000"]
+    pairs = _documented_pairs_command()
+    bundle = Path(pairs[pairs.index("--bundle") + 1])
+    assert (Path(__file__).resolve().parents[2] / bundle).resolve() == DEFAULT_BUNDLE
 
 
 def test_default_bundle_loads_with_sane_figures() -> None:
@@ -69,6 +79,7 @@ def test_default_bundle_is_small() -> None:
         "reference/counterparties.csv",
         "reference/instruments.csv",
         "reference/fx.csv",
+        "pairs/model.onnx",
     }
 
 
@@ -78,6 +89,9 @@ def test_documented_command_reproduces_the_default_bundle(tmp_path: Path) -> Non
     args[args.index("--out") + 1] = str(tmp_path / "rebuilt")
     lines: list[str] = []
     assert cli.run_train(cli_namespace(args), log=lines.append) == 0, "\n".join(lines)
+    pairs = _documented_pairs_command()
+    pairs[pairs.index("--bundle") + 1] = str(tmp_path / "rebuilt")
+    assert cli.run_train_pairs(cli_namespace(pairs), log=lines.append) == 0, "\n".join(lines)
     shipped = ModelBundle.load(DEFAULT_BUNDLE)
     rebuilt = ModelBundle.load(tmp_path / "rebuilt")
     golden = shipped.manifest.golden_inputs
@@ -92,4 +106,5 @@ def cli_namespace(args: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     cli.add_train_parser(sub)
+    cli.add_train_pairs_parser(sub)
     return parser.parse_args(args)

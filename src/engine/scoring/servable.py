@@ -2,17 +2,90 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine.errors import BundleError
 from engine.features.columns import TradeColumns
 from engine.features.compute import FeaturePlan
-from engine.models.bundle import ModelBundle
+from engine.features.pairs import PAIR_FEATURES, PairStats
+from engine.models.bundle import GOLDEN_TOLERANCE, ModelBundle, onnx_session
 from engine.scoring.wire import WireTables, prepare_request, response_bytes
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PairModel:
+    """The bundle's sync-break model (manifest section `pairs`): features' statistics, threshold, session."""
+
+    version: str
+    stats: PairStats
+    threshold: float
+    metrics: Mapping[str, float]
+    session: Any
+    input_name: str
+    output_name: str
+
+    def predict(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Break scores in [0, 1] for a pair feature matrix (one ONNX Runtime call)."""
+        out = self.session.run([self.output_name], {self.input_name: features})[0]
+        return np.ascontiguousarray(out[:, 0])
+
+    @staticmethod
+    def load(bundle: ModelBundle, intra_op_threads: int = 1) -> PairModel | None:
+        """The pair model of `bundle`, None when it has none; BundleError when it must not serve.
+
+        Its file's hash was checked with the bundle's; here: the section parses,
+        the features are the ones this engine computes, the model takes them,
+        and it reproduces its golden rows.
+        """
+        raw = bundle.manifest.raw.get("pairs")
+        if raw is None:
+            return None
+        where = f"{bundle.path}: pairs"
+        try:
+            features = tuple(str(f) for f in raw["features"])
+            threshold = float(raw["threshold"])
+            golden_in = np.asarray(raw["golden"]["inputs"], dtype=np.float32)
+            golden_out = np.asarray(raw["golden"]["scores"], dtype=np.float64)
+            model_file = bundle.path / str(raw["model"])
+            names = (str(raw["input"]), str(raw["output"]))
+            version = str(raw["version"])
+            metrics = {str(k): float(v) for k, v in raw.get("metrics", {}).items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: section is malformed: {exc!r}") from exc
+        if features != PAIR_FEATURES:
+            raise BundleError(
+                f"{where}: features {list(features)} are not this engine's {list(PAIR_FEATURES)}"
+            )
+        if not 0.0 < threshold <= 1.0:
+            raise BundleError(f"{where}: threshold must be in (0, 1]")
+        if (
+            golden_in.ndim != 2
+            or golden_in.shape[1] != len(features)
+            or golden_out.shape != (len(golden_in),)
+        ):
+            raise BundleError(f"{where}: golden rows do not match the features")
+        if str(raw["model"]) not in bundle.manifest.files:
+            raise BundleError(f"{where}: {raw['model']} is not among the manifest's hashed files")
+        try:
+            session = onnx_session(str(model_file), intra_op_threads)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BundleError(f"{where}: ONNX Runtime cannot load {raw['model']}: {exc}") from exc
+        model = PairModel(version, PairStats.from_json(raw["stats"]), threshold, metrics, session, *names)
+        try:
+            got = model.predict(golden_in)
+        except Exception as exc:  # noqa: BLE001 - any failure here means "do not serve"
+            raise BundleError(f"{where}: model failed on its golden rows: {exc}") from exc
+        diff = float(np.max(np.abs(got - golden_out), initial=0.0))
+        if not np.isfinite(got).all() or diff > GOLDEN_TOLERANCE:
+            raise BundleError(f"{where}: model does not reproduce its golden rows (max diff {diff:.3g})")
+        return model
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -21,6 +94,8 @@ class ServingModel:
     plan: FeaturePlan
     #: the plan's look-up keys for the compiled request decoder
     wire: WireTables
+    #: the sync-break model, when the bundle has one
+    pairs: PairModel | None = None
     name_bytes: bytes = field(init=False)
     version_bytes: bytes = field(init=False)
 
@@ -86,6 +161,6 @@ def load_serving_model(path: Path, intra_op_threads: int = 1) -> ServingModel:
     """Load a bundle, check its feature spec against the catalog (BundleError if not servable), warm up."""
     bundle = ModelBundle.load(path, intra_op_threads=intra_op_threads)
     plan = FeaturePlan(bundle.manifest.features, bundle.references)
-    model = ServingModel(bundle, plan, WireTables.build(plan))
+    model = ServingModel(bundle, plan, WireTables.build(plan), PairModel.load(bundle, intra_op_threads))
     _warm_up(model)
     return model

@@ -39,7 +39,8 @@ F32 = npt.NDArray[np.float32]
 
 log = logging.getLogger(__name__)
 
-_REASON = {
+#: engine_rejected_calls reason of each refusal status
+REJECT_REASON_BY_CODE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: "overload",
     grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
     grpc.StatusCode.INVALID_ARGUMENT: "invalid",
@@ -105,7 +106,7 @@ class TradeScorerService:
         )
 
     def _count_reject(self, error: EngineError) -> None:
-        reason = _REASON.get(error.code)
+        reason = REJECT_REASON_BY_CODE.get(error.code)
         if reason is not None:
             self._metrics.rejected.labels(reason).inc()
 
@@ -163,7 +164,7 @@ class TradeScorerService:
                     except EngineError as exc:
                         item = exc
                 yield pb.ScoreResponse(
-                    request_id=_request_id(raw), error=_request_error(item)
+                    request_id=_request_id(raw), error=request_error(item)
                 ).SerializeToString()
             await reader  # surfaces a broken request stream as the call's error
         finally:
@@ -191,7 +192,7 @@ def _request_id(raw: bytes) -> str:
         return ""
 
 
-def _request_error(exc: EngineError) -> pb.RequestError:
+def request_error(exc: EngineError) -> pb.RequestError:
     err = pb.RequestError(code=exc.code.value[0], message=exc.client_message())
     if isinstance(exc, InvalidInput):
         err.field = exc.field

@@ -1,12 +1,12 @@
-"""`engine train | export | generate`: subcommands for the engine's one CLI.
+"""`engine train | export | generate | train-pairs`: subcommands for the engine's one CLI.
 
-`engine.cli` registers them with `add_train_parser(sub)`, `add_export_parser(sub)`
-and `add_generate_parser(sub)`; each sets `func`, which takes the parsed
+`engine.cli` registers them with `add_train_parser(sub)`, `add_export_parser(sub)`,
+`add_generate_parser(sub)` and `add_train_pairs_parser(sub)`; each sets `func`, which takes the parsed
 arguments and returns the exit code (0 ok, 1 bad input or unusable model,
 3 ONNX parity failure — nothing written). Until then (or without the engine
 entry point), `python -m engine.training.cli <command> ...` runs them too.
 
-LightGBM, onnxmltools and pyarrow (the `[train]` extra) are imported only
+LightGBM, onnxmltools, pyarrow and scikit-learn (the `[train]` extra) are imported only
 inside the commands, so `engine serve` never needs them.
 
 The shipped default bundle (src/engine/models/default) is rebuilt, bit for bit
@@ -14,9 +14,11 @@ in its model and tables, by::
 
     engine train --synthetic-rows 400000 --seed 20261121 --threads 2 \\
         --out src/engine/models/default --version 1.0.0
+    engine train-pairs --bundle src/engine/models/default
 
 (or `python -m engine.training.cli train ...` with the same arguments). The
-trees depend on the thread count, so keep `--threads 2`.
+trees depend on the thread count, so keep `--threads 2`. `engine train` writes
+a bundle without a sync-break model; `engine train-pairs` adds one.
 """
 
 from __future__ import annotations
@@ -492,19 +494,77 @@ def run_generate(args: argparse.Namespace, log: Printer | None = None) -> int:
     return EXIT_OK
 
 
+def add_train_pairs_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register `train-pairs`: train the sync-break model and add it to a bundle."""
+    from engine.training.pairs import DEFAULT_PAIRS, DEFAULT_PAIRS_SEED
+
+    p = sub.add_parser(
+        "train-pairs",
+        help="train the sync-break (anomaly) model and add it to a bundle",
+        description="Generate labelled record pairs (consistent history plus stale copies, partial "
+        "fills, status drift, static-data typos, missing records, fat fingers), train an "
+        "IsolationForest on 60%% of them without labels, pick the alert threshold on 20%%, report "
+        "precision and recall on the last 20%%, export it to ONNX (checked against scikit-learn) "
+        "and write it into BUNDLE (pairs/model.onnx and the manifest's `pairs` section). The "
+        "bundle's trade model is left as it is. Needs the [train] extra (scikit-learn).",
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder to add the model to")
+    p.add_argument(
+        "--pairs", type=_positive_int, default=DEFAULT_PAIRS, help="pairs generated (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_PAIRS_SEED,
+        help="generator and forest seed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--trees", type=_positive_int, default=100, help="trees in the forest (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-samples",
+        type=_positive_int,
+        default=4096,
+        help="pairs each tree is grown on (default: %(default)s; breaks are rare, so a tree needs "
+        "thousands of pairs to see a few of each class)",
+    )
+    p.set_defaults(func=run_train_pairs)
+    parser: argparse.ArgumentParser = p
+    return parser
+
+
+def _train_pairs(args: argparse.Namespace, log: Printer) -> int:
+    from engine.errors import BundleError
+    from engine.models.bundle import MANIFEST
+    from engine.training.pairs import train_pair_model
+
+    if not (Path(args.bundle) / MANIFEST).is_file():
+        raise BundleError(f"{args.bundle}: no {MANIFEST}")
+    started = time.perf_counter()
+    train_pair_model(
+        args.bundle, pairs=args.pairs, seed=args.seed, trees=args.trees, max_samples=args.max_samples, log=log
+    )
+    log(f"done in {time.perf_counter() - started:.1f} s")
+    return EXIT_OK
+
+
+run_train_pairs = _guarded("train-pairs", _train_pairs)
+
+
 # --------------------------------------------------------------------------- standalone
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m engine.training.cli train|export|generate ...`"""
+    """`python -m engine.training.cli train|export|generate|train-pairs ...`"""
     parser = argparse.ArgumentParser(
         prog="python -m engine.training.cli",
         description="Train, export and generate for the TradeScore engine.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,export,generate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,export,generate,train-pairs}")
     add_train_parser(sub)
     add_export_parser(sub)
     add_generate_parser(sub)
+    add_train_pairs_parser(sub)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

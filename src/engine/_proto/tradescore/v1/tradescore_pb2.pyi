@@ -105,6 +105,58 @@ RISK_BAND_HIGH: RiskBand.ValueType  # 3
 RISK_BAND_CRITICAL: RiskBand.ValueType  # 4
 Global___RiskBand: _TypeAlias = RiskBand  # noqa: Y015
 
+class _BreakClass:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BreakClassEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BreakClass.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BREAK_CLASS_UNSPECIFIED: _BreakClass.ValueType  # 0
+    BREAK_CLASS_NONE: _BreakClass.ValueType  # 1
+    """Both views agree (within the model's noise)."""
+    BREAK_CLASS_MISSING: _BreakClass.ValueType  # 2
+    """The record exists in one system only."""
+    BREAK_CLASS_STATUS: _BreakClass.ValueType  # 3
+    """Same record, different lifecycle status."""
+    BREAK_CLASS_VALUE: _BreakClass.ValueType  # 4
+    """Quantity or amount differ."""
+    BREAK_CLASS_STATIC_DATA: _BreakClass.ValueType  # 5
+    """Names or addresses differ (typos, abbreviations)."""
+
+class BreakClass(_BreakClass, metaclass=_BreakClassEnumTypeWrapper):
+    """Where a pair's two views differ."""
+
+BREAK_CLASS_UNSPECIFIED: BreakClass.ValueType  # 0
+BREAK_CLASS_NONE: BreakClass.ValueType  # 1
+"""Both views agree (within the model's noise)."""
+BREAK_CLASS_MISSING: BreakClass.ValueType  # 2
+"""The record exists in one system only."""
+BREAK_CLASS_STATUS: BreakClass.ValueType  # 3
+"""Same record, different lifecycle status."""
+BREAK_CLASS_VALUE: BreakClass.ValueType  # 4
+"""Quantity or amount differ."""
+BREAK_CLASS_STATIC_DATA: BreakClass.ValueType  # 5
+"""Names or addresses differ (typos, abbreviations)."""
+Global___BreakClass: _TypeAlias = BreakClass  # noqa: Y015
+
+class _PairSide:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PairSideEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PairSide.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAIR_SIDE_UNSPECIFIED: _PairSide.ValueType  # 0
+    PAIR_SIDE_A: _PairSide.ValueType  # 1
+    PAIR_SIDE_B: _PairSide.ValueType  # 2
+
+class PairSide(_PairSide, metaclass=_PairSideEnumTypeWrapper):
+    """Which view is likely right."""
+
+PAIR_SIDE_UNSPECIFIED: PairSide.ValueType  # 0
+PAIR_SIDE_A: PairSide.ValueType  # 1
+PAIR_SIDE_B: PairSide.ValueType  # 2
+Global___PairSide: _TypeAlias = PairSide  # noqa: Y015
+
 @_typing.final
 class Trade(_message.Message):
     """One trade as an order-management system or trading gateway holds it before
@@ -504,3 +556,274 @@ class ModelInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class RecordView(_message.Message):
+    """---------------------------------------------------------------------------
+    Sync breaks: the same record as two systems hold it (trading vs risk
+    positions, CRM vs billing accounts).
+
+    One record as one system holds it. Numbers that a system does not carry
+    (an account has no quantity) are left unset, never sent as 0.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """The system this view comes from, e.g. "trading", "risk", "crm". Required."""
+    status: _builtins.str
+    """Lifecycle status as the system spells it ("settled", "PENDING", ...);
+    compared case-insensitively, surrounding spaces ignored.
+    """
+    quantity: _builtins.float
+    """Position quantity (units or nominal); finite."""
+    amount: _builtins.float
+    """Market value / balance / amount in the record's currency; finite."""
+    name: _builtins.str
+    """Counterparty or account name."""
+    address: _builtins.str
+    """Postal or settlement address."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When this system last changed the record. Required."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        status: _builtins.str = ...,
+        quantity: _builtins.float | None = ...,
+        amount: _builtins.float | None = ...,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "_quantity", b"_quantity", "amount", b"amount", "quantity", b"quantity", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "_quantity", b"_quantity", "address", b"address", "amount", b"amount", "name", b"name", "quantity", b"quantity", "source", b"source", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amount: _TypeAlias = _typing.Literal["amount"]  # noqa: Y015
+    _WhichOneofArgType__amount: _TypeAlias = _typing.Literal["_amount", b"_amount"]  # noqa: Y015
+    _WhichOneofReturnType__quantity: _TypeAlias = _typing.Literal["quantity"]  # noqa: Y015
+    _WhichOneofArgType__quantity: _TypeAlias = _typing.Literal["_quantity", b"_quantity"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amount) -> _WhichOneofReturnType__amount | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__quantity) -> _WhichOneofReturnType__quantity | None: ...
+
+Global___RecordView: _TypeAlias = RecordView  # noqa: Y015
+
+@_typing.final
+class RecordPair(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    A_FIELD_NUMBER: _builtins.int
+    B_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The record's key in both systems (position id, account number). Required."""
+    @_builtins.property
+    def a(self) -> Global___RecordView:
+        """At least one side is required; a side left unset is "missing in that system"."""
+
+    @_builtins.property
+    def b(self) -> Global___RecordView: ...
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        a: Global___RecordView | None = ...,
+        b: Global___RecordView | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "b", b"b"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "b", b"b", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordPair: _TypeAlias = RecordPair  # noqa: Y015
+
+@_typing.final
+class ScorePairsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAIRS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Caller's correlation id, echoed in the response (used on ScorePairsStream)."""
+    @_builtins.property
+    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordPair]:
+        """1..max_trades_per_request pairs."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        pairs: _abc.Iterable[Global___RecordPair] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pairs", b"pairs", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScorePairsRequest: _TypeAlias = ScorePairsRequest  # noqa: Y015
+
+@_typing.final
+class Reason(_message.Message):
+    """One contributing feature of a break score: a stable code and its value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """e.g. "STATUS_MISMATCH", "AMOUNT_REL_DELTA", "NAME_SIMILARITY"; stable across versions."""
+    value: _builtins.float
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reason: _TypeAlias = Reason  # noqa: Y015
+
+@_typing.final
+class FieldCorrection(_message.Message):
+    """A value the engine proposes for one field, taken from the side it believes.
+    The engine never applies it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """"status", "quantity", "amount", "name", "address" or "record" (missing on one side)."""
+    value: _builtins.str
+    """The believed side's value, as text."""
+    source: _builtins.str
+    """The believed side's `source`."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        value: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "source", b"source", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldCorrection: _TypeAlias = FieldCorrection  # noqa: Y015
+
+@_typing.final
+class PairScore(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    BREAK_SCORE_FIELD_NUMBER: _builtins.int
+    IS_BREAK_FIELD_NUMBER: _builtins.int
+    BREAK_CLASS_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    LIKELY_RIGHT_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    CORRECTIONS_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    break_score: _builtins.float
+    """Anomaly score in [0, 1]: higher is more unusual than the consistent history
+    the model was trained on.
+    """
+    is_break: _builtins.bool
+    """break_score >= the bundle's alert threshold."""
+    break_class: Global___BreakClass.ValueType
+    likely_right: Global___PairSide.ValueType
+    """The side likely right, with `confidence` in [0, 1]; unspecified when nothing differs."""
+    confidence: _builtins.float
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Fields whose values differ, in a fixed order: record, status, quantity, amount, name, address."""
+
+    @_builtins.property
+    def corrections(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldCorrection]:
+        """One proposal per differing field, from `likely_right`."""
+
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reason]:
+        """Top contributing features (most unusual first); set for breaks only."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        break_score: _builtins.float = ...,
+        is_break: _builtins.bool = ...,
+        break_class: Global___BreakClass.ValueType = ...,
+        differences: _abc.Iterable[_builtins.str] | None = ...,
+        likely_right: Global___PairSide.ValueType = ...,
+        confidence: _builtins.float = ...,
+        corrections: _abc.Iterable[Global___FieldCorrection] | None = ...,
+        reasons: _abc.Iterable[Global___Reason] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_class", b"break_class", "break_score", b"break_score", "confidence", b"confidence", "corrections", b"corrections", "differences", b"differences", "is_break", b"is_break", "key", b"key", "likely_right", b"likely_right", "reasons", b"reasons"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairScore: _TypeAlias = PairScore  # noqa: Y015
+
+@_typing.final
+class ScorePairsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    model_name: _builtins.str
+    """The bundle whose anomaly model produced the scores."""
+    model_version: _builtins.str
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___PairScore]:
+        """One score per pair, in request order."""
+
+    @_builtins.property
+    def error(self) -> Global___RequestError:
+        """Set on ScorePairsStream responses whose request was refused."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        scores: _abc.Iterable[Global___PairScore] | None = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        error: Global___RequestError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "model_name", b"model_name", "model_version", b"model_version", "request_id", b"request_id", "scores", b"scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScorePairsResponse: _TypeAlias = ScorePairsResponse  # noqa: Y015

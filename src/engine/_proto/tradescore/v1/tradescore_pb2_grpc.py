@@ -189,3 +189,124 @@ class TradeScorer:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class BreakScorerStub:
+    """Scores record pairs for sync breaks between two systems.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ScorePairs = channel.unary_unary(
+                '/tradescore.v1.BreakScorer/ScorePairs',
+                request_serializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsRequest.SerializeToString,
+                response_deserializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsResponse.FromString,
+                _registered_method=True)
+        self.ScorePairsStream = channel.stream_stream(
+                '/tradescore.v1.BreakScorer/ScorePairsStream',
+                request_serializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsRequest.SerializeToString,
+                response_deserializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsResponse.FromString,
+                _registered_method=True)
+
+
+class BreakScorerServicer:
+    """Scores record pairs for sync breaks between two systems.
+    """
+
+    def ScorePairs(self, request, context):
+        """Scores 1..N pairs; one score per pair, in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScorePairsStream(self, request_iterator, context):
+        """One response per request message, in request order; a refused message
+        yields a response with `error` set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_BreakScorerServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ScorePairs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScorePairs,
+                    request_deserializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsRequest.FromString,
+                    response_serializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsResponse.SerializeToString,
+            ),
+            'ScorePairsStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ScorePairsStream,
+                    request_deserializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsRequest.FromString,
+                    response_serializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tradescore.v1.BreakScorer', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tradescore.v1.BreakScorer', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class BreakScorer:
+    """Scores record pairs for sync breaks between two systems.
+    """
+
+    @staticmethod
+    def ScorePairs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradescore.v1.BreakScorer/ScorePairs',
+            tradescore_dot_v1_dot_tradescore__pb2.ScorePairsRequest.SerializeToString,
+            tradescore_dot_v1_dot_tradescore__pb2.ScorePairsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScorePairsStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tradescore.v1.BreakScorer/ScorePairsStream',
+            tradescore_dot_v1_dot_tradescore__pb2.ScorePairsRequest.SerializeToString,
+            tradescore_dot_v1_dot_tradescore__pb2.ScorePairsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -99,3 +99,52 @@ class TradeScorerServicer(metaclass=_abc_1.ABCMeta):
         """The model currently serving."""
 
 def add_TradeScorerServicer_to_server(servicer: TradeScorerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class BreakScorerStub:
+    """Scores record pairs for sync breaks between two systems."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> BreakScorerAsyncStub: ...
+    ScorePairs: _grpc.UnaryUnaryMultiCallable[_tradescore_pb2.ScorePairsRequest, _tradescore_pb2.ScorePairsResponse]
+    """Scores 1..N pairs; one score per pair, in request order."""
+    ScorePairsStream: _grpc.StreamStreamMultiCallable[_tradescore_pb2.ScorePairsRequest, _tradescore_pb2.ScorePairsResponse]
+    """One response per request message, in request order; a refused message
+    yields a response with `error` set.
+    """
+
+@_typing.type_check_only
+class BreakScorerAsyncStub(BreakScorerStub):
+    """Scores record pairs for sync breaks between two systems."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ScorePairs: _aio.UnaryUnaryMultiCallable[_tradescore_pb2.ScorePairsRequest, _tradescore_pb2.ScorePairsResponse]  # type: ignore[assignment]
+    """Scores 1..N pairs; one score per pair, in request order."""
+    ScorePairsStream: _aio.StreamStreamMultiCallable[_tradescore_pb2.ScorePairsRequest, _tradescore_pb2.ScorePairsResponse]  # type: ignore[assignment]
+    """One response per request message, in request order; a refused message
+    yields a response with `error` set.
+    """
+
+class BreakScorerServicer(metaclass=_abc_1.ABCMeta):
+    """Scores record pairs for sync breaks between two systems."""
+
+    @_abc_1.abstractmethod
+    def ScorePairs(
+        self,
+        request: _tradescore_pb2.ScorePairsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tradescore_pb2.ScorePairsResponse, _abc.Awaitable[_tradescore_pb2.ScorePairsResponse]]:
+        """Scores 1..N pairs; one score per pair, in request order."""
+
+    @_abc_1.abstractmethod
+    def ScorePairsStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_tradescore_pb2.ScorePairsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tradescore_pb2.ScorePairsResponse], _abc.AsyncIterator[_tradescore_pb2.ScorePairsResponse]]:
+        """One response per request message, in request order; a refused message
+        yields a response with `error` set.
+        """
+
+def add_BreakScorerServicer_to_server(servicer: BreakScorerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

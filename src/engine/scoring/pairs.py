@@ -1,0 +1,249 @@
+"""BreakScorer servicer: record pairs -> features -> micro-batched anomaly model -> break scores.
+
+Pairs arrive as `ScorePairsRequest` messages (reconciliation jobs send
+hundreds at a time; per pair, reading the fields is the only Python loop).
+The features, break classes, believed side and reasons are computed on whole
+columns (`engine.features.pairs`); the anomaly model runs in the pair
+batcher's thread, a `MicroBatcher` of its own so that a reconciliation job's
+large batches never queue in front of single-trade scoring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine.admission import ScoringCalls
+from engine.batching import MicroBatcher
+from engine.errors import EngineError, InvalidInput
+from engine.features.pairs import (
+    FIELDS,
+    PAIR_FEATURES,
+    REASON_CODES,
+    REASON_MIN_STRENGTH,
+    SIDE_A,
+    SIDE_NONE,
+    PairColumns,
+    PairFeatures,
+    break_classes,
+    likely_right,
+    pair_features,
+    top_reasons,
+)
+from engine.metrics import BREAK_CLASSES, EngineMetrics
+from engine.models.registry import ModelRegistry
+from engine.scoring.servable import PairModel, ServingModel
+from engine.scoring.trades import REJECT_REASON_BY_CODE, request_error
+
+SERVICE = pb.DESCRIPTOR.services_by_name["BreakScorer"].full_name
+F32 = npt.NDArray[np.float32]
+
+#: reasons returned per flagged pair
+REASONS_PER_BREAK = 3
+#: engine_pair_breaks label of each BreakClass value
+_CLASS_LABEL: dict[int, str] = {
+    int(pb.BreakClass.Value(f"BREAK_CLASS_{name}")): name for name in BREAK_CLASSES
+}
+
+
+class NoPairModel(EngineError):
+    """The serving bundle carries no sync-break model."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+@dataclass(slots=True)
+class _Prepared:
+    model: ServingModel
+    pairs: PairModel
+    columns: PairColumns
+    features: PairFeatures
+    scores: asyncio.Future[F32]
+
+
+def _view_value(columns: PairColumns, field: str, i: int, side: int) -> str:
+    """The text of `field` of pair `i` on `side`, as a correction proposes it."""
+    if field == "status":
+        return columns.status[side][i]
+    if field in ("quantity", "amount"):
+        value = float((columns.quantity if field == "quantity" else columns.amount)[i, side])
+        return "" if np.isnan(value) else repr(value)
+    if field == "name":
+        return columns.name[side][i]
+    if field == "address":
+        return columns.address[side][i]
+    return "present"  # "record": the believed side has it
+
+
+class BreakScorerService:
+    def __init__(
+        self,
+        registry: ModelRegistry[ServingModel],
+        batcher: MicroBatcher[PairModel, F32],
+        metrics: EngineMetrics,
+        calls: ScoringCalls,
+        *,
+        max_pairs_per_request: int,
+        stream_window: int,
+    ) -> None:
+        self._registry = registry
+        self._batcher = batcher
+        self._metrics = metrics
+        self._calls = calls
+        self._max_pairs = max_pairs_per_request
+        self._stream_window = stream_window
+
+    def handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "ScorePairs": grpc.unary_unary_rpc_method_handler(
+                    self.ScorePairs,
+                    request_deserializer=pb.ScorePairsRequest.FromString,
+                    response_serializer=pb.ScorePairsResponse.SerializeToString,
+                ),
+                "ScorePairsStream": grpc.stream_stream_rpc_method_handler(
+                    self.ScorePairsStream,
+                    request_deserializer=pb.ScorePairsRequest.FromString,
+                    response_serializer=pb.ScorePairsResponse.SerializeToString,
+                ),
+            },
+        )
+
+    # -- shared steps ------------------------------------------------------------------
+
+    def _prepare(self, request: pb.ScorePairsRequest, deadline: float | None) -> _Prepared:
+        model = self._registry.current
+        pairs = model.pairs
+        if pairs is None:
+            raise NoPairModel(
+                f"bundle {model.name} {model.version} has no sync-break model (manifest: pairs)"
+            )
+        n = len(request.pairs)
+        if n == 0:
+            raise InvalidInput("pairs", "at least one pair is required")
+        if n > self._max_pairs:
+            raise InvalidInput("pairs", f"{n} pairs in one request; at most {self._max_pairs}")
+        columns = PairColumns.from_messages(request.pairs)
+        features = pair_features(columns, pairs.stats)
+        future = self._batcher.submit(pairs, features.matrix, deadline)
+        return _Prepared(model, pairs, columns, features, future)
+
+    def _respond(self, request_id: str, prepared: _Prepared, scores: F32) -> pb.ScorePairsResponse:
+        columns, features = prepared.columns, prepared.features
+        pairs = prepared.pairs
+        flagged = scores >= pairs.threshold
+        classes = break_classes(features.differs)
+        sides, confidence = likely_right(features.matrix, features.differs, pairs.stats.log_amount_std)
+        reason_idx, reason_strength = top_reasons(features.matrix, pairs.stats, REASONS_PER_BREAK)
+        self._metrics.pairs_scored.inc(len(columns))
+        for cls in np.unique(classes[flagged]):
+            self._metrics.pair_breaks.labels(_CLASS_LABEL[int(cls)]).inc(int((classes[flagged] == cls).sum()))
+        out = pb.ScorePairsResponse(
+            request_id=request_id, model_name=prepared.model.name, model_version=pairs.version
+        )
+        matrix = features.matrix
+        for i, key in enumerate(columns.keys):
+            side = int(sides[i])
+            score = out.scores.add(
+                key=key,
+                break_score=float(scores[i]),
+                is_break=bool(flagged[i]),
+                break_class=int(classes[i]),
+                differences=[f for f, d in zip(FIELDS, features.differs[i], strict=True) if d],
+                likely_right=side,
+                confidence=float(confidence[i]),
+            )
+            if side != SIDE_NONE:
+                s = 0 if side == SIDE_A else 1
+                source = columns.sources[s][i]
+                for f in score.differences:
+                    score.corrections.add(field=f, value=_view_value(columns, f, i, s), source=source)
+            if flagged[i]:
+                for j, strength in zip(reason_idx[i], reason_strength[i], strict=True):
+                    if strength >= REASON_MIN_STRENGTH:
+                        name = PAIR_FEATURES[int(j)]
+                        score.reasons.add(code=REASON_CODES[name], value=float(matrix[i, int(j)]))
+        return out
+
+    def _count_reject(self, error: EngineError) -> None:
+        reason = REJECT_REASON_BY_CODE.get(error.code)
+        if reason is not None:
+            self._metrics.rejected.labels(reason).inc()
+
+    # -- RPCs ----------------------------------------------------------------------------
+
+    async def ScorePairs(
+        self, request: pb.ScorePairsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ScorePairsResponse:
+        if not self._calls.enter():
+            await self._calls.refuse(context)
+        try:
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + remaining if remaining is not None else None
+            try:
+                prepared = self._prepare(request, deadline)
+                scores = await prepared.scores
+            except EngineError as exc:
+                self._count_reject(exc)
+                await context.abort(exc.code, exc.client_message())
+            return self._respond(request.request_id, prepared, scores)
+        finally:
+            self._calls.leave()
+
+    async def ScorePairsStream(
+        self,
+        request_iterator: AsyncIterator[pb.ScorePairsRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.ScorePairsResponse]:
+        """Pipelined like ScoreStream: reads ahead up to `stream_window` requests, answers in order."""
+        window: asyncio.Queue[tuple[str, _Prepared | EngineError] | None] = asyncio.Queue(self._stream_window)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    try:
+                        item: _Prepared | EngineError = self._prepare(request, None)
+                    except EngineError as exc:
+                        self._count_reject(exc)
+                        item = exc
+                    await window.put((request.request_id, item))
+            finally:
+                await window.put(None)
+
+        if not self._calls.enter():
+            await self._calls.refuse(context)
+        reader = asyncio.get_running_loop().create_task(read(), name="score-pairs-stream-reader")
+        try:
+            while True:
+                entry = await window.get()
+                if entry is None:
+                    break
+                request_id, item = entry
+                if isinstance(item, _Prepared):
+                    try:
+                        yield self._respond(request_id, item, await item.scores)
+                        continue
+                    except EngineError as exc:
+                        item = exc
+                yield pb.ScorePairsResponse(request_id=request_id, error=request_error(item))
+            await reader  # surfaces a broken request stream as the call's error
+        finally:
+            self._calls.leave()
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+            while not window.empty():  # the caller went away: drop what it will never read
+                left = window.get_nowait()
+                if left is not None and isinstance(left[1], _Prepared):
+                    left[1].scores.cancel()

@@ -1,0 +1,482 @@
+"""The sync-break model: synthetic record pairs, an IsolationForest, its ONNX export, and the bundle section.
+
+History is mostly consistent pairs with the breaks a reconciliation desk sees
+(`/work/shared/DOMAIN.md`, "Reconciliation breaks"): replication lag / stale
+copies, partial fills applied on one side, status drift, static-data typos and
+abbreviations, records missing on one side, and fat-finger values. The
+generator labels each pair with its class, so the model (trained unsupervised
+on the unlabelled history) can be judged on held-out labelled pairs.
+
+The ONNX graph is written here, not by skl2onnx: skl2onnx emits about twenty
+nodes per tree (1.1 ms for one row with 100 trees on this project's VM), where
+the forest is one `TreeEnsembleRegressor` whose leaves hold each tree's path
+length (depth + the expected depth of the leaf's remaining samples) / trees,
+followed by score = 2 ** (-E[path] / c(max_samples)), i.e. `-score_samples`.
+Thresholds are rounded down to float32, so `x <= t` means the same for every
+float32 input as scikit-learn's double comparison; the export is checked
+against `IsolationForest.score_samples` on held-out rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.features.pairs import (
+    PAIR_FEATURES,
+    PairColumns,
+    PairStats,
+    feature_spread,
+    likely_right,
+    pair_features,
+)
+from engine.models.bundle import MANIFEST, onnx_session, utc_now_iso, write_manifest
+from engine.training.errors import ParityError
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+Printer = Callable[[str], None]
+
+PAIRS_DIR = "pairs"
+PAIRS_MODEL = f"{PAIRS_DIR}/model.onnx"
+INPUT_NAME = "pair_features"
+OUTPUT_NAME = "break_score"
+PARITY_TOLERANCE = 1e-5
+GOLDEN_ROWS = 32
+DEFAULT_PAIRS = 60_000
+DEFAULT_PAIRS_SEED = 20261129
+
+#: break classes of the generator, with their share of the history
+BREAK_MIX = {
+    "stale_copy": 0.012,
+    "partial_fill": 0.006,
+    "status_drift": 0.006,
+    "static_data": 0.006,
+    "missing": 0.004,
+    "fat_finger": 0.003,
+}
+CLASSES = ("consistent", *BREAK_MIX)
+
+_STATUSES = ("open", "settled", "pending", "active", "closed", "suspended")
+_DRIFT = {
+    "open": "closed",
+    "settled": "pending",
+    "pending": "settled",
+    "active": "closed",
+    "closed": "active",
+    "suspended": "active",
+}
+_WORDS = (
+    "Blue",
+    "River",
+    "North",
+    "Atlas",
+    "Harbor",
+    "Summit",
+    "Granite",
+    "Cedar",
+    "Pioneer",
+    "Beacon",
+    "Crown",
+    "Silver",
+    "Oak",
+    "Meridian",
+    "Falcon",
+    "Union",
+    "Liberty",
+    "Maple",
+)
+_KINDS = ("Capital", "Partners", "Holdings", "Securities", "Asset Management", "Trust", "Fund")
+_FORMS = ("LLC", "Limited", "Inc", "LP", "PLC", "Corporation")
+_STREETS = ("Main", "Market", "Broad", "Water", "Wall", "King", "Queen", "High", "Park", "Church")
+_SUFFIXES = ("Street", "Avenue", "Road", "Square", "Lane")
+_CITIES = ("New York", "London", "Chicago", "Boston", "Frankfurt", "Dublin", "Toronto", "Zurich")
+_ABBREV = {
+    "Limited": "Ltd",
+    "Corporation": "Corp",
+    "Street": "St",
+    "Avenue": "Ave",
+    "Road": "Rd",
+    "Incorporated": "Inc",
+    "Partners": "Ptnrs",
+    "Management": "Mgmt",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticPairs:
+    """Pairs as the engine reads them, with the generator's labels."""
+
+    columns: PairColumns
+    labels: npt.NDArray[np.str_]  # a CLASSES name per pair
+    #: the side (0: A, 1: B) the generator broke, -1 for consistent pairs
+    broken_side: npt.NDArray[np.int64]
+
+    @property
+    def is_break(self) -> npt.NDArray[np.bool_]:
+        return np.asarray(self.labels != "consistent")
+
+
+def _typo(rng: np.random.Generator, text: str) -> str:
+    words = text.split(" ")
+    for i, w in enumerate(words):
+        if w in _ABBREV and rng.random() < 0.6:
+            words[i] = _ABBREV[w]
+            return " ".join(words)
+    chars = list(text)
+    at = int(rng.integers(1, max(2, len(chars) - 1)))
+    op = rng.integers(3)
+    if op == 0 and at + 1 < len(chars):
+        chars[at], chars[at + 1] = chars[at + 1], chars[at]
+    elif op == 1:
+        del chars[at]
+    else:
+        chars[at] = "abcdefghijklmnopqrstuvwxyz"[int(rng.integers(26))]
+    return "".join(chars)
+
+
+def generate_pairs(n: int, seed: int, break_mix: dict[str, float] | None = None) -> SyntheticPairs:
+    """`n` labelled pairs: consistent records, and each break class at its share of `break_mix`."""
+    rng = np.random.default_rng(seed)
+    mix = BREAK_MIX if break_mix is None else break_mix
+    probs = np.array([1.0 - sum(mix.values()), *mix.values()])
+    labels = np.asarray(CLASSES)[rng.choice(len(CLASSES), size=n, p=probs)]
+    is_account = rng.random(n) < 0.3  # CRM vs billing accounts carry no quantity
+    quantity = np.where(is_account, np.nan, np.round(rng.lognormal(7.0, 1.5, n)))
+    amount = np.round(rng.lognormal(10.5, 1.6, n), 2)
+    status = rng.choice(_STATUSES, size=n, p=[0.3, 0.3, 0.15, 0.15, 0.07, 0.03])
+    t_a = 1.79e9 + rng.uniform(0, 86_400, n)
+    t_b = t_a + rng.exponential(0.8, n) * rng.choice([-1.0, 1.0], n)  # replication lag of a healthy feed
+    qty = np.stack([quantity, quantity], axis=1)
+    amt = np.stack([amount, amount], axis=1)
+    present = np.ones((n, 2), dtype=np.bool_)
+    broken = np.full(n, -1, dtype=np.int64)
+    names: list[list[str]] = [[], []]
+    addresses: list[list[str]] = [[], []]
+    st: list[list[str]] = [[], []]
+    for i in range(n):
+        name = (
+            f"{_WORDS[rng.integers(len(_WORDS))]} {_WORDS[rng.integers(len(_WORDS))]} "
+            f"{_KINDS[rng.integers(len(_KINDS))]} {_FORMS[rng.integers(len(_FORMS))]}"
+        )
+        address = (
+            f"{int(rng.integers(1, 999))} {_STREETS[rng.integers(len(_STREETS))]} "
+            f"{_SUFFIXES[rng.integers(len(_SUFFIXES))]}, {_CITIES[rng.integers(len(_CITIES))]}"
+        )
+        one = [name, name], [address, address], [str(status[i]), str(status[i])]
+        side = int(rng.integers(2))  # the side the break is on
+        label = labels[i]
+        if label != "consistent":
+            broken[i] = side
+        if label == "stale_copy":  # the stale side lags by minutes and still has old values
+            lag = rng.uniform(30, 900)
+            newer = 1 - side
+            (t_a if newer == 1 else t_b)[i] = (t_b if newer == 1 else t_a)[i] - lag
+            amt[i, side] = round(amount[i] * (1 + rng.choice([-1, 1]) * rng.uniform(0.001, 0.05)), 2)
+            if not np.isnan(quantity[i]) and rng.random() < 0.5:
+                qty[i, side] = max(
+                    1.0, quantity[i] + rng.choice([-1, 1]) * max(1.0, round(quantity[i] * 0.1))
+                )
+        elif label == "partial_fill":  # a fill booked on one side only: the delta is the fill size
+            fill = rng.uniform(0.1, 0.9)
+            if np.isnan(quantity[i]):
+                amt[i, side] = round(amount[i] * fill, 2)
+            else:
+                qty[i, side] = max(1.0, round(quantity[i] * fill))
+                amt[i, side] = round(amount[i] * qty[i, side] / quantity[i], 2)
+        elif label == "status_drift":
+            one[2][side] = _DRIFT[str(status[i])]
+        elif label == "static_data":
+            if rng.random() < 0.6:
+                one[0][side] = _typo(rng, name)
+            else:
+                one[1][side] = _typo(rng, address)
+        elif label == "missing":
+            present[i, side] = False
+        elif label == "fat_finger":
+            amt[i, side] = round(amount[i] * float(rng.choice([10.0, 100.0, 1000.0, 0.01])), 2)
+        if rng.random() < 0.05:  # systems spell statuses differently: not a break
+            one[2][1] = one[2][1].upper()
+        for s in range(2):
+            names[s].append(one[0][s])
+            addresses[s].append(one[1][s])
+            st[s].append(one[2][s].strip().lower())
+    updated = np.stack([t_a, t_b], axis=1)
+    for values in (qty, amt, updated):
+        values[~present] = np.nan
+    for s in range(2):
+        for gone in np.flatnonzero(~present[:, s]).tolist():
+            names[s][gone] = addresses[s][gone] = st[s][gone] = ""
+    sources = (["trading" if p else "" for p in present[:, 0]], ["risk" if p else "" for p in present[:, 1]])
+    columns = PairColumns(
+        keys=[f"POS-{i:08d}" for i in range(n)],
+        present=present,
+        sources=sources,
+        status=(st[0], st[1]),
+        quantity=qty,
+        amount=amt,
+        name=(names[0], names[1]),
+        address=(addresses[0], addresses[1]),
+        updated_at=updated,
+    )
+    return SyntheticPairs(columns, labels, broken)
+
+
+def amount_baseline(columns: PairColumns) -> tuple[float, float]:
+    """Mean and standard deviation of log1p(|amount|) over every amount in the history."""
+    values = np.log1p(np.abs(columns.amount[~np.isnan(columns.amount)]))
+    return float(values.mean()), float(max(values.std(), 1e-6))
+
+
+# -- the model ------------------------------------------------------------------------
+
+
+def _average_path_length(samples: npt.NDArray[np.int64]) -> F64:
+    """Expected depth of an unsuccessful search in a binary tree of `n` samples (Liu et al., 2008)."""
+    n = np.asarray(samples, dtype=np.float64)
+    out: F64 = np.zeros_like(n)
+    out[n == 2] = 1.0
+    big = n > 2
+    out[big] = 2.0 * (np.log(n[big] - 1.0) + np.euler_gamma) - 2.0 * (n[big] - 1.0) / n[big]
+    return out
+
+
+def _floor32(values: F64) -> F32:
+    """The largest float32 <= each value: `x <= t` then holds for the same float32 x as in double."""
+    down = values.astype(np.float32)
+    over = down.astype(np.float64) > values
+    down[over] = np.nextafter(down[over], np.float32(-np.inf))
+    return down
+
+
+def forest_to_onnx(forest: Any, n_features: int) -> bytes:
+    """A fitted IsolationForest as one TreeEnsembleRegressor + exp: float32 [n, F] -> score [n, 1]."""
+    from onnx import TensorProto, helper
+
+    trees = len(forest.estimators_)
+    attrs: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "nodes_treeids",
+            "nodes_nodeids",
+            "nodes_featureids",
+            "nodes_modes",
+            "nodes_values",
+            "nodes_truenodeids",
+            "nodes_falsenodeids",
+            "target_treeids",
+            "target_nodeids",
+            "target_ids",
+            "target_weights",
+        )
+    }
+    for t, (tree, columns) in enumerate(zip(forest.estimators_, forest.estimators_features_, strict=True)):
+        tr = tree.tree_
+        left, right = tr.children_left, tr.children_right
+        depth = np.zeros(tr.node_count, dtype=np.int64)
+        for node in range(tr.node_count):  # children always come after their parent
+            if left[node] >= 0:
+                depth[left[node]] = depth[right[node]] = depth[node] + 1
+        leaf = left < 0
+        thresholds = _floor32(tr.threshold)
+        path = depth + _average_path_length(tr.n_node_samples.astype(np.int64))
+        for node in range(tr.node_count):
+            attrs["nodes_treeids"].append(t)
+            attrs["nodes_nodeids"].append(node)
+            if leaf[node]:
+                attrs["nodes_featureids"].append(0)
+                attrs["nodes_modes"].append("LEAF")
+                attrs["nodes_values"].append(0.0)
+                attrs["nodes_truenodeids"].append(0)
+                attrs["nodes_falsenodeids"].append(0)
+                attrs["target_treeids"].append(t)
+                attrs["target_nodeids"].append(node)
+                attrs["target_ids"].append(0)
+                attrs["target_weights"].append(float(path[node]) / trees)
+            else:
+                attrs["nodes_featureids"].append(int(columns[tr.feature[node]]))
+                attrs["nodes_modes"].append("BRANCH_LEQ")
+                attrs["nodes_values"].append(float(thresholds[node]))
+                attrs["nodes_truenodeids"].append(int(left[node]))
+                attrs["nodes_falsenodeids"].append(int(right[node]))
+    scale = -math.log(2.0) / float(_average_path_length(np.array([forest.max_samples_]))[0])
+    nodes = [
+        helper.make_node(
+            "TreeEnsembleRegressor",
+            [INPUT_NAME],
+            ["mean_path"],
+            None,  # name
+            None,  # doc_string
+            "ai.onnx.ml",
+            None,  # overload
+            n_targets=1,
+            aggregate_function="SUM",
+            post_transform="NONE",
+            **attrs,
+        ),
+        helper.make_node("Mul", ["mean_path", "scale"], ["log_score"]),
+        helper.make_node("Exp", ["log_score"], [OUTPUT_NAME]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "isolation_forest",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, 1])],
+        initializer=[helper.make_tensor("scale", TensorProto.FLOAT, [], [scale])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+        producer_name="tradescore-engine",
+    )
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def onnx_scores(session: Any, x: F32) -> F32:
+    return np.ascontiguousarray(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0][:, 0])
+
+
+@dataclass(frozen=True, slots=True)
+class PairModelReport:
+    threshold: float
+    metrics: dict[str, float]
+    parity: dict[str, float]
+
+
+def precision_recall(flagged: npt.NDArray[np.bool_], truth: npt.NDArray[np.bool_]) -> tuple[float, float]:
+    tp = float((flagged & truth).sum())
+    precision = tp / max(1.0, float(flagged.sum()))
+    recall = tp / max(1.0, float(truth.sum()))
+    return precision, recall
+
+
+def pick_threshold(scores: F64, truth: npt.NDArray[np.bool_]) -> float:
+    """The score threshold with the best F1 on labelled validation pairs."""
+    best, best_f1 = float(np.quantile(scores, 0.99)), -1.0
+    for t in np.unique(np.quantile(scores, np.linspace(0.80, 0.9995, 400))):
+        p, r = precision_recall(scores >= t, truth)
+        f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
+        if f1 > best_f1:
+            best, best_f1 = float(t), f1
+    return best
+
+
+def train_pair_model(
+    bundle: Path | str,
+    *,
+    pairs: int = DEFAULT_PAIRS,
+    seed: int = DEFAULT_PAIRS_SEED,
+    trees: int = 100,
+    max_samples: int = 4096,
+    log: Printer = print,
+) -> dict[str, Any]:
+    """Train the break model on synthetic history and add it to `bundle` (its manifest is rewritten).
+
+    Splits the generated pairs 60/20/20: the forest learns from the first part
+    without labels; the alert threshold is the best-F1 one on the second; the
+    third gives the reported precision and recall, overall and per break class.
+    Raises ParityError (and changes nothing) when the ONNX export disagrees with
+    scikit-learn beyond PARITY_TOLERANCE.
+    """
+    from sklearn.ensemble import IsolationForest
+
+    root = Path(bundle).resolve()
+    raw = json.loads((root / MANIFEST).read_text())
+    data = generate_pairs(pairs, seed)
+    mean, std = amount_baseline(data.columns)
+    provisional = PairStats(mean, std, {f: (0.0, 1.0) for f in PAIR_FEATURES})
+    x = pair_features(data.columns, provisional).matrix
+    cut1, cut2 = int(0.6 * pairs), int(0.8 * pairs)
+    train, valid, test = x[:cut1], x[cut1:cut2], x[cut2:]
+    truth = data.is_break
+    forest = IsolationForest(n_estimators=trees, max_samples=max_samples, random_state=seed).fit(train)
+    model = forest_to_onnx(forest, len(PAIR_FEATURES))
+    session = onnx_session(model)
+    want = -forest.score_samples(test)
+    got = onnx_scores(session, test)
+    diff = np.abs(got.astype(np.float64) - want)
+    parity = {
+        "rows": float(len(test)),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+    }
+    log(
+        f"pairs: parity on {len(test):,} held-out pairs, "
+        f"max |scikit-learn - ONNX| {parity['max_abs_diff']:.3g}"
+    )
+    if parity["max_abs_diff"] > PARITY_TOLERANCE:
+        worst = np.argsort(-diff)[:5]
+        raise ParityError(
+            f"pair model: ONNX differs from scikit-learn by {parity['max_abs_diff']:.3g}",
+            [(int(i), float(want[i]), float(got[i])) for i in worst],
+        )
+    threshold = pick_threshold(onnx_scores(session, valid).astype(np.float64), truth[cut1:cut2])
+    test_scores = got
+    flagged = test_scores >= threshold
+    p, r = precision_recall(flagged, truth[cut2:])
+    metrics = {
+        "precision": p,
+        "recall": r,
+        "heldout_pairs": float(len(test)),
+        "heldout_breaks": float(truth[cut2:].sum()),
+    }
+    for cls in BREAK_MIX:
+        mask = data.labels[cut2:] == cls
+        metrics[f"recall_{cls}"] = float(flagged[mask].mean()) if mask.any() else float("nan")
+    stats = PairStats(mean, std, feature_spread(train))
+    # which side is right, where the generator knows: stale copies (the newer side) and fat fingers
+    held = slice(cut2, None)
+    test_features = pair_features(data.columns, stats)
+    sides, _ = likely_right(test_features.matrix[held], test_features.differs[held], std)
+    for cls in ("stale_copy", "fat_finger"):
+        mask = data.labels[held] == cls
+        right = 2 - data.broken_side[held][mask]  # SIDE_A = 1, SIDE_B = 2: the side not broken
+        metrics[f"side_accuracy_{cls}"] = float((sides[mask] == right).mean()) if mask.any() else float("nan")
+    log(
+        f"pairs: threshold {threshold:.4f}; held-out precision {p:.3f}, recall {r:.3f}; right side found "
+        f"for {metrics['side_accuracy_stale_copy']:.1%} of stale copies, "
+        f"{metrics['side_accuracy_fat_finger']:.1%} of fat fingers"
+    )
+    golden = np.ascontiguousarray(
+        np.concatenate([test[: GOLDEN_ROWS // 2], test[flagged][: GOLDEN_ROWS // 2]])
+    )
+    digest = hashlib.sha256(model).hexdigest()[:8]
+    section = {
+        "model": PAIRS_MODEL,
+        "version": f"{utc_now_iso()[:10].replace('-', '.')}+{digest}",
+        "created_at": utc_now_iso(),
+        "kind": "isolation_forest",
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "features": list(PAIR_FEATURES),
+        "stats": stats.to_json(),
+        "threshold": threshold,
+        "metrics": metrics,
+        "parity": parity,
+        "golden": {"inputs": golden.tolist(), "scores": onnx_scores(session, golden).astype(float).tolist()},
+        "training": {
+            "pairs": pairs,
+            "seed": seed,
+            "trees": trees,
+            "max_samples": max_samples,
+            "break_mix": BREAK_MIX,
+            "generator": "engine.training.pairs.generate_pairs",
+        },
+    }
+    (root / PAIRS_DIR).mkdir(exist_ok=True)
+    tmp = root / PAIRS_DIR / ".model.onnx.tmp"
+    tmp.write_bytes(model)
+    tmp.replace(root / PAIRS_MODEL)
+    keep = {k: v for k, v in raw.items() if k not in ("files", "content_hash", "format_version")}
+    written = write_manifest(root, {**keep, "pairs": section})
+    log(f"pairs: model {section['version']} added to {root}")
+    return written
