@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 
 import pytest
 
@@ -47,3 +48,33 @@ def test_the_event_loop_setting_picks_the_loop(name: str, module: str) -> None:
         return int(type(asyncio.get_running_loop()).__module__.split(".")[0] == module)
 
     assert run_loop(Settings(event_loop=name), on_the_named_loop()) == 1
+
+
+def test_break_autonomy_defaults_and_overrides() -> None:
+    assert Settings().autonomy == {
+        "MISSING": ("monitor", 1.0),
+        "STATUS": ("propose", 1.0),
+        "VALUE": ("propose", 1.0),
+        "STATIC_DATA": ("propose", 1.0),
+        "NONE": ("monitor", 1.0),
+    }
+    given = from_sources(None, {"ENGINE_BREAK_AUTONOMY": "static_data=autonomous:0.9, VALUE=monitor"})
+    assert given.autonomy["STATIC_DATA"] == ("autonomous", 0.9)
+    assert given.autonomy["VALUE"] == ("monitor", 1.0)
+    assert given.autonomy["MISSING"] == ("monitor", 1.0)  # not named: keeps its default
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("TYPO=monitor", "CLASS one of"),
+        ("STATUS", "CLASS one of"),
+        ("STATUS=approve", "MODE is monitor, propose or autonomous"),
+        ("STATUS=propose:0.5", "MODE is monitor, propose or autonomous"),
+        ("STATUS=autonomous", "needs a confidence"),
+        ("STATUS=autonomous:1.5", "must be in (0, 1]"),
+    ],
+)
+def test_bad_break_autonomy_is_refused(spec: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings(break_autonomy=spec)

@@ -280,3 +280,26 @@ async def test_without_a_pair_model_the_call_fails_with_failed_precondition(
         await stub.ScorePairs(pb.ScorePairsRequest(pairs=[pair("a", view())]), timeout=10)
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no sync-break model" in (exc.value.details() or "")
+
+
+async def test_autonomy_modes_per_break_class(start_engine: ServerFactory) -> None:
+    _, channel = await start_engine(break_autonomy="STATUS=autonomous:0.8,VALUE=monitor")
+    stub = pb_grpc.BreakScorerStub(channel)
+    request = pb.ScorePairsRequest(
+        pairs=[
+            pair("drift", view(t=T0 + 900), view("risk", status="pending")),  # believed side A, 0.90
+            pair("drift-unsure", view(t=T0 + 1), view("risk", status="pending")),  # same, 0.60
+            pair("fill", view(t=T0 + 60), view("risk", quantity=40.0, amount=10_000.0)),
+            pair("gone", view()),
+            pair("clean", view(), view("risk")),
+        ]
+    )
+    drift, unsure, fill, gone, clean = (await stub.ScorePairs(request, timeout=10)).scores
+    assert drift.is_break and drift.autonomy == pb.AUTONOMY_MODE_AUTONOMOUS
+    assert drift.confidence >= 0.8 and drift.auto_approvable and drift.corrections
+    assert unsure.autonomy == pb.AUTONOMY_MODE_AUTONOMOUS and unsure.confidence < 0.8
+    assert not unsure.auto_approvable and unsure.corrections  # proposed, for an operator to approve
+    assert fill.is_break and fill.autonomy == pb.AUTONOMY_MODE_MONITOR
+    assert not fill.corrections and not fill.auto_approvable and fill.reasons  # flagged and explained only
+    assert gone.autonomy == pb.AUTONOMY_MODE_MONITOR and not gone.corrections  # MISSING's default
+    assert clean.autonomy == pb.AUTONOMY_MODE_MONITOR and not clean.is_break and not clean.auto_approvable

@@ -14,11 +14,58 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.metrics import BREAK_CLASSES
 from engine.models.bundle import DEFAULT_BUNDLE
 
 ENV_PREFIX = "ENGINE_"
 #: values of Settings.event_loop
 EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+#: values of an autonomy mode in --break-autonomy
+AUTONOMY_MODES = ("monitor", "propose", "autonomous")
+#: a class --break-autonomy does not name: a record missing on one side, or a break whose fields
+#: all agree, is only flagged (which side is right is a guess); the rest are proposed
+DEFAULT_AUTONOMY: dict[str, tuple[str, float]] = {
+    cls: ("monitor" if cls in ("MISSING", "NONE") else "propose", 1.0) for cls in BREAK_CLASSES
+}
+
+
+def parse_autonomy(spec: str) -> dict[str, tuple[str, float]]:
+    """ "STATUS=propose,STATIC_DATA=autonomous:0.9" -> {class: (mode, confidence threshold)}.
+
+    Every break class gets a mode: the ones not named keep `DEFAULT_AUTONOMY`'s.
+    SettingsError names what it cannot read.
+    """
+    policy = dict(DEFAULT_AUTONOMY)
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        cls, sep, mode = (x.strip() for x in part.partition("="))
+        cls = cls.upper()
+        if not sep or cls not in policy:
+            raise SettingsError(
+                f"break_autonomy: {part!r}: want CLASS=MODE with CLASS one of {', '.join(BREAK_CLASSES)}"
+            )
+        name, _, threshold = mode.partition(":")
+        name = name.lower()
+        if name not in AUTONOMY_MODES or (threshold and name != "autonomous"):
+            raise SettingsError(
+                f"break_autonomy: {part!r}: MODE is monitor, propose or autonomous:CONFIDENCE"
+            )
+        if name == "autonomous":
+            try:
+                level = float(threshold)
+            except ValueError:
+                raise SettingsError(
+                    f"break_autonomy: {part!r}: autonomous needs a confidence, e.g. autonomous:0.9"
+                ) from None
+            if not 0.0 < level <= 1.0:
+                raise SettingsError(f"break_autonomy: {part!r}: the confidence must be in (0, 1]")
+            policy[cls] = (name, level)
+        else:
+            policy[cls] = (name, 1.0)
+    return policy
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -82,6 +129,13 @@ class Settings:
         "uvloop",
         "uvloop (libuv: less CPU per call) or asyncio (the standard library's loop, for comparison)",
     )
+    break_autonomy: str = _opt(
+        "",
+        "what the engine may do about each class of sync break: CLASS=MODE pairs, comma separated, "
+        f"CLASS one of {', '.join(BREAK_CLASSES)}; MODE monitor (flag only), propose (flag and "
+        "propose corrections) or autonomous:C (corrections of breaks with confidence >= C are "
+        "marked auto_approvable). Classes not named: MISSING and NONE monitor, the rest propose",
+    )
     metrics_port: int = _opt(0, "serve Prometheus /metrics on this port (0: off)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -114,10 +168,16 @@ class Settings:
             raise SettingsError(f"unknown event loop {self.event_loop!r}: one of {', '.join(EVENT_LOOPS)}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"unknown log level {self.log_level!r}")
+        parse_autonomy(self.break_autonomy)
 
     @property
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
+
+    @property
+    def autonomy(self) -> dict[str, tuple[str, float]]:
+        """--break-autonomy as {break class: (mode, confidence threshold)}, every class present."""
+        return parse_autonomy(self.break_autonomy)
 
 
 def _parse(kind: type, raw: str, name: str) -> Any:

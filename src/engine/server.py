@@ -191,6 +191,7 @@ class EngineServer:
             self.calls,
             max_pairs_per_request=s.max_trades_per_request,
             stream_window=s.stream_window,
+            autonomy=s.autonomy,
         )
         server.add_generic_rpc_handlers((self.scorer.handlers(), self.oip.handlers(), self.breaks.handlers()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +94,17 @@ class BreakScorerService:
         *,
         max_pairs_per_request: int,
         stream_window: int,
+        autonomy: Mapping[str, tuple[str, float]],
     ) -> None:
         self._registry = registry
+        # per BreakClass value: (AutonomyMode value, confidence an autonomous break needs)
+        self._autonomy = np.zeros(max(_CLASS_LABEL) + 1, dtype=np.int32)
+        self._auto_level = np.full(max(_CLASS_LABEL) + 1, np.inf)
+        for value, label in _CLASS_LABEL.items():
+            mode, level = autonomy[label]
+            self._autonomy[value] = pb.AutonomyMode.Value(f"AUTONOMY_MODE_{mode.upper()}")
+            if mode == "autonomous":
+                self._auto_level[value] = level
         self._batcher = batcher
         self._metrics = metrics
         self._calls = calls
@@ -145,6 +154,8 @@ class BreakScorerService:
         classes = break_classes(features.differs)
         sides, confidence = likely_right(features.matrix, features.differs, pairs.stats.log_amount_std)
         reason_idx, reason_strength = top_reasons(features.matrix, pairs.stats, REASONS_PER_BREAK)
+        modes = self._autonomy[classes]
+        auto = flagged & (confidence >= self._auto_level[classes])
         self._metrics.pairs_scored.inc(len(columns))
         for cls in np.unique(classes[flagged]):
             self._metrics.pair_breaks.labels(_CLASS_LABEL[int(cls)]).inc(int((classes[flagged] == cls).sum()))
@@ -162,8 +173,10 @@ class BreakScorerService:
                 differences=[f for f, d in zip(FIELDS, features.differs[i], strict=True) if d],
                 likely_right=side,
                 confidence=float(confidence[i]),
+                autonomy=int(modes[i]),
+                auto_approvable=bool(auto[i]),
             )
-            if side != SIDE_NONE:
+            if side != SIDE_NONE and modes[i] != pb.AUTONOMY_MODE_MONITOR:
                 s = 0 if side == SIDE_A else 1
                 source = columns.sources[s][i]
                 for f in score.differences:

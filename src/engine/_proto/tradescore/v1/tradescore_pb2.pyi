@@ -139,6 +139,36 @@ BREAK_CLASS_STATIC_DATA: BreakClass.ValueType  # 5
 """Names or addresses differ (typos, abbreviations)."""
 Global___BreakClass: _TypeAlias = BreakClass  # noqa: Y015
 
+class _AutonomyMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AutonomyModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AutonomyMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUTONOMY_MODE_UNSPECIFIED: _AutonomyMode.ValueType  # 0
+    AUTONOMY_MODE_MONITOR: _AutonomyMode.ValueType  # 1
+    """Flag only: no corrections are proposed."""
+    AUTONOMY_MODE_PROPOSE: _AutonomyMode.ValueType  # 2
+    """Flag and propose corrections; an operator approves each."""
+    AUTONOMY_MODE_AUTONOMOUS: _AutonomyMode.ValueType  # 3
+    """Flag and propose; a break whose confidence reaches the class's threshold
+    is marked `auto_approvable` (a downstream system may apply it unattended).
+    """
+
+class AutonomyMode(_AutonomyMode, metaclass=_AutonomyModeEnumTypeWrapper):
+    """What the engine may do about a break of one class (`engine serve --break-autonomy`)."""
+
+AUTONOMY_MODE_UNSPECIFIED: AutonomyMode.ValueType  # 0
+AUTONOMY_MODE_MONITOR: AutonomyMode.ValueType  # 1
+"""Flag only: no corrections are proposed."""
+AUTONOMY_MODE_PROPOSE: AutonomyMode.ValueType  # 2
+"""Flag and propose corrections; an operator approves each."""
+AUTONOMY_MODE_AUTONOMOUS: AutonomyMode.ValueType  # 3
+"""Flag and propose; a break whose confidence reaches the class's threshold
+is marked `auto_approvable` (a downstream system may apply it unattended).
+"""
+Global___AutonomyMode: _TypeAlias = AutonomyMode  # noqa: Y015
+
 class _PairSide:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -746,6 +776,8 @@ class PairScore(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     CORRECTIONS_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
+    AUTONOMY_FIELD_NUMBER: _builtins.int
+    AUTO_APPROVABLE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     break_score: _builtins.float
     """Anomaly score in [0, 1]: higher is more unusual than the consistent history
@@ -757,13 +789,19 @@ class PairScore(_message.Message):
     likely_right: Global___PairSide.ValueType
     """The side likely right, with `confidence` in [0, 1]; unspecified when nothing differs."""
     confidence: _builtins.float
+    autonomy: Global___AutonomyMode.ValueType
+    """The mode configured for this pair's break class; `corrections` is empty
+    under MONITOR.
+    """
+    auto_approvable: _builtins.bool
+    """AUTONOMOUS mode, `is_break`, and `confidence` >= the class's threshold."""
     @_builtins.property
     def differences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Fields whose values differ, in a fixed order: record, status, quantity, amount, name, address."""
 
     @_builtins.property
     def corrections(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldCorrection]:
-        """One proposal per differing field, from `likely_right`."""
+        """One proposal per differing field, from `likely_right` (none under MONITOR)."""
 
     @_builtins.property
     def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reason]:
@@ -781,10 +819,12 @@ class PairScore(_message.Message):
         confidence: _builtins.float = ...,
         corrections: _abc.Iterable[Global___FieldCorrection] | None = ...,
         reasons: _abc.Iterable[Global___Reason] | None = ...,
+        autonomy: Global___AutonomyMode.ValueType = ...,
+        auto_approvable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_class", b"break_class", "break_score", b"break_score", "confidence", b"confidence", "corrections", b"corrections", "differences", b"differences", "is_break", b"is_break", "key", b"key", "likely_right", b"likely_right", "reasons", b"reasons"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_approvable", b"auto_approvable", "autonomy", b"autonomy", "break_class", b"break_class", "break_score", b"break_score", "confidence", b"confidence", "corrections", b"corrections", "differences", b"differences", "is_break", b"is_break", "key", b"key", "likely_right", b"likely_right", "reasons", b"reasons"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
