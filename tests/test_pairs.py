@@ -170,8 +170,13 @@ def test_trained_model_lands_in_the_bundle_and_finds_breaks(tmp_path: Path) -> N
     lines: list[str] = []
     manifest = train_pair_model(bundle, pairs=20_000, seed=11, trees=50, max_samples=2048, log=lines.append)
     section = manifest["pairs"]
-    assert section["parity"]["max_abs_diff"] < 1e-5
+    assert section["kind"] == "isolation_forest" and section["parity"]["max_abs_diff"] < 1e-5
     assert section["metrics"]["precision"] > 0.7 and section["metrics"]["recall"] > 0.7
+    # both models, side by side on the same held-out pairs; the classifier saw the labels
+    comparison = section["comparison"]
+    assert set(comparison) == {"isolation_forest", "lightgbm"}
+    assert comparison["isolation_forest"]["heldout_breaks"] == comparison["lightgbm"]["heldout_breaks"] > 0
+    assert comparison["lightgbm"]["f1"] > 0.9
     assert any("precision" in line for line in lines)
     loaded = ModelBundle.load(bundle)  # every file hashed, the trade model untouched
     assert loaded.version == json.loads((DEFAULT_BUNDLE / MANIFEST).read_text())["version"]
@@ -303,3 +308,26 @@ async def test_autonomy_modes_per_break_class(start_engine: ServerFactory) -> No
     assert not fill.corrections and not fill.auto_approvable and fill.reasons  # flagged and explained only
     assert gone.autonomy == pb.AUTONOMY_MODE_MONITOR and not gone.corrections  # MISSING's default
     assert clean.autonomy == pb.AUTONOMY_MODE_MONITOR and not clean.is_break and not clean.auto_approvable
+
+
+async def test_a_bundle_serving_the_supervised_classifier(
+    start_engine: ServerFactory, tmp_path: Path
+) -> None:
+    bundle = copy_bundle(tmp_path / "b")
+    manifest = train_pair_model(
+        bundle, pairs=20_000, seed=5, trees=20, max_samples=1024, model="best", log=print
+    )
+    assert manifest["pairs"]["kind"] == "lightgbm"  # labelled synthetic breaks: the classifier wins
+    model = PairModel.load(ModelBundle.load(bundle))
+    assert model is not None and model.kind == "lightgbm" and model.output_column == 1
+    engine, channel = await start_engine(bundle=bundle)
+    stub = pb_grpc.BreakScorerStub(channel)
+    request = pb.ScorePairsRequest(
+        pairs=[
+            pair("clean", view(), view("risk")),
+            pair("drift", view(t=T0 + 900), view("risk", status="pending")),
+        ]
+    )
+    clean, drift = (await stub.ScorePairs(request, timeout=10)).scores
+    assert 0.0 <= clean.break_score < 0.5 < drift.break_score <= 1.0  # probabilities of a break
+    assert drift.is_break and not clean.is_break

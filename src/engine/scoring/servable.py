@@ -30,11 +30,15 @@ class PairModel:
     session: Any
     input_name: str
     output_name: str
+    #: the break score's column in the output: 0 for the forest's [n, 1], 1 for a classifier's [n, 2]
+    output_column: int = 0
+    #: "isolation_forest" (an anomaly score) or "lightgbm" (a break probability)
+    kind: str = "isolation_forest"
 
     def predict(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Break scores in [0, 1] for a pair feature matrix (one ONNX Runtime call)."""
         out = self.session.run([self.output_name], {self.input_name: features})[0]
-        return np.ascontiguousarray(out[:, 0])
+        return np.ascontiguousarray(out[:, self.output_column], dtype=np.float32)
 
     @staticmethod
     def load(bundle: ModelBundle, intra_op_threads: int = 1) -> PairModel | None:
@@ -57,6 +61,8 @@ class PairModel:
             names = (str(raw["input"]), str(raw["output"]))
             version = str(raw["version"])
             metrics = {str(k): float(v) for k, v in raw.get("metrics", {}).items()}
+            column = int(raw.get("output_column", 0))
+            kind = str(raw.get("kind", "isolation_forest"))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: section is malformed: {exc!r}") from exc
         if features != PAIR_FEATURES:
@@ -77,7 +83,12 @@ class PairModel:
             session = onnx_session(str(model_file), intra_op_threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise BundleError(f"{where}: ONNX Runtime cannot load {raw['model']}: {exc}") from exc
-        model = PairModel(version, PairStats.from_json(raw["stats"]), threshold, metrics, session, *names)
+        outputs = {o.name: o.shape for o in session.get_outputs()}
+        shape = outputs.get(names[1])
+        if shape is None or len(shape) != 2 or not (isinstance(shape[1], int) and 0 <= column < shape[1]):
+            raise BundleError(f"{where}: the model has no output {names[1]!r} with a column {column}")
+        stats = PairStats.from_json(raw["stats"])
+        model = PairModel(version, stats, threshold, metrics, session, *names, column, kind)
         try:
             got = model.predict(golden_in)
         except Exception as exc:  # noqa: BLE001 - any failure here means "do not serve"

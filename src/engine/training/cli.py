@@ -496,17 +496,18 @@ def run_generate(args: argparse.Namespace, log: Printer | None = None) -> int:
 
 def add_train_pairs_parser(sub: Any) -> argparse.ArgumentParser:
     """Register `train-pairs`: train the sync-break model and add it to a bundle."""
-    from engine.training.pairs import DEFAULT_PAIRS, DEFAULT_PAIRS_SEED
+    from engine.training.pairs import DEFAULT_PAIRS, DEFAULT_PAIRS_SEED, MODEL_CHOICES
 
     p = sub.add_parser(
         "train-pairs",
         help="train the sync-break (anomaly) model and add it to a bundle",
         description="Generate labelled record pairs (consistent history plus stale copies, partial "
-        "fills, status drift, static-data typos, missing records, fat fingers), train an "
-        "IsolationForest on 60%% of them without labels, pick the alert threshold on 20%%, report "
-        "precision and recall on the last 20%%, export it to ONNX (checked against scikit-learn) "
-        "and write it into BUNDLE (pairs/model.onnx and the manifest's `pairs` section). The "
-        "bundle's trade model is left as it is. Needs the [train] extra (scikit-learn).",
+        "fills, status drift, static-data typos, missing records, fat fingers); train an "
+        "IsolationForest on 60%% of them without labels and a LightGBM classifier on the same pairs "
+        "with their labels; pick each one's alert threshold on 20%%; report both models' precision "
+        "and recall on the last 20%% side by side; export the one --model names to ONNX (checked "
+        "against its library) and write it into BUNDLE (pairs/model.onnx and the manifest's `pairs` section). The "
+        "bundle's trade model is left as it is. Needs the [train] extra (scikit-learn, LightGBM).",
     )
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder to add the model to")
     p.add_argument(
@@ -528,6 +529,14 @@ def add_train_pairs_parser(sub: Any) -> argparse.ArgumentParser:
         help="pairs each tree is grown on (default: %(default)s; breaks are rare, so a tree needs "
         "thousands of pairs to see a few of each class)",
     )
+    p.add_argument(
+        "--model",
+        choices=MODEL_CHOICES,
+        default="isolation-forest",
+        help="the model the bundle serves: the unsupervised IsolationForest, the supervised LightGBM "
+        "classifier (trained on the pairs' labels), or the better of the two by held-out F1; both are "
+        "trained and reported side by side either way (default: %(default)s)",
+    )
     p.set_defaults(func=run_train_pairs)
     parser: argparse.ArgumentParser = p
     return parser
@@ -542,7 +551,13 @@ def _train_pairs(args: argparse.Namespace, log: Printer) -> int:
         raise BundleError(f"{args.bundle}: no {MANIFEST}")
     started = time.perf_counter()
     train_pair_model(
-        args.bundle, pairs=args.pairs, seed=args.seed, trees=args.trees, max_samples=args.max_samples, log=log
+        args.bundle,
+        pairs=args.pairs,
+        seed=args.seed,
+        trees=args.trees,
+        max_samples=args.max_samples,
+        model=args.model,
+        log=log,
     )
     log(f"done in {time.perf_counter() - started:.1f} s")
     return EXIT_OK

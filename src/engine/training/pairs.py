@@ -370,6 +370,129 @@ def pick_threshold(scores: F64, truth: npt.NDArray[np.bool_]) -> float:
     return best
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One trained break model: its ONNX bytes and how it did on the labelled splits."""
+
+    kind: str  # "isolation_forest" or "lightgbm"
+    model: bytes
+    input_name: str
+    output_name: str
+    output_column: int  # the break score's column in the output
+    threshold: float
+    metrics: dict[str, float]
+    parity: dict[str, float]
+    training: dict[str, Any]
+
+    def scores(self, session: Any, x: F32) -> F32:
+        out = session.run([self.output_name], {self.input_name: x})[0]
+        return np.ascontiguousarray(out[:, self.output_column], dtype=np.float32)
+
+
+def _evaluate(
+    valid_scores: F64,
+    test_scores: F64,
+    truth_valid: npt.NDArray[np.bool_],
+    labels: npt.NDArray[np.str_],
+) -> tuple[float, dict[str, float]]:
+    """Best-F1 threshold on the validation pairs; precision, recall, F1, per-class recall on the test."""
+    threshold = pick_threshold(valid_scores, truth_valid)
+    truth = labels != "consistent"
+    flagged = test_scores >= threshold
+    p, r = precision_recall(flagged, truth)
+    metrics = {
+        "precision": p,
+        "recall": r,
+        "f1": 2 * p * r / (p + r) if p + r > 0 else 0.0,
+        "heldout_pairs": float(len(truth)),
+        "heldout_breaks": float(truth.sum()),
+    }
+    for cls in BREAK_MIX:
+        mask = labels == cls
+        metrics[f"recall_{cls}"] = float(flagged[mask].mean()) if mask.any() else float("nan")
+    return threshold, metrics
+
+
+def _forest(
+    train: F32, valid: F32, test: F32, data: SyntheticPairs, cuts: tuple[int, int], trees: int,
+    max_samples: int, seed: int,
+) -> Candidate:  # fmt: skip
+    """The IsolationForest, fitted on the training pairs without their labels."""
+    from sklearn.ensemble import IsolationForest
+
+    forest = IsolationForest(n_estimators=trees, max_samples=max_samples, random_state=seed).fit(train)
+    model = forest_to_onnx(forest, len(PAIR_FEATURES))
+    session = onnx_session(model)
+    want = -forest.score_samples(test)
+    got = onnx_scores(session, test).astype(np.float64)
+    diff = np.abs(got - want)
+    parity = {
+        "rows": float(len(test)),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+    }
+    if parity["max_abs_diff"] > PARITY_TOLERANCE:
+        worst = np.argsort(-diff)[:5]
+        raise ParityError(
+            f"pair model: ONNX differs from scikit-learn by {parity['max_abs_diff']:.3g}",
+            [(int(i), float(want[i]), float(got[i])) for i in worst],
+        )
+    cut1, cut2 = cuts
+    valid_scores = onnx_scores(session, valid).astype(np.float64)
+    threshold, metrics = _evaluate(valid_scores, got, data.is_break[cut1:cut2], data.labels[cut2:])
+    training = {"trees": trees, "max_samples": max_samples, "labels_used": False}
+    return Candidate(
+        "isolation_forest", model, INPUT_NAME, OUTPUT_NAME, 0, threshold, metrics, parity, training
+    )
+
+
+def _classifier(
+    train: F32, valid: F32, test: F32, data: SyntheticPairs, cuts: tuple[int, int], seed: int
+) -> Candidate:
+    """The supervised LightGBM break classifier on the same features, from the training pairs' labels."""
+    import lightgbm as lgb
+
+    from engine.training.export import INPUT_NAME as LGB_INPUT
+    from engine.training.export import OUTPUT_NAME as LGB_OUTPUT
+    from engine.training.export import check_parity, round_thresholds_down, to_onnx
+
+    cut1, cut2 = cuts
+    truth = data.is_break.astype(np.int8)
+    params = {
+        "objective": "binary",
+        "learning_rate": 0.1,
+        "num_leaves": 15,
+        "min_data_in_leaf": 20,
+        "seed": seed,
+        "deterministic": True,
+        "num_threads": 1,
+        "verbose": -1,
+    }
+    train_set = lgb.Dataset(train, truth[:cut1], feature_name=list(PAIR_FEATURES))
+    valid_set = lgb.Dataset(valid, truth[cut1:cut2], reference=train_set)
+    booster = lgb.train(
+        params, train_set, num_boost_round=300, valid_sets=[valid_set],
+        callbacks=[lgb.early_stopping(20, verbose=False)],
+    )  # fmt: skip
+    rewritten, _, _ = round_thresholds_down(booster, num_iteration=booster.best_iteration)
+    model = to_onnx(rewritten, len(PAIR_FEATURES), name="sync_break")
+    parity = {
+        k: float(v)
+        for k, v in check_parity(rewritten, model, test).items()
+        if k in ("rows", "max_abs_diff", "mean_abs_diff")
+    }
+    session = onnx_session(model)
+    candidate = Candidate("lightgbm", model, LGB_INPUT, LGB_OUTPUT, 1, 0.0, {}, parity, {})
+    valid_scores = candidate.scores(session, valid).astype(np.float64)
+    test_scores = candidate.scores(session, test).astype(np.float64)
+    threshold, metrics = _evaluate(valid_scores, test_scores, data.is_break[cut1:cut2], data.labels[cut2:])
+    training = {"rounds": int(booster.best_iteration), "params": params, "labels_used": True}
+    return Candidate("lightgbm", model, LGB_INPUT, LGB_OUTPUT, 1, threshold, metrics, parity, training)
+
+
+MODEL_CHOICES = ("isolation-forest", "lightgbm", "best")
+
+
 def train_pair_model(
     bundle: Path | str,
     *,
@@ -377,64 +500,49 @@ def train_pair_model(
     seed: int = DEFAULT_PAIRS_SEED,
     trees: int = 100,
     max_samples: int = 4096,
+    model: str = "isolation-forest",
     log: Printer = print,
 ) -> dict[str, Any]:
-    """Train the break model on synthetic history and add it to `bundle` (its manifest is rewritten).
+    """Train both break models on synthetic history; add the chosen one to `bundle` (manifest rewritten).
 
-    Splits the generated pairs 60/20/20: the forest learns from the first part
-    without labels; the alert threshold is the best-F1 one on the second; the
-    third gives the reported precision and recall, overall and per break class.
-    Raises ParityError (and changes nothing) when the ONNX export disagrees with
-    scikit-learn beyond PARITY_TOLERANCE.
+    Splits the generated pairs 60/20/20. The IsolationForest learns from the
+    first part without labels; the LightGBM classifier learns from the same
+    pairs with their labels (what operators' verdicts give in production).
+    Each gets its best-F1 threshold on the second part, and the third gives
+    both models' precision and recall, overall and per break class, side by
+    side in the manifest (`pairs.comparison`). `model` picks the one served:
+    "isolation-forest", "lightgbm" or "best" (the higher held-out F1). Raises
+    ParityError (and changes nothing) when an ONNX export disagrees with its
+    library beyond PARITY_TOLERANCE.
     """
-    from sklearn.ensemble import IsolationForest
-
+    if model not in MODEL_CHOICES:
+        raise ValueError(f"model must be one of {MODEL_CHOICES}")
     root = Path(bundle).resolve()
     raw = json.loads((root / MANIFEST).read_text())
     data = generate_pairs(pairs, seed)
     mean, std = amount_baseline(data.columns)
     provisional = PairStats(mean, std, {f: (0.0, 1.0) for f in PAIR_FEATURES})
     x = pair_features(data.columns, provisional).matrix
-    cut1, cut2 = int(0.6 * pairs), int(0.8 * pairs)
-    train, valid, test = x[:cut1], x[cut1:cut2], x[cut2:]
-    truth = data.is_break
-    forest = IsolationForest(n_estimators=trees, max_samples=max_samples, random_state=seed).fit(train)
-    model = forest_to_onnx(forest, len(PAIR_FEATURES))
-    session = onnx_session(model)
-    want = -forest.score_samples(test)
-    got = onnx_scores(session, test)
-    diff = np.abs(got.astype(np.float64) - want)
-    parity = {
-        "rows": float(len(test)),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
+    cuts = int(0.6 * pairs), int(0.8 * pairs)
+    train, valid, test = x[: cuts[0]], x[cuts[0] : cuts[1]], x[cuts[1] :]
+    candidates = {
+        "isolation_forest": _forest(train, valid, test, data, cuts, trees, max_samples, seed),
+        "lightgbm": _classifier(train, valid, test, data, cuts, seed),
     }
-    log(
-        f"pairs: parity on {len(test):,} held-out pairs, "
-        f"max |scikit-learn - ONNX| {parity['max_abs_diff']:.3g}"
-    )
-    if parity["max_abs_diff"] > PARITY_TOLERANCE:
-        worst = np.argsort(-diff)[:5]
-        raise ParityError(
-            f"pair model: ONNX differs from scikit-learn by {parity['max_abs_diff']:.3g}",
-            [(int(i), float(want[i]), float(got[i])) for i in worst],
+    for c in candidates.values():
+        m = c.metrics
+        log(
+            f"pairs: {c.kind:<16} threshold {c.threshold:.4f}; held-out precision {m['precision']:.3f}, "
+            f"recall {m['recall']:.3f}, F1 {m['f1']:.3f}; parity {c.parity['max_abs_diff']:.2g}"
         )
-    threshold = pick_threshold(onnx_scores(session, valid).astype(np.float64), truth[cut1:cut2])
-    test_scores = got
-    flagged = test_scores >= threshold
-    p, r = precision_recall(flagged, truth[cut2:])
-    metrics = {
-        "precision": p,
-        "recall": r,
-        "heldout_pairs": float(len(test)),
-        "heldout_breaks": float(truth[cut2:].sum()),
-    }
-    for cls in BREAK_MIX:
-        mask = data.labels[cut2:] == cls
-        metrics[f"recall_{cls}"] = float(flagged[mask].mean()) if mask.any() else float("nan")
+    if model == "best":
+        chosen = max(candidates.values(), key=lambda c: c.metrics["f1"])
+    else:
+        chosen = candidates[model.replace("-", "_")]
     stats = PairStats(mean, std, feature_spread(train))
+    metrics = dict(chosen.metrics)
     # which side is right, where the generator knows: stale copies (the newer side) and fat fingers
-    held = slice(cut2, None)
+    held = slice(cuts[1], None)
     test_features = pair_features(data.columns, stats)
     sides, _ = likely_right(test_features.matrix[held], test_features.differs[held], std)
     for cls in ("stale_copy", "fat_finger"):
@@ -442,41 +550,47 @@ def train_pair_model(
         right = 2 - data.broken_side[held][mask]  # SIDE_A = 1, SIDE_B = 2: the side not broken
         metrics[f"side_accuracy_{cls}"] = float((sides[mask] == right).mean()) if mask.any() else float("nan")
     log(
-        f"pairs: threshold {threshold:.4f}; held-out precision {p:.3f}, recall {r:.3f}; right side found "
-        f"for {metrics['side_accuracy_stale_copy']:.1%} of stale copies, "
-        f"{metrics['side_accuracy_fat_finger']:.1%} of fat fingers"
+        f"pairs: serving {chosen.kind}; right side found for {metrics['side_accuracy_stale_copy']:.1%} "
+        f"of stale copies, {metrics['side_accuracy_fat_finger']:.1%} of fat fingers"
     )
+    session = onnx_session(chosen.model)
+    flagged = chosen.scores(session, test) >= chosen.threshold
     golden = np.ascontiguousarray(
         np.concatenate([test[: GOLDEN_ROWS // 2], test[flagged][: GOLDEN_ROWS // 2]])
     )
-    digest = hashlib.sha256(model).hexdigest()[:8]
+    digest = hashlib.sha256(chosen.model).hexdigest()[:8]
     section = {
         "model": PAIRS_MODEL,
         "version": f"{utc_now_iso()[:10].replace('-', '.')}+{digest}",
         "created_at": utc_now_iso(),
-        "kind": "isolation_forest",
-        "input": INPUT_NAME,
-        "output": OUTPUT_NAME,
+        "kind": chosen.kind,
+        "input": chosen.input_name,
+        "output": chosen.output_name,
+        "output_column": chosen.output_column,
         "features": list(PAIR_FEATURES),
         "stats": stats.to_json(),
-        "threshold": threshold,
+        "threshold": chosen.threshold,
         "metrics": metrics,
-        "parity": parity,
-        "golden": {"inputs": golden.tolist(), "scores": onnx_scores(session, golden).astype(float).tolist()},
+        "comparison": {c.kind: c.metrics for c in candidates.values()},
+        "parity": chosen.parity,
+        "golden": {
+            "inputs": golden.tolist(),
+            "scores": chosen.scores(session, golden).astype(float).tolist(),
+        },
         "training": {
+            **chosen.training,
             "pairs": pairs,
             "seed": seed,
-            "trees": trees,
-            "max_samples": max_samples,
+            "split": "60/20/20: fit / threshold / held-out",
             "break_mix": BREAK_MIX,
             "generator": "engine.training.pairs.generate_pairs",
         },
     }
     (root / PAIRS_DIR).mkdir(exist_ok=True)
     tmp = root / PAIRS_DIR / ".model.onnx.tmp"
-    tmp.write_bytes(model)
+    tmp.write_bytes(chosen.model)
     tmp.replace(root / PAIRS_MODEL)
     keep = {k: v for k, v in raw.items() if k not in ("files", "content_hash", "format_version")}
     written = write_manifest(root, {**keep, "pairs": section})
-    log(f"pairs: model {section['version']} added to {root}")
+    log(f"pairs: model {section['version']} ({chosen.kind}) added to {root}")
     return written
