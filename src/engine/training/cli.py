@@ -506,8 +506,9 @@ def add_train_pairs_parser(sub: Any) -> argparse.ArgumentParser:
         "IsolationForest on 60%% of them without labels and a LightGBM classifier on the same pairs "
         "with their labels; pick each one's alert threshold on 20%%; report both models' precision "
         "and recall on the last 20%% side by side; export the one --model names to ONNX (checked "
-        "against its library) and write it into BUNDLE (pairs/model.onnx and the manifest's `pairs` section). The "
-        "bundle's trade model is left as it is. Needs the [train] extra (scikit-learn, LightGBM).",
+        "against its library) and write it into BUNDLE (pairs/model.onnx and the manifest's "
+        "`pairs` section). The bundle's trade model is left as it is. Needs the [train] extra "
+        "(scikit-learn, LightGBM).",
     )
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder to add the model to")
     p.add_argument(
