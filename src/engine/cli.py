@@ -124,6 +124,23 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _cmd_export_labels(args: argparse.Namespace) -> int:
+    from engine.features.pairs import PAIR_FEATURES
+    from engine.flags import export_labels, store_path
+
+    try:
+        path = store_path(args.flag_store)
+    except ValueError as exc:
+        print(f"engine export-labels: {exc}", file=sys.stderr)
+        return 1
+    if path is None or not path.is_file():
+        print(f"engine export-labels: no flag store at {args.flag_store!r}", file=sys.stderr)
+        return 1
+    rows = export_labels(path, args.out, PAIR_FEATURES)
+    print(f"wrote {rows} labelled flags to {args.out}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     if args.target is None:
         from engine.errors import BundleError
@@ -199,11 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="serve the model bundle over gRPC",
-        description="Serve TradeScorer, the Open Inference Protocol (KServe v2 "
-        "inference.GRPCInferenceService: the model's FP32 feature matrix in, fail_probability and "
-        "risk_band out; see the README), gRPC health and reflection, on one port. Every flag can "
-        "also be set with its ENGINE_* environment variable; flags win. SIGTERM drains, SIGHUP "
-        "reloads the bundle.",
+        description="Serve TradeScorer, BreakScorer (sync breaks between two systems' records), "
+        "the Open Inference Protocol (KServe v2 inference.GRPCInferenceService: the model's FP32 "
+        "feature matrix in, fail_probability and risk_band out; see the README), gRPC health and "
+        "reflection, on one port. Every flag can also be set with its ENGINE_* environment "
+        "variable; flags win. SIGTERM drains, SIGHUP reloads the bundle.",
     )
     add_arguments(serve)
     serve.set_defaults(func=_cmd_serve)
@@ -261,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="deadline in seconds (default 3)")
     health.set_defaults(func=_cmd_health)
+
+    labels = sub.add_parser(
+        "export-labels",
+        help="write operators' verdicts on flagged record pairs as labelled training rows (CSV)",
+        description="Read a flag store (engine serve --flag-store) and write one CSV row per flag "
+        "that has a verdict: flag_id, pair_key, break_class, model_version, the model inputs the "
+        "flag was scored on (one column each), is_break (1 confirmed, 0 rejected), operator, "
+        "recorded_at.",
+    )
+    labels.add_argument("--flag-store", required=True, help="the store, as sqlite:PATH")
+    labels.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    labels.set_defaults(func=_cmd_export_labels)
 
     from engine.training.cli import (
         add_export_parser,

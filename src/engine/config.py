@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.flags import store_path
 from engine.metrics import BREAK_CLASSES
 from engine.models.bundle import DEFAULT_BUNDLE
 
@@ -136,6 +137,11 @@ class Settings:
         "propose corrections) or autonomous:C (corrections of breaks with confidence >= C are "
         "marked auto_approvable). Classes not named: MISSING and NONE monitor, the rest propose",
     )
+    flag_store: str = _opt(
+        "",
+        "where flagged record pairs and operators' verdicts are kept, durably: sqlite:PATH (the "
+        "file is created). Empty: nowhere (breaks carry no flag_id, SubmitFeedback is refused)",
+    )
     metrics_port: int = _opt(0, "serve Prometheus /metrics on this port (0: off)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -169,6 +175,10 @@ class Settings:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"unknown log level {self.log_level!r}")
         parse_autonomy(self.break_autonomy)
+        try:
+            store_path(self.flag_store)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
 
     @property
     def max_wait_s(self) -> float:

@@ -32,6 +32,7 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher, concat_matrices
 from engine.config import CONTROL_HEADROOM, Settings
+from engine.flags import FlagStore, store_path
 from engine.interceptors import MetricsInterceptor
 from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry
@@ -117,6 +118,7 @@ class EngineServer:
         self.scorer: TradeScorerService | None = None
         self.oip: InferenceService | None = None
         self.breaks: BreakScorerService | None = None
+        self.flags: FlagStore | None = None
         self.calls: ScoringCalls | None = None
         self.port = 0
 
@@ -153,6 +155,11 @@ class EngineServer:
             thread_name="pairs",
         )
         self.pair_batcher.start()
+        flag_path = store_path(s.flag_store)
+        if flag_path is not None:
+            self.flags = FlagStore(flag_path)
+            self.flags.start()
+            log.info("flag store: %s", flag_path)
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -192,6 +199,7 @@ class EngineServer:
             max_pairs_per_request=s.max_trades_per_request,
             stream_window=s.stream_window,
             autonomy=s.autonomy,
+            flags=self.flags,
         )
         server.add_generic_rpc_handlers((self.scorer.handlers(), self.oip.handlers(), self.breaks.handlers()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -249,6 +257,8 @@ class EngineServer:
         for batcher in (self.batcher, self.pair_batcher):
             if batcher is not None:
                 await batcher.close(timeout=max(0.0, grace - (time.monotonic() - started)) + 1.0)
+        if self.flags is not None:
+            await self.flags.close()  # after the last call that could record a flag
         log.info("stopped after draining for %.2fs", time.monotonic() - started)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
+from google.protobuf import json_format
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.admission import ScoringCalls
@@ -39,6 +41,7 @@ from engine.features.pairs import (
     pair_features,
     top_reasons,
 )
+from engine.flags import MAX_NOTE_CHARS, Flag, FlagStore
 from engine.metrics import BREAK_CLASSES, EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.servable import PairModel, ServingModel
@@ -95,8 +98,10 @@ class BreakScorerService:
         max_pairs_per_request: int,
         stream_window: int,
         autonomy: Mapping[str, tuple[str, float]],
+        flags: FlagStore | None = None,
     ) -> None:
         self._registry = registry
+        self._flags = flags
         # per BreakClass value: (AutonomyMode value, confidence an autonomous break needs)
         self._autonomy = np.zeros(max(_CLASS_LABEL) + 1, dtype=np.int32)
         self._auto_level = np.full(max(_CLASS_LABEL) + 1, np.inf)
@@ -124,6 +129,11 @@ class BreakScorerService:
                     self.ScorePairsStream,
                     request_deserializer=pb.ScorePairsRequest.FromString,
                     response_serializer=pb.ScorePairsResponse.SerializeToString,
+                ),
+                "SubmitFeedback": grpc.unary_unary_rpc_method_handler(
+                    self.SubmitFeedback,
+                    request_deserializer=pb.FeedbackRequest.FromString,
+                    response_serializer=pb.FeedbackResponse.SerializeToString,
                 ),
             },
         )
@@ -188,6 +198,49 @@ class BreakScorerService:
                         score.reasons.add(code=REASON_CODES[name], value=float(matrix[i, int(j)]))
         return out
 
+    async def _answer(self, request_id: str, prepared: _Prepared, scores: F32) -> pb.ScorePairsResponse:
+        """The response; with a flag store, its breaks get flag ids once they are recorded on disk."""
+        out = self._respond(request_id, prepared, scores)
+        if self._flags is None:
+            return out
+        columns, pairs = prepared.columns, prepared.pairs
+        now = time.time()
+        records: list[Flag] = []
+        for i, score in enumerate(out.scores):
+            if not score.is_break:
+                continue
+            score.flag_id = uuid.uuid4().hex
+            event = {
+                "event_id": score.flag_id,
+                "type": "tradescore.sync_break.flagged",
+                "created_at": now,
+                "sources": [columns.sources[0][i], columns.sources[1][i]],
+                "model": {"name": out.model_name, "version": out.model_version, "kind": pairs.kind},
+                "pair": json_format.MessageToDict(score, preserving_proto_field_name=True),
+            }
+            records.append(
+                Flag(
+                    flag_id=score.flag_id,
+                    created_at=now,
+                    pair_key=score.key,
+                    source_a=columns.sources[0][i],
+                    source_b=columns.sources[1][i],
+                    break_class=_CLASS_LABEL[score.break_class],
+                    break_score=score.break_score,
+                    threshold=pairs.threshold,
+                    likely_right=pb.PairSide.Name(score.likely_right),
+                    confidence=score.confidence,
+                    autonomy=pb.AutonomyMode.Name(score.autonomy),
+                    auto_approvable=score.auto_approvable,
+                    model_version=pairs.version,
+                    features=prepared.features.matrix[i].tolist(),
+                    event=event,
+                )
+            )
+        if records:
+            await self._flags.record(records)
+        return out
+
     def _count_reject(self, error: EngineError) -> None:
         reason = REJECT_REASON_BY_CODE.get(error.code)
         if reason is not None:
@@ -205,11 +258,10 @@ class BreakScorerService:
             deadline = time.monotonic() + remaining if remaining is not None else None
             try:
                 prepared = self._prepare(request, deadline)
-                scores = await prepared.scores
+                return await self._answer(request.request_id, prepared, await prepared.scores)
             except EngineError as exc:
                 self._count_reject(exc)
                 await context.abort(exc.code, exc.client_message())
-            return self._respond(request.request_id, prepared, scores)
         finally:
             self._calls.leave()
 
@@ -244,7 +296,7 @@ class BreakScorerService:
                 request_id, item = entry
                 if isinstance(item, _Prepared):
                     try:
-                        yield self._respond(request_id, item, await item.scores)
+                        yield await self._answer(request_id, item, await item.scores)
                         continue
                     except EngineError as exc:
                         item = exc
@@ -260,3 +312,39 @@ class BreakScorerService:
                 left = window.get_nowait()
                 if left is not None and isinstance(left[1], _Prepared):
                     left[1].scores.cancel()
+
+    async def SubmitFeedback(
+        self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.FeedbackResponse:
+        try:
+            if self._flags is None:
+                raise NoFlagStore("this engine keeps no flags (engine serve --flag-store sqlite:PATH)")
+            if not request.flag_id:
+                raise InvalidInput("flag_id", "required")
+            verdict = _VERDICTS.get(request.verdict)
+            if verdict is None:
+                raise InvalidInput("verdict", f"must be CONFIRMED or REJECTED, not {request.verdict}")
+            if not request.operator.strip():
+                raise InvalidInput("operator", "required")
+            if len(request.note) > MAX_NOTE_CHARS:
+                raise InvalidInput("note", f"{len(request.note)} characters; at most {MAX_NOTE_CHARS}")
+            kept = await self._flags.feedback(request.flag_id, verdict, request.operator, request.note)
+        except EngineError as exc:
+            await context.abort(exc.code, exc.client_message())
+        out = pb.FeedbackResponse(
+            flag_id=kept.flag_id,
+            verdict=pb.VERDICT_CONFIRMED if kept.verdict == "confirmed" else pb.VERDICT_REJECTED,
+            operator=kept.operator,
+            duplicate=kept.duplicate,
+        )
+        out.recorded_at.FromNanoseconds(int(kept.recorded_at * 1e9))
+        return out
+
+
+_VERDICTS = {pb.VERDICT_CONFIRMED: "confirmed", pb.VERDICT_REJECTED: "rejected"}
+
+
+class NoFlagStore(EngineError):
+    """Feedback needs a flag store, and this engine was started without one."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION

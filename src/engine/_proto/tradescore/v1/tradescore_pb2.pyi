@@ -187,6 +187,28 @@ PAIR_SIDE_A: PairSide.ValueType  # 1
 PAIR_SIDE_B: PairSide.ValueType  # 2
 Global___PairSide: _TypeAlias = PairSide  # noqa: Y015
 
+class _Verdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VERDICT_UNSPECIFIED: _Verdict.ValueType  # 0
+    VERDICT_CONFIRMED: _Verdict.ValueType  # 1
+    """It is a real break."""
+    VERDICT_REJECTED: _Verdict.ValueType  # 2
+    """It is not a break (a false alarm)."""
+
+class Verdict(_Verdict, metaclass=_VerdictEnumTypeWrapper):
+    """An operator's verdict on a flag."""
+
+VERDICT_UNSPECIFIED: Verdict.ValueType  # 0
+VERDICT_CONFIRMED: Verdict.ValueType  # 1
+"""It is a real break."""
+VERDICT_REJECTED: Verdict.ValueType  # 2
+"""It is not a break (a false alarm)."""
+Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
+
 @_typing.final
 class Trade(_message.Message):
     """One trade as an order-management system or trading gateway holds it before
@@ -778,6 +800,7 @@ class PairScore(_message.Message):
     REASONS_FIELD_NUMBER: _builtins.int
     AUTONOMY_FIELD_NUMBER: _builtins.int
     AUTO_APPROVABLE_FIELD_NUMBER: _builtins.int
+    FLAG_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     break_score: _builtins.float
     """Anomaly score in [0, 1]: higher is more unusual than the consistent history
@@ -795,6 +818,11 @@ class PairScore(_message.Message):
     """
     auto_approvable: _builtins.bool
     """AUTONOMOUS mode, `is_break`, and `confidence` >= the class's threshold."""
+    flag_id: _builtins.str
+    """Set for breaks when the engine keeps a flag store (`--flag-store`): the
+    flag is recorded durably before this response is sent; confirm or reject
+    it with SubmitFeedback.
+    """
     @_builtins.property
     def differences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Fields whose values differ, in a fixed order: record, status, quantity, amount, name, address."""
@@ -821,10 +849,11 @@ class PairScore(_message.Message):
         reasons: _abc.Iterable[Global___Reason] | None = ...,
         autonomy: Global___AutonomyMode.ValueType = ...,
         auto_approvable: _builtins.bool = ...,
+        flag_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_approvable", b"auto_approvable", "autonomy", b"autonomy", "break_class", b"break_class", "break_score", b"break_score", "confidence", b"confidence", "corrections", b"corrections", "differences", b"differences", "is_break", b"is_break", "key", b"key", "likely_right", b"likely_right", "reasons", b"reasons"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_approvable", b"auto_approvable", "autonomy", b"autonomy", "break_class", b"break_class", "break_score", b"break_score", "confidence", b"confidence", "corrections", b"corrections", "differences", b"differences", "flag_id", b"flag_id", "is_break", b"is_break", "key", b"key", "likely_right", b"likely_right", "reasons", b"reasons"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -867,3 +896,69 @@ class ScorePairsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScorePairsResponse: _TypeAlias = ScorePairsResponse  # noqa: Y015
+
+@_typing.final
+class FeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLAG_ID_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    flag_id: _builtins.str
+    """`PairScore.flag_id` of the flag. Required."""
+    verdict: Global___Verdict.ValueType
+    """Required (UNSPECIFIED is refused)."""
+    operator: _builtins.str
+    """Who decided, e.g. a user id. Required."""
+    note: _builtins.str
+    """Free text, at most 4,096 characters."""
+    def __init__(
+        self,
+        *,
+        flag_id: _builtins.str = ...,
+        verdict: Global___Verdict.ValueType = ...,
+        operator: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flag_id", b"flag_id", "note", b"note", "operator", b"operator", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackRequest: _TypeAlias = FeedbackRequest  # noqa: Y015
+
+@_typing.final
+class FeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLAG_ID_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    flag_id: _builtins.str
+    verdict: Global___Verdict.ValueType
+    """The verdict on record (on a repeated submission: the first one's)."""
+    operator: _builtins.str
+    duplicate: _builtins.bool
+    """True when this exact verdict was already on record (nothing changed)."""
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        flag_id: _builtins.str = ...,
+        verdict: Global___Verdict.ValueType = ...,
+        operator: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        duplicate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "flag_id", b"flag_id", "operator", b"operator", "recorded_at", b"recorded_at", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackResponse: _TypeAlias = FeedbackResponse  # noqa: Y015

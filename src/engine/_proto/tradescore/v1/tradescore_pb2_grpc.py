@@ -211,6 +211,11 @@ class BreakScorerStub:
                 request_serializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsRequest.SerializeToString,
                 response_deserializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsResponse.FromString,
                 _registered_method=True)
+        self.SubmitFeedback = channel.unary_unary(
+                '/tradescore.v1.BreakScorer/SubmitFeedback',
+                request_serializer=tradescore_dot_v1_dot_tradescore__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=tradescore_dot_v1_dot_tradescore__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class BreakScorerServicer:
@@ -232,6 +237,16 @@ class BreakScorerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitFeedback(self, request, context):
+        """Records an operator's verdict on a flag, once per flag: repeating the same
+        verdict is answered with `duplicate` set; a different verdict on a flag
+        already decided is refused with ALREADY_EXISTS; an unknown flag with
+        NOT_FOUND; no flag store configured with FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BreakScorerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -244,6 +259,11 @@ def add_BreakScorerServicer_to_server(servicer, server):
                     servicer.ScorePairsStream,
                     request_deserializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsRequest.FromString,
                     response_serializer=tradescore_dot_v1_dot_tradescore__pb2.ScorePairsResponse.SerializeToString,
+            ),
+            'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFeedback,
+                    request_deserializer=tradescore_dot_v1_dot_tradescore__pb2.FeedbackRequest.FromString,
+                    response_serializer=tradescore_dot_v1_dot_tradescore__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +321,33 @@ class BreakScorer:
             '/tradescore.v1.BreakScorer/ScorePairsStream',
             tradescore_dot_v1_dot_tradescore__pb2.ScorePairsRequest.SerializeToString,
             tradescore_dot_v1_dot_tradescore__pb2.ScorePairsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradescore.v1.BreakScorer/SubmitFeedback',
+            tradescore_dot_v1_dot_tradescore__pb2.FeedbackRequest.SerializeToString,
+            tradescore_dot_v1_dot_tradescore__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

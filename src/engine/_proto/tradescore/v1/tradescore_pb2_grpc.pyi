@@ -113,6 +113,12 @@ class BreakScorerStub:
     """One response per request message, in request order; a refused message
     yields a response with `error` set.
     """
+    SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_tradescore_pb2.FeedbackRequest, _tradescore_pb2.FeedbackResponse]
+    """Records an operator's verdict on a flag, once per flag: repeating the same
+    verdict is answered with `duplicate` set; a different verdict on a flag
+    already decided is refused with ALREADY_EXISTS; an unknown flag with
+    NOT_FOUND; no flag store configured with FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class BreakScorerAsyncStub(BreakScorerStub):
@@ -124,6 +130,12 @@ class BreakScorerAsyncStub(BreakScorerStub):
     ScorePairsStream: _aio.StreamStreamMultiCallable[_tradescore_pb2.ScorePairsRequest, _tradescore_pb2.ScorePairsResponse]  # type: ignore[assignment]
     """One response per request message, in request order; a refused message
     yields a response with `error` set.
+    """
+    SubmitFeedback: _aio.UnaryUnaryMultiCallable[_tradescore_pb2.FeedbackRequest, _tradescore_pb2.FeedbackResponse]  # type: ignore[assignment]
+    """Records an operator's verdict on a flag, once per flag: repeating the same
+    verdict is answered with `duplicate` set; a different verdict on a flag
+    already decided is refused with ALREADY_EXISTS; an unknown flag with
+    NOT_FOUND; no flag store configured with FAILED_PRECONDITION.
     """
 
 class BreakScorerServicer(metaclass=_abc_1.ABCMeta):
@@ -145,6 +157,18 @@ class BreakScorerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_tradescore_pb2.ScorePairsResponse], _abc.AsyncIterator[_tradescore_pb2.ScorePairsResponse]]:
         """One response per request message, in request order; a refused message
         yields a response with `error` set.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitFeedback(
+        self,
+        request: _tradescore_pb2.FeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tradescore_pb2.FeedbackResponse, _abc.Awaitable[_tradescore_pb2.FeedbackResponse]]:
+        """Records an operator's verdict on a flag, once per flag: repeating the same
+        verdict is answered with `duplicate` set; a different verdict on a flag
+        already decided is refused with ALREADY_EXISTS; an unknown flag with
+        NOT_FOUND; no flag store configured with FAILED_PRECONDITION.
         """
 
 def add_BreakScorerServicer_to_server(servicer: BreakScorerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
