@@ -78,3 +78,18 @@ def test_break_autonomy_defaults_and_overrides() -> None:
 def test_bad_break_autonomy_is_refused(spec: str, message: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):
         Settings(break_autonomy=spec)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"flag_store": "postgresql://db/flags"}, "want sqlite:PATH"),
+        ({"events_url": "amqp://127.0.0.1:5672/"}, "events_url needs flag_store"),
+        ({"events_url": "http://broker", "flag_store": "sqlite:f.sqlite"}, "amqp:// or amqps://"),
+        ({"event_min_confidence": 1.5}, "event_min_confidence must be in [0, 1]"),
+        ({"events_exchange": ""}, "events_exchange must not be empty"),
+    ],
+)
+def test_bad_flag_and_event_settings_are_refused(given: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings(**given)  # type: ignore[arg-type]

@@ -142,6 +142,15 @@ class Settings:
         "where flagged record pairs and operators' verdicts are kept, durably: sqlite:PATH (the "
         "file is created). Empty: nowhere (breaks carry no flag_id, SubmitFeedback is refused)",
     )
+    events_url: str = _opt(
+        "",
+        "publish an event for each flagged pair to this AMQP broker (amqp://user:pass@host:5672/vhost), "
+        "through the flag store's outbox: needs --flag-store. Empty: no events",
+    )
+    events_exchange: str = _opt("tradescore.events", "the durable topic exchange events go to")
+    event_min_confidence: float = _opt(
+        0.0, "publish only flags whose believed side has at least this confidence (0: every flag)"
+    )
     metrics_port: int = _opt(0, "serve Prometheus /metrics on this port (0: off)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -179,6 +188,15 @@ class Settings:
             store_path(self.flag_store)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
+        if self.events_url:
+            if not self.flag_store:
+                raise SettingsError("events_url needs flag_store: events are published from its outbox")
+            if not self.events_url.startswith(("amqp://", "amqps://")):
+                raise SettingsError("events_url must be an amqp:// or amqps:// URL")
+        if not self.events_exchange:
+            raise SettingsError("events_exchange must not be empty")
+        if not 0.0 <= self.event_min_confidence <= 1.0:
+            raise SettingsError("event_min_confidence must be in [0, 1]")
 
     @property
     def max_wait_s(self) -> float:

@@ -14,7 +14,8 @@ Callers await an asyncio future; the event loop never touches the database.
 
     flags     flag_id (PK), created_at, pair_key, sources, break class, score,
               threshold, believed side, confidence, autonomy, model version,
-              features (JSON), event (JSON), published_at (NULL: not yet published)
+              features (JSON), event (JSON), publish (its event is to be published),
+              published_at (NULL: not yet published; engine.events drains it)
     feedback  flag_id (PK, one verdict per flag), verdict, operator, note, recorded_at
 """
 
@@ -63,9 +64,10 @@ CREATE TABLE IF NOT EXISTS flags (
     model_version TEXT NOT NULL,
     features TEXT NOT NULL,
     event TEXT NOT NULL,
+    publish INTEGER NOT NULL,
     published_at REAL
 );
-CREATE INDEX IF NOT EXISTS flags_unpublished ON flags (created_at) WHERE published_at IS NULL;
+CREATE INDEX IF NOT EXISTS flags_unpublished ON flags (created_at) WHERE published_at IS NULL AND publish = 1;
 CREATE TABLE IF NOT EXISTS feedback (
     flag_id TEXT PRIMARY KEY REFERENCES flags (flag_id),
     verdict TEXT NOT NULL CHECK (verdict IN ('confirmed', 'rejected')),
@@ -113,6 +115,8 @@ class Flag:
     model_version: str
     features: Sequence[float]
     event: dict[str, Any]
+    #: whether the outbox publishes its event (--event-min-confidence)
+    publish: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,11 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def ensure_schema(path: Path) -> None:
+    """Create the store's file and tables if they are not there (ValueError: another schema)."""
+    _connect(path).close()
+
+
 class FlagStore:
     """Flags and verdicts in one SQLite file, written by one thread with group commits."""
 
@@ -166,6 +175,8 @@ class FlagStore:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: called after each commit that wrote flags (the outbox publisher's wake-up)
+        self.on_commit: Callable[[], None] | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -234,14 +245,16 @@ class FlagStore:
         rows = [
             (f.flag_id, f.created_at, f.pair_key, f.source_a, f.source_b, f.break_class, f.break_score,
              f.threshold, f.likely_right, f.confidence, f.autonomy, int(f.auto_approvable), f.model_version,
-             json.dumps([float(x) for x in f.features]), json.dumps(f.event, sort_keys=True))
+             json.dumps([float(x) for x in f.features]), json.dumps(f.event, sort_keys=True), int(f.publish))
             for f in flags
         ]  # fmt: skip
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.executemany(f"INSERT INTO flags VALUES ({', '.join('?' * 15)}, NULL)", rows)
+            conn.executemany(f"INSERT INTO flags VALUES ({', '.join('?' * 16)}, NULL)", rows)
 
         await self._submit(run)
+        if self.on_commit is not None:
+            self.on_commit()
 
     # -- feedback ------------------------------------------------------------------------------
 
@@ -275,10 +288,11 @@ class FlagStore:
     # -- reading (any thread; a connection of its own) -------------------------------------------------
 
     def unpublished(self, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
-        """The oldest flags not yet published: (flag_id, event)."""
+        """The oldest flags whose events wait to be published: (flag_id, event)."""
         with contextlib.closing(sqlite3.connect(self.path)) as conn:
             rows = conn.execute(
-                "SELECT flag_id, event FROM flags WHERE published_at IS NULL ORDER BY created_at LIMIT ?",
+                "SELECT flag_id, event FROM flags WHERE published_at IS NULL AND publish = 1 "
+                "ORDER BY created_at LIMIT ?",
                 (limit,),
             ).fetchall()
         return [(flag_id, json.loads(event)) for flag_id, event in rows]

@@ -334,6 +334,22 @@ class EngineMetrics:
         )
         for cls in BREAK_CLASSES:
             self.pair_breaks.labels(cls)
+        self.events_published = Counter(
+            "engine_events_published",
+            "Break events the broker confirmed (at least once: a crash may repeat a few).",
+            registry=r,
+        )
+        self.event_publish_failures = Counter(
+            "engine_event_publish_failures",
+            "Times the outbox publisher lost or could not reach the broker (it retries).",
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "engine_outbox_pending",
+            "Break events waiting in the flag store for the broker.",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.pair_inference = Histogram(
             "engine_pair_inference_seconds",
             "ONNX Runtime time per batch of record pairs.",

@@ -32,7 +32,8 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher, concat_matrices
 from engine.config import CONTROL_HEADROOM, Settings
-from engine.flags import FlagStore, store_path
+from engine.events import OutboxPublisher
+from engine.flags import FlagStore, ensure_schema, store_path
 from engine.interceptors import MetricsInterceptor
 from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry
@@ -119,6 +120,7 @@ class EngineServer:
         self.oip: InferenceService | None = None
         self.breaks: BreakScorerService | None = None
         self.flags: FlagStore | None = None
+        self.publisher: OutboxPublisher | None = None
         self.calls: ScoringCalls | None = None
         self.port = 0
 
@@ -160,6 +162,12 @@ class EngineServer:
             self.flags = FlagStore(flag_path)
             self.flags.start()
             log.info("flag store: %s", flag_path)
+            if s.events_url and s.workers == 1:  # with workers, the parent process publishes (run())
+                self.publisher = OutboxPublisher(
+                    flag_path, s.events_url, s.events_exchange, metrics=self.metrics
+                )
+                self.flags.on_commit = self.publisher.wake
+                self.publisher.start()
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -200,6 +208,7 @@ class EngineServer:
             stream_window=s.stream_window,
             autonomy=s.autonomy,
             flags=self.flags,
+            event_min_confidence=s.event_min_confidence,
         )
         server.add_generic_rpc_handlers((self.scorer.handlers(), self.oip.handlers(), self.breaks.handlers()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -259,6 +268,8 @@ class EngineServer:
                 await batcher.close(timeout=max(0.0, grace - (time.monotonic() - started)) + 1.0)
         if self.flags is not None:
             await self.flags.close()  # after the last call that could record a flag
+        if self.publisher is not None:  # what it has not sent waits in the store for the next start
+            await asyncio.get_running_loop().run_in_executor(None, self.publisher.stop)
         log.info("stopped after draining for %.2fs", time.monotonic() - started)
 
 
@@ -327,6 +338,15 @@ def run(settings: Settings) -> int:
     ]
     for w in workers:
         w.start()
+    publisher: OutboxPublisher | None = None
+    flag_path = store_path(settings.flag_store)
+    if settings.events_url and flag_path is not None:
+        # one publisher for the workers' shared flag store: the workers' flags wait there until it
+        # reads them (it looks every second), so no two processes publish the same rows
+        ensure_schema(flag_path)  # before the first read
+        # (its metrics would not reach the workers' shared /metrics: the parent writes none)
+        publisher = OutboxPublisher(flag_path, settings.events_url, settings.events_exchange)
+        publisher.start()
     stopping = False
 
     def forward(sig: int, _frame: Any) -> None:
@@ -355,4 +375,6 @@ def run(settings: Settings) -> int:
                 if not stopping:
                     stopping = True  # one worker died: stop the rest rather than serve degraded silently
                     forward(signal.SIGTERM, None)
+    if publisher is not None:
+        publisher.stop()
     return code

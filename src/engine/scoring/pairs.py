@@ -99,9 +99,11 @@ class BreakScorerService:
         stream_window: int,
         autonomy: Mapping[str, tuple[str, float]],
         flags: FlagStore | None = None,
+        event_min_confidence: float = 0.0,
     ) -> None:
         self._registry = registry
         self._flags = flags
+        self._event_min_confidence = event_min_confidence
         # per BreakClass value: (AutonomyMode value, confidence an autonomous break needs)
         self._autonomy = np.zeros(max(_CLASS_LABEL) + 1, dtype=np.int32)
         self._auto_level = np.full(max(_CLASS_LABEL) + 1, np.inf)
@@ -235,6 +237,7 @@ class BreakScorerService:
                     model_version=pairs.version,
                     features=prepared.features.matrix[i].tolist(),
                     event=event,
+                    publish=score.confidence >= self._event_min_confidence,
                 )
             )
         if records:
