@@ -83,7 +83,7 @@ def test_bad_break_autonomy_is_refused(spec: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("given", "message"),
     [
-        ({"flag_store": "postgresql://db/flags"}, "want sqlite:PATH"),
+        ({"flag_store": "mysql://db/flags"}, "want sqlite:PATH"),
         ({"events_url": "amqp://127.0.0.1:5672/"}, "events_url needs flag_store"),
         ({"events_url": "http://broker", "flag_store": "sqlite:f.sqlite"}, "amqp:// or amqps://"),
         ({"event_min_confidence": 1.5}, "event_min_confidence must be in [0, 1]"),

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
+from engine.flags import StoreSpec
 
 from .conftest import ServerFactory
 from .test_pairs import T0, pair, view
@@ -144,14 +144,17 @@ def drain(broker: Broker, queue: str) -> list[str]:
         channel.connection.close()
 
 
-def outbox_left(store: Path) -> int:
-    with contextlib.closing(sqlite3.connect(store)) as db:
-        (n,) = db.execute("SELECT count(*) FROM flags WHERE published_at IS NULL AND publish = 1").fetchone()
+def outbox_left(store: StoreSpec) -> int:
+    with contextlib.closing(store.connect()) as db:
+        cur = db.cursor()
+        cur.execute("SELECT count(*) FROM flags WHERE published_at IS NULL AND publish = 1")
+        (n,) = cur.fetchone()
     return int(n)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 async def test_every_flag_reaches_the_broker_once_across_an_outage(
-    start_engine: ServerFactory, broker: Broker, tmp_path: Path
+    start_engine: ServerFactory, broker: Broker, tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:
     # the downstream consumer's durable queue, bound before anything is published
     channel = broker.channel()
@@ -160,8 +163,13 @@ async def test_every_flag_reaches_the_broker_once_across_an_outage(
     channel.queue_bind("case-management", EXCHANGE, "sync_break.#")
     channel.connection.close()
 
-    store = tmp_path / "flags.sqlite"
-    engine, grpc_channel = await start_engine(flag_store=f"sqlite:{store}", events_url=broker.url)
+    if kind == "sqlite":
+        store = StoreSpec("sqlite", str(tmp_path / "flags.sqlite"))
+        given = f"sqlite:{store.target}"
+    else:  # the outbox in a real PostgreSQL database
+        given = request.getfixturevalue("postgres_url")
+        store = StoreSpec("postgresql", given)
+    engine, grpc_channel = await start_engine(flag_store=given, events_url=broker.url)
     stub = pb_grpc.BreakScorerStub(grpc_channel)
 
     async def flag_some(first: int, calls: int) -> list[str]:

@@ -21,9 +21,10 @@ from engine.flags import (
     FlagNotFound,
     FlagStore,
     FlagStoreUnavailable,
+    StoreSpec,
     VerdictConflict,
     export_labels,
-    store_path,
+    parse_store,
 )
 
 from .conftest import ServerFactory
@@ -39,18 +40,36 @@ def flag(i: int) -> Flag:
     )  # fmt: skip
 
 
-def test_store_path_reads_sqlite_specs() -> None:
-    assert store_path("") is None
-    assert store_path("sqlite:data/f.sqlite") == Path("data/f.sqlite")
-    assert store_path("sqlite:///var/lib/f.sqlite") == Path("/var/lib/f.sqlite")
-    for bad in ("postgresql://db/x", "sqlite:", "f.sqlite"):
+def test_parse_store_reads_sqlite_and_postgresql_specs() -> None:
+    assert parse_store("") is None
+    assert parse_store("sqlite:data/f.sqlite") == StoreSpec("sqlite", "data/f.sqlite")
+    assert parse_store("sqlite:///var/lib/f.sqlite") == StoreSpec("sqlite", "/var/lib/f.sqlite")
+    pg = parse_store("postgresql://ops:secret@db:5432/flags")
+    assert pg == StoreSpec("postgresql", "postgresql://ops:secret@db:5432/flags")
+    assert "secret" not in str(pg)  # logged without its password
+    for bad in ("mysql://db/x", "sqlite:", "f.sqlite"):
         with pytest.raises(ValueError, match="want sqlite:PATH"):
-            store_path(bad)
+            parse_store(bad)
 
 
-async def test_flags_and_verdicts_survive_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "flags.sqlite"
-    store = FlagStore(path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def spec(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
+    """A fresh store of each kind: a SQLite file, and a database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return StoreSpec("sqlite", str(tmp_path / "flags.sqlite"))
+    url: str = request.getfixturevalue("postgres_url")
+    return StoreSpec("postgresql", url)
+
+
+def count(spec: StoreSpec, sql: str) -> list[tuple[object, ...]]:
+    with contextlib.closing(spec.connect()) as conn:
+        cur = conn.cursor()
+        cur.execute(sql)
+        return [tuple(row) for row in cur.fetchall()]
+
+
+async def test_flags_and_verdicts_survive_a_reopen(spec: StoreSpec, tmp_path: Path) -> None:
+    store = FlagStore(spec)
     store.start()
     # concurrent writers share group commits; every one of them is on disk when its await returns
     await asyncio.gather(*(store.record([flag(i)]) for i in range(50)))
@@ -67,21 +86,20 @@ async def test_flags_and_verdicts_survive_a_reopen(tmp_path: Path) -> None:
     await store.feedback("F0002", "rejected", "ops-anna", "")  # the group it shared still committed
     await store.close()
 
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT count(*) FROM flags").fetchone() == (50,)
-        assert conn.execute("SELECT count(*) FROM flags WHERE published_at IS NULL").fetchone() == (50,)
-        assert conn.execute("SELECT flag_id, verdict FROM feedback ORDER BY flag_id").fetchall() == [
-            ("F0001", "confirmed"),
-            ("F0002", "rejected"),
-        ]
-    reopened = FlagStore(path)
+    assert count(spec, "SELECT count(*) FROM flags") == [(50,)]
+    assert count(spec, "SELECT count(*) FROM flags WHERE published_at IS NULL") == [(50,)]
+    assert count(spec, "SELECT flag_id, verdict FROM feedback ORDER BY flag_id") == [
+        ("F0001", "confirmed"),
+        ("F0002", "rejected"),
+    ]
+    reopened = FlagStore(spec)
     reopened.start()
     assert (await reopened.feedback("F0001", "confirmed", "x", "")).duplicate
     assert [fid for fid, _ in reopened.unpublished(limit=3)] == ["F0000", "F0001", "F0002"]
     await reopened.close()
 
     out = tmp_path / "labels.csv"
-    assert export_labels(path, out, PAIR_FEATURES) == 2
+    assert export_labels(spec, out, PAIR_FEATURES) == 2
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["flag_id"], r["is_break"]) for r in rows] == [("F0001", "1"), ("F0002", "0")]
@@ -152,3 +170,19 @@ async def test_feedback_without_a_flag_store_is_refused(start_engine: ServerFact
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await stub.SubmitFeedback(request, timeout=10)
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_flags_and_feedback_on_postgresql_served(
+    start_engine: ServerFactory, postgres_url: str
+) -> None:
+    _, channel = await start_engine(flag_store=postgres_url)
+    stub = pb_grpc.BreakScorerStub(channel)
+    drift = pair("drift", view(t=T0 + 900), view("risk", status="pending"))
+    (score,) = (await stub.ScorePairs(pb.ScorePairsRequest(pairs=[drift]), timeout=10)).scores
+    assert score.flag_id
+    spec = StoreSpec("postgresql", postgres_url)
+    assert count(spec, "SELECT pair_key, break_class FROM flags") == [("drift", "STATUS")]
+    request = pb.FeedbackRequest(flag_id=score.flag_id, verdict=pb.VERDICT_REJECTED, operator="ops-anna")
+    assert not (await stub.SubmitFeedback(request, timeout=10)).duplicate
+    assert (await stub.SubmitFeedback(request, timeout=10)).duplicate
+    assert count(spec, "SELECT verdict, operator FROM feedback") == [("rejected", "ops-anna")]

@@ -126,17 +126,21 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_export_labels(args: argparse.Namespace) -> int:
     from engine.features.pairs import PAIR_FEATURES
-    from engine.flags import export_labels, store_path
+    from engine.flags import export_labels, parse_store
 
     try:
-        path = store_path(args.flag_store)
+        spec = parse_store(args.flag_store)
     except ValueError as exc:
         print(f"engine export-labels: {exc}", file=sys.stderr)
         return 1
-    if path is None or not path.is_file():
+    if spec is None or (spec.kind == "sqlite" and not Path(spec.target).is_file()):
         print(f"engine export-labels: no flag store at {args.flag_store!r}", file=sys.stderr)
         return 1
-    rows = export_labels(path, args.out, PAIR_FEATURES)
+    try:
+        rows = export_labels(spec, args.out, PAIR_FEATURES)
+    except Exception as exc:  # noqa: BLE001 - the database's own errors: say what and exit 1
+        print(f"engine export-labels: cannot read {spec}: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {rows} labelled flags to {args.out}")
     return 0
 
@@ -287,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         "flag was scored on (one column each), is_break (1 confirmed, 0 rejected), operator, "
         "recorded_at.",
     )
-    labels.add_argument("--flag-store", required=True, help="the store, as sqlite:PATH")
+    labels.add_argument(
+        "--flag-store", required=True, help="the store, as sqlite:PATH or postgresql://user:password@host/db"
+    )
     labels.add_argument("--out", type=Path, required=True, help="CSV file to write")
     labels.set_defaults(func=_cmd_export_labels)
 

@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from engine.flags import store_path
+from engine.flags import parse_store
 from engine.metrics import BREAK_CLASSES
 from engine.models.bundle import DEFAULT_BUNDLE
 
@@ -140,7 +140,8 @@ class Settings:
     flag_store: str = _opt(
         "",
         "where flagged record pairs and operators' verdicts are kept, durably: sqlite:PATH (the "
-        "file is created). Empty: nowhere (breaks carry no flag_id, SubmitFeedback is refused)",
+        "file is created) or postgresql://user:password@host:5432/database (the tables are "
+        "created). Empty: nowhere (breaks carry no flag_id, SubmitFeedback is refused)",
     )
     events_url: str = _opt(
         "",
@@ -185,7 +186,7 @@ class Settings:
             raise SettingsError(f"unknown log level {self.log_level!r}")
         parse_autonomy(self.break_autonomy)
         try:
-            store_path(self.flag_store)
+            parse_store(self.flag_store)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
         if self.events_url:

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
+from engine.flags import StoreSpec
 from engine.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ class OutboxPublisher:
 
     def __init__(
         self,
-        store: Path,
+        store: StoreSpec,
         url: str,
         exchange: str,
         *,
@@ -92,10 +91,12 @@ class OutboxPublisher:
         connection: Any = None
         channel: Any = None
         backoff = MIN_BACKOFF_S
-        with contextlib.closing(sqlite3.connect(self.store, timeout=30.0)) as db:
-            db.execute("PRAGMA busy_timeout = 30000")
+        db: Any = None
+        try:
             while not self._stop.is_set():
                 try:
+                    if db is None:
+                        db = self.store.connect()
                     if channel is None:
                         connection = pika.BlockingConnection(params)
                         channel = connection.channel()
@@ -123,28 +124,39 @@ class OutboxPublisher:
                     connection, channel = None, None
                     self._stop.wait(backoff)
                     backoff = min(MAX_BACKOFF_S, backoff * 2)
-                except sqlite3.Error as exc:
+                except self.store.errors as exc:
                     log.error("outbox: flag store %s unreadable (%r); retrying", self.store, exc)
+                    if db is not None:
+                        with contextlib.suppress(Exception):
+                            db.close()
+                    db = None
                     self._stop.wait(MAX_BACKOFF_S)
+        finally:
             if connection is not None and connection.is_open:
                 with contextlib.suppress(Exception):
                     connection.close()
+            if db is not None:
+                db.close()
 
-    def _refresh_pending(self, db: sqlite3.Connection) -> int:
-        (waiting,) = db.execute(
-            "SELECT count(*) FROM flags WHERE published_at IS NULL AND publish = 1"
-        ).fetchone()
+    def _refresh_pending(self, db: Any) -> int:
+        cur = db.cursor()
+        cur.execute("SELECT count(*) FROM flags WHERE published_at IS NULL AND publish = 1")
+        (waiting,) = cur.fetchone()
         if self._metrics is not None:
             self._metrics.outbox_pending.set(waiting)
         return int(waiting)
 
-    def _publish(self, db: sqlite3.Connection, channel: Any, pika: Any) -> int:
+    def _publish(self, db: Any, channel: Any, pika: Any) -> int:
         """Publish the oldest waiting events (each confirmed by the broker), then mark them; the count."""
-        rows = db.execute(
-            "SELECT flag_id, break_class, event FROM flags WHERE published_at IS NULL AND publish = 1 "
-            "ORDER BY created_at, flag_id LIMIT ?",
+        cur = db.cursor()
+        cur.execute(
+            self.store.sql(
+                "SELECT flag_id, break_class, event FROM flags WHERE published_at IS NULL AND publish = 1 "
+                "ORDER BY created_at, flag_id LIMIT ?"
+            ),
             (BATCH,),
-        ).fetchall()
+        )
+        rows = cur.fetchall()
         done: list[str] = []
         try:
             for flag_id, break_class, event in rows:
@@ -162,9 +174,9 @@ class OutboxPublisher:
                 done.append(flag_id)
         finally:
             if done:  # what the broker confirmed is marked even when a later publish failed
-                now = time.time()
-                with db:
-                    db.executemany(
-                        "UPDATE flags SET published_at = ? WHERE flag_id = ?", [(now, f) for f in done]
-                    )
+                marks = ", ".join("?" * len(done))  # one statement in autocommit mode: all or none
+                cur.execute(
+                    self.store.sql(f"UPDATE flags SET published_at = ? WHERE flag_id IN ({marks})"),
+                    (time.time(), *done),
+                )
         return len(done)

@@ -7,10 +7,13 @@ outbox that a publisher drains to a message broker — and the model inputs it
 was scored on, so that confirmed and rejected flags become labelled training
 rows (`export_labels`).
 
-One thread owns the SQLite connection (WAL, synchronous=FULL). Writes queue to
-it and are committed in groups: all the writes waiting when a commit starts
-share that commit, so a burst of flagged calls pays one fsync, not one each.
-Callers await an asyncio future; the event loop never touches the database.
+Two databases, by `--flag-store`: `sqlite:PATH` (one file; WAL,
+synchronous=FULL; workers on one host may share it) or
+`postgresql://user:pass@host:port/db` (psycopg 3; replicas on many hosts share
+it). One thread owns the store's connection. Writes queue to it and are
+committed in groups: all the writes waiting when a commit starts share that
+commit, so a burst of flagged calls pays one fsync, not one each. Callers await
+an asyncio future; the event loop never touches the database.
 
     flags     flag_id (PK), created_at, pair_key, sources, break class, score,
               threshold, believed side, confidence, autonomy, model version,
@@ -27,6 +30,7 @@ import csv
 import json
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -50,22 +54,22 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS flags (
     flag_id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
+    created_at {real} NOT NULL,
     pair_key TEXT NOT NULL,
     source_a TEXT NOT NULL,
     source_b TEXT NOT NULL,
     break_class TEXT NOT NULL,
-    break_score REAL NOT NULL,
-    threshold REAL NOT NULL,
+    break_score {real} NOT NULL,
+    threshold {real} NOT NULL,
     likely_right TEXT NOT NULL,
-    confidence REAL NOT NULL,
+    confidence {real} NOT NULL,
     autonomy TEXT NOT NULL,
     auto_approvable INTEGER NOT NULL,
     model_version TEXT NOT NULL,
     features TEXT NOT NULL,
     event TEXT NOT NULL,
     publish INTEGER NOT NULL,
-    published_at REAL
+    published_at {real}
 );
 CREATE INDEX IF NOT EXISTS flags_unpublished ON flags (created_at) WHERE published_at IS NULL AND publish = 1;
 CREATE TABLE IF NOT EXISTS feedback (
@@ -73,7 +77,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     verdict TEXT NOT NULL CHECK (verdict IN ('confirmed', 'rejected')),
     operator TEXT NOT NULL,
     note TEXT NOT NULL,
-    recorded_at REAL NOT NULL
+    recorded_at {real} NOT NULL
 );
 """
 
@@ -131,47 +135,113 @@ class Verdict:
 
 @dataclass(slots=True)
 class _Job:
-    run: Callable[[sqlite3.Connection], Any]
+    run: Callable[[Any], Any]  # given a cursor inside the group's transaction
     future: asyncio.Future[Any]
 
 
-def store_path(spec: str) -> Path | None:
-    """ "sqlite:PATH" (or "sqlite:///PATH") -> PATH; "" -> None (no store). ValueError otherwise."""
+@dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """Which database holds the flags: `sqlite` (`target` a path) or `postgresql` (`target` a URL)."""
+
+    kind: str
+    target: str
+
+    @property
+    def errors(self) -> tuple[type[Exception], ...]:
+        """The driver's errors: the store is unreachable or broken (not one job's own fault)."""
+        if self.kind == "sqlite":
+            return (sqlite3.Error,)
+        import psycopg
+
+        return (psycopg.Error,)
+
+    @property
+    def integrity_errors(self) -> tuple[type[Exception], ...]:
+        if self.kind == "sqlite":
+            return (sqlite3.IntegrityError,)
+        import psycopg
+
+        return (psycopg.IntegrityError,)
+
+    def sql(self, text: str) -> str:
+        """`text` with `?` placeholders, in this driver's style."""
+        return text if self.kind == "sqlite" else text.replace("?", "%s")
+
+    def connect(self) -> Any:
+        """A connection in autocommit mode (transactions are explicit), with the schema in place."""
+        if self.kind == "sqlite":
+            path = Path(self.target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn: Any = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            real = "REAL"
+        else:
+            import psycopg
+
+            conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)
+            real = "DOUBLE PRECISION"
+        try:
+            cur = conn.cursor()
+            if self.kind == "postgresql":  # one schema creation at a time across replicas
+                cur.execute("SELECT pg_advisory_lock(727020001)")
+            for statement in _SCHEMA.format(real=real).split(";"):
+                if statement.strip():
+                    cur.execute(statement)
+            cur.execute(
+                self.sql(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING"
+                ),
+                (SCHEMA_VERSION,),
+            )
+            cur.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+            (version,) = cur.fetchone()
+            if self.kind == "postgresql":
+                cur.execute("SELECT pg_advisory_unlock(727020001)")
+        except BaseException:
+            conn.close()
+            raise
+        if version != SCHEMA_VERSION:
+            conn.close()
+            raise ValueError(f"{self}: flag store schema {version}, this engine reads {SCHEMA_VERSION}")
+        return conn
+
+    def __str__(self) -> str:
+        if self.kind == "sqlite":
+            return f"sqlite:{self.target}"
+        return re.sub(r"//[^@/]*@", "//***@", self.target)  # no password in logs
+
+
+def parse_store(spec: str) -> StoreSpec | None:
+    """ "sqlite:PATH", "sqlite:///PATH" or "postgresql://..." -> a StoreSpec; "" -> None; else ValueError."""
     if not spec:
         return None
+    if spec.startswith(("postgresql://", "postgres://")):
+        return StoreSpec("postgresql", spec)
     for prefix in ("sqlite:///", "sqlite:"):
         if spec.startswith(prefix):
             rest = spec[len(prefix) :]
             if rest:
-                return Path(("/" if prefix == "sqlite:///" else "") + rest)
-    raise ValueError(f"flag store {spec!r}: want sqlite:PATH (e.g. sqlite:/var/lib/tradescore/flags.sqlite)")
+                return StoreSpec("sqlite", ("/" if prefix == "sqlite:///" else "") + rest)
+    raise ValueError(
+        f"flag store {spec!r}: want sqlite:PATH (e.g. sqlite:/var/lib/tradescore/flags.sqlite) "
+        "or postgresql://user:password@host:5432/database"
+    )
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.executescript(_SCHEMA)
-    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-    (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: flag store schema {version}, this engine reads {SCHEMA_VERSION}")
-    return conn
-
-
-def ensure_schema(path: Path) -> None:
-    """Create the store's file and tables if they are not there (ValueError: another schema)."""
-    _connect(path).close()
+def ensure_schema(spec: StoreSpec) -> None:
+    """Create the store's tables if they are not there (ValueError: another schema version)."""
+    spec.connect().close()
 
 
 class FlagStore:
     """Flags and verdicts in one SQLite file, written by one thread with group commits."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn = _connect(path)  # fails here, at start-up, when the file cannot be used
+    def __init__(self, spec: StoreSpec) -> None:
+        self.spec = spec
+        self._conn = spec.connect()  # fails here, at start-up, when the store cannot be used
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -188,9 +258,21 @@ class FlagStore:
             self._jobs.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
             self._thread = None
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
-    def _submit(self, run: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _rollback_or_drop(self, cur: Any) -> None:
+        """After a failed group: roll back, or drop a connection that cannot even do that."""
+        try:
+            if cur is not None:
+                cur.execute("ROLLBACK")
+        except Exception:  # noqa: BLE001 - the connection is gone; the next group reconnects
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def _submit(self, run: Callable[[Any], T]) -> asyncio.Future[T]:
         assert self._loop is not None, "start() the flag store first"
         future: asyncio.Future[T] = self._loop.create_future()
         self._jobs.put(_Job(run, future))
@@ -214,25 +296,29 @@ class FlagStore:
                     break
                 batch.append(more)
             results: list[tuple[_Job, Any, BaseException | None]] = []
+            own_errors: tuple[type[Exception], ...] = (EngineError, *self.spec.integrity_errors)
+            cur = None
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                if self._conn is None:  # the last connection broke: try a new one
+                    self._conn = self.spec.connect()
+                cur = self._conn.cursor()
+                cur.execute("BEGIN IMMEDIATE" if self.spec.kind == "sqlite" else "BEGIN")
                 for j in batch:
-                    self._conn.execute("SAVEPOINT job")
+                    cur.execute("SAVEPOINT job")
                     try:
-                        results.append((j, j.run(self._conn), None))
-                        self._conn.execute("RELEASE job")
-                    except (EngineError, sqlite3.IntegrityError) as exc:
+                        results.append((j, j.run(cur), None))
+                        cur.execute("RELEASE SAVEPOINT job")
+                    except own_errors as exc:
                         # this job's own refusal or constraint: the others in the group still commit
-                        self._conn.execute("ROLLBACK TO job")
-                        self._conn.execute("RELEASE job")
-                        if isinstance(exc, sqlite3.IntegrityError):
+                        cur.execute("ROLLBACK TO SAVEPOINT job")
+                        cur.execute("RELEASE SAVEPOINT job")
+                        if not isinstance(exc, EngineError):
                             exc = FlagStoreUnavailable(f"the flag store refused this write: {exc}")
                         results.append((j, None, exc))
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                log.error("flag store %s: write of %d jobs failed", self.path, len(batch), exc_info=exc)
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                cur.execute("COMMIT")
+            except self.spec.errors as exc:
+                log.error("flag store %s: write of %d jobs failed", self.spec, len(batch), exc_info=exc)
+                self._rollback_or_drop(cur)
                 failure = FlagStoreUnavailable(f"the flag store could not record this: {exc}")
                 results = [(j, None, failure) for j in batch]
             for j, value, error in results:
@@ -249,8 +335,10 @@ class FlagStore:
             for f in flags
         ]  # fmt: skip
 
-        def run(conn: sqlite3.Connection) -> None:
-            conn.executemany(f"INSERT INTO flags VALUES ({', '.join('?' * 16)}, NULL)", rows)
+        insert = self.spec.sql(f"INSERT INTO flags VALUES ({', '.join('?' * 16)}, NULL)")
+
+        def run(cur: Any) -> None:
+            cur.executemany(insert, rows)
 
         await self._submit(run)
         if self.on_commit is not None:
@@ -263,19 +351,23 @@ class FlagStore:
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}")
 
-        def run(conn: sqlite3.Connection) -> Verdict:
-            if conn.execute("SELECT 1 FROM flags WHERE flag_id = ?", (flag_id,)).fetchone() is None:
+        sql = self.spec.sql
+
+        def run(cur: Any) -> Verdict:
+            cur.execute(sql("SELECT 1 FROM flags WHERE flag_id = ?"), (flag_id,))
+            if cur.fetchone() is None:
                 raise FlagNotFound(f"no flag {flag_id!r} was recorded by this engine's flag store")
             now = time.time()
-            inserted = conn.execute(
-                "INSERT INTO feedback VALUES (?, ?, ?, ?, ?) ON CONFLICT (flag_id) DO NOTHING",
+            cur.execute(
+                sql("INSERT INTO feedback VALUES (?, ?, ?, ?, ?) ON CONFLICT (flag_id) DO NOTHING"),
                 (flag_id, verdict, operator, note, now),
-            ).rowcount
-            if inserted:
+            )
+            if cur.rowcount:
                 return Verdict(flag_id, verdict, operator, note, now, duplicate=False)
-            first = conn.execute(
-                "SELECT verdict, operator, note, recorded_at FROM feedback WHERE flag_id = ?", (flag_id,)
-            ).fetchone()
+            cur.execute(
+                sql("SELECT verdict, operator, note, recorded_at FROM feedback WHERE flag_id = ?"), (flag_id,)
+            )
+            first = cur.fetchone()
             if first[0] != verdict:
                 raise VerdictConflict(
                     f"flag {flag_id!r} was already {first[0]} by {first[1]!r}; the first verdict stands"
@@ -289,12 +381,16 @@ class FlagStore:
 
     def unpublished(self, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
         """The oldest flags whose events wait to be published: (flag_id, event)."""
-        with contextlib.closing(sqlite3.connect(self.path)) as conn:
-            rows = conn.execute(
-                "SELECT flag_id, event FROM flags WHERE published_at IS NULL AND publish = 1 "
-                "ORDER BY created_at LIMIT ?",
+        with contextlib.closing(self.spec.connect()) as conn:
+            cur = conn.cursor()
+            cur.execute(
+                self.spec.sql(
+                    "SELECT flag_id, event FROM flags WHERE published_at IS NULL AND publish = 1 "
+                    "ORDER BY created_at, flag_id LIMIT ?"
+                ),
                 (limit,),
-            ).fetchall()
+            )
+            rows = cur.fetchall()
         return [(flag_id, json.loads(event)) for flag_id, event in rows]
 
 
@@ -307,18 +403,20 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
         future.set_result(value)
 
 
-def export_labels(path: Path, out: Path, feature_names: Sequence[str]) -> int:
+def export_labels(spec: StoreSpec, out: Path, feature_names: Sequence[str]) -> int:
     """Write every flag with a verdict as a labelled training row (CSV); returns the row count.
 
     Columns: flag_id, pair_key, break_class, model_version, the model inputs
     (one column each, `feature_names` order), `is_break` (1 confirmed, 0
     rejected), operator, recorded_at (unix seconds).
     """
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        rows = conn.execute(
+    with contextlib.closing(spec.connect()) as conn:
+        cur = conn.cursor()
+        cur.execute(
             "SELECT f.flag_id, f.pair_key, f.break_class, f.model_version, f.features, v.verdict, "
             "v.operator, v.recorded_at FROM flags f JOIN feedback v USING (flag_id) ORDER BY v.recorded_at"
-        ).fetchall()
+        )
+        rows = cur.fetchall()
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
         writer = csv.writer(fh)

@@ -33,7 +33,7 @@ from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher, concat_matrices
 from engine.config import CONTROL_HEADROOM, Settings
 from engine.events import OutboxPublisher
-from engine.flags import FlagStore, ensure_schema, store_path
+from engine.flags import FlagStore, ensure_schema, parse_store
 from engine.interceptors import MetricsInterceptor
 from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry
@@ -157,15 +157,13 @@ class EngineServer:
             thread_name="pairs",
         )
         self.pair_batcher.start()
-        flag_path = store_path(s.flag_store)
-        if flag_path is not None:
-            self.flags = FlagStore(flag_path)
+        store = parse_store(s.flag_store)
+        if store is not None:
+            self.flags = FlagStore(store)
             self.flags.start()
-            log.info("flag store: %s", flag_path)
+            log.info("flag store: %s", store)
             if s.events_url and s.workers == 1:  # with workers, the parent process publishes (run())
-                self.publisher = OutboxPublisher(
-                    flag_path, s.events_url, s.events_exchange, metrics=self.metrics
-                )
+                self.publisher = OutboxPublisher(store, s.events_url, s.events_exchange, metrics=self.metrics)
                 self.flags.on_commit = self.publisher.wake
                 self.publisher.start()
         options = [
@@ -339,13 +337,13 @@ def run(settings: Settings) -> int:
     for w in workers:
         w.start()
     publisher: OutboxPublisher | None = None
-    flag_path = store_path(settings.flag_store)
-    if settings.events_url and flag_path is not None:
+    store = parse_store(settings.flag_store)
+    if settings.events_url and store is not None:
         # one publisher for the workers' shared flag store: the workers' flags wait there until it
         # reads them (it looks every second), so no two processes publish the same rows
-        ensure_schema(flag_path)  # before the first read
+        ensure_schema(store)  # before the first read
         # (its metrics would not reach the workers' shared /metrics: the parent writes none)
-        publisher = OutboxPublisher(flag_path, settings.events_url, settings.events_exchange)
+        publisher = OutboxPublisher(store, settings.events_url, settings.events_exchange)
         publisher.start()
     stopping = False
 
