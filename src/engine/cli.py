@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.training.cli import (
         add_export_parser,
         add_generate_parser,
+        add_retrain_parser,
         add_train_pairs_parser,
         add_train_parser,
     )
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_generate_parser(sub)
     add_train_pairs_parser(sub)
+    add_retrain_parser(sub)
     return parser
 
 

@@ -1,9 +1,10 @@
-"""`engine train | export | generate | train-pairs`: subcommands for the engine's one CLI.
+"""`engine train | export | generate | train-pairs | retrain`: subcommands for the engine's one CLI.
 
 `engine.cli` registers them with `add_train_parser(sub)`, `add_export_parser(sub)`,
-`add_generate_parser(sub)` and `add_train_pairs_parser(sub)`; each sets `func`, which takes the parsed
-arguments and returns the exit code (0 ok, 1 bad input or unusable model,
-3 ONNX parity failure — nothing written). Until then (or without the engine
+`add_generate_parser(sub)`, `add_train_pairs_parser(sub)` and
+`add_retrain_parser(sub)`; each sets `func`, which takes the parsed arguments
+and returns the exit code (0 ok, 1 bad input or unusable model, 3 ONNX parity
+failure — nothing written; `retrain`: 4 not promoted). Until then (or without the engine
 entry point), `python -m engine.training.cli <command> ...` runs them too.
 
 LightGBM, onnxmltools, pyarrow and scikit-learn (the `[train]` extra) are imported only
@@ -567,20 +568,94 @@ def _train_pairs(args: argparse.Namespace, log: Printer) -> int:
 run_train_pairs = _guarded("train-pairs", _train_pairs)
 
 
+def add_retrain_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register `retrain`: retrain a bundle's pair model from operators' verdicts; promote if not worse."""
+    from engine.training.pairs import DEFAULT_PAIRS, DEFAULT_PAIRS_SEED, MODEL_CHOICES
+
+    p = sub.add_parser(
+        "retrain",
+        help="retrain the bundle's sync-break model from operators' verdicts; promote it only if not worse",
+        description="Read the verdicts in a flag store (SubmitFeedback), hold out a stable share of "
+        "them, train a new pair model on fresh synthetic history plus the rest, score it and the "
+        "bundle's serving pair model on the same held-out pairs, and write it into BUNDLE (a server "
+        "with --watch, or sent SIGHUP, swaps it in) only if its F1 is at least the serving model's; "
+        "the manifest's pairs.promotion records both. Exit 0: promoted; 4: not promoted (the reason "
+        "is printed; the bundle is unchanged); 1: error.",
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="the bundle the engine serves")
+    p.add_argument(
+        "--flag-store", required=True, help="sqlite:PATH or postgresql://... (engine serve --flag-store)"
+    )
+    p.add_argument(
+        "--model",
+        choices=("same", *MODEL_CHOICES),
+        default="same",
+        help="the kind of model to train: the serving one's, or as engine train-pairs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--holdout", type=_fraction, default=0.3, help="share of the verdicts held out (default: %(default)s)"
+    )
+    p.add_argument(
+        "--pairs",
+        type=_positive_int,
+        default=DEFAULT_PAIRS,
+        help="synthetic history pairs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_PAIRS_SEED + 1,
+        help="history and model seed (default: %(default)s)",
+    )
+    p.set_defaults(func=run_retrain)
+    parser: argparse.ArgumentParser = p
+    return parser
+
+
+EXIT_NOT_PROMOTED = 4
+
+
+def _retrain(args: argparse.Namespace, log: Printer) -> int:
+    from engine.errors import BundleError
+    from engine.flags import parse_store
+    from engine.models.bundle import MANIFEST
+    from engine.training.errors import DataError
+    from engine.training.pairs import retrain_pair_model
+
+    if not (Path(args.bundle) / MANIFEST).is_file():
+        raise BundleError(f"{args.bundle}: no {MANIFEST}")
+    try:
+        store = parse_store(args.flag_store)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    if store is None:
+        raise DataError("--flag-store is empty")
+    outcome = retrain_pair_model(
+        args.bundle, store, pairs=args.pairs, seed=args.seed, model=args.model, holdout=args.holdout, log=log
+    )
+    return EXIT_OK if outcome.promoted else EXIT_NOT_PROMOTED
+
+
+run_retrain = _guarded("retrain", _retrain)
+
+
 # --------------------------------------------------------------------------- standalone
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m engine.training.cli train|export|generate|train-pairs ...`"""
+    """`python -m engine.training.cli train|export|generate|train-pairs|retrain ...`"""
     parser = argparse.ArgumentParser(
         prog="python -m engine.training.cli",
         description="Train, export and generate for the TradeScore engine.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,export,generate,train-pairs}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{train,export,generate,train-pairs,retrain}"
+    )
     add_train_parser(sub)
     add_export_parser(sub)
     add_generate_parser(sub)
     add_train_pairs_parser(sub)
+    add_retrain_parser(sub)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

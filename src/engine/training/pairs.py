@@ -19,6 +19,7 @@ against `IsolationForest.score_samples` on held-out rows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -38,8 +39,9 @@ from engine.features.pairs import (
     likely_right,
     pair_features,
 )
+from engine.flags import StoreSpec
 from engine.models.bundle import MANIFEST, onnx_session, utc_now_iso, write_manifest
-from engine.training.errors import ParityError
+from engine.training.errors import DataError, ParityError
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -147,7 +149,12 @@ def generate_pairs(n: int, seed: int, break_mix: dict[str, float] | None = None)
     """`n` labelled pairs: consistent records, and each break class at its share of `break_mix`."""
     rng = np.random.default_rng(seed)
     mix = BREAK_MIX if break_mix is None else break_mix
-    probs = np.array([1.0 - sum(mix.values()), *mix.values()])
+    unknown = set(mix) - set(BREAK_MIX)
+    if unknown or sum(mix.values()) > 1.0:
+        raise ValueError(
+            f"break_mix: classes are {list(BREAK_MIX)} with shares summing to <= 1 ({unknown or ''})"
+        )
+    probs = np.array([1.0 - sum(mix.values()), *(mix.get(cls, 0.0) for cls in BREAK_MIX)])
     labels = np.asarray(CLASSES)[rng.choice(len(CLASSES), size=n, p=probs)]
     is_account = rng.random(n) < 0.3  # CRM vs billing accounts carry no quantity
     quantity = np.where(is_account, np.nan, np.round(rng.lognormal(7.0, 1.5, n)))
@@ -389,45 +396,50 @@ class Candidate:
         return np.ascontiguousarray(out[:, self.output_column], dtype=np.float32)
 
 
-def _evaluate(
-    valid_scores: F64,
-    test_scores: F64,
-    truth_valid: npt.NDArray[np.bool_],
-    labels: npt.NDArray[np.str_],
-) -> tuple[float, dict[str, float]]:
-    """Best-F1 threshold on the validation pairs; precision, recall, F1, per-class recall on the test."""
-    threshold = pick_threshold(valid_scores, truth_valid)
-    truth = labels != "consistent"
-    flagged = test_scores >= threshold
-    p, r = precision_recall(flagged, truth)
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Labelled pairs for fitting, for the threshold, and for the held-out figures."""
+
+    train: F32
+    train_y: npt.NDArray[np.bool_]
+    valid: F32
+    valid_y: npt.NDArray[np.bool_]
+    test: F32
+    test_y: npt.NDArray[np.bool_]
+    #: per test pair: its generator class ("consistent", "stale_copy", ...) or "feedback"
+    test_classes: npt.NDArray[np.str_]
+
+
+def evaluate(threshold: float, scores: F64, split: Split) -> dict[str, float]:
+    """Precision, recall, F1 and recall per break class of `scores >= threshold` on the test pairs."""
+    flagged = scores >= threshold
+    p, r = precision_recall(flagged, split.test_y)
     metrics = {
         "precision": p,
         "recall": r,
         "f1": 2 * p * r / (p + r) if p + r > 0 else 0.0,
-        "heldout_pairs": float(len(truth)),
-        "heldout_breaks": float(truth.sum()),
+        "heldout_pairs": float(len(split.test_y)),
+        "heldout_breaks": float(split.test_y.sum()),
     }
-    for cls in BREAK_MIX:
-        mask = labels == cls
-        metrics[f"recall_{cls}"] = float(flagged[mask].mean()) if mask.any() else float("nan")
-    return threshold, metrics
+    for cls in (*BREAK_MIX, "feedback"):
+        mask = (split.test_classes == cls) & split.test_y
+        if mask.any():
+            metrics[f"recall_{cls}"] = float(flagged[mask].mean())
+    return metrics
 
 
-def _forest(
-    train: F32, valid: F32, test: F32, data: SyntheticPairs, cuts: tuple[int, int], trees: int,
-    max_samples: int, seed: int,
-) -> Candidate:  # fmt: skip
+def _forest(split: Split, trees: int, max_samples: int, seed: int) -> Candidate:
     """The IsolationForest, fitted on the training pairs without their labels."""
     from sklearn.ensemble import IsolationForest
 
-    forest = IsolationForest(n_estimators=trees, max_samples=max_samples, random_state=seed).fit(train)
+    forest = IsolationForest(n_estimators=trees, max_samples=max_samples, random_state=seed).fit(split.train)
     model = forest_to_onnx(forest, len(PAIR_FEATURES))
     session = onnx_session(model)
-    want = -forest.score_samples(test)
-    got = onnx_scores(session, test).astype(np.float64)
+    want = -forest.score_samples(split.test)
+    got = onnx_scores(session, split.test).astype(np.float64)
     diff = np.abs(got - want)
     parity = {
-        "rows": float(len(test)),
+        "rows": float(len(split.test)),
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),
     }
@@ -437,18 +449,15 @@ def _forest(
             f"pair model: ONNX differs from scikit-learn by {parity['max_abs_diff']:.3g}",
             [(int(i), float(want[i]), float(got[i])) for i in worst],
         )
-    cut1, cut2 = cuts
-    valid_scores = onnx_scores(session, valid).astype(np.float64)
-    threshold, metrics = _evaluate(valid_scores, got, data.is_break[cut1:cut2], data.labels[cut2:])
+    threshold = pick_threshold(onnx_scores(session, split.valid).astype(np.float64), split.valid_y)
     training = {"trees": trees, "max_samples": max_samples, "labels_used": False}
     return Candidate(
-        "isolation_forest", model, INPUT_NAME, OUTPUT_NAME, 0, threshold, metrics, parity, training
-    )
+        "isolation_forest", model, INPUT_NAME, OUTPUT_NAME, 0, threshold, evaluate(threshold, got, split),
+        parity, training,
+    )  # fmt: skip
 
 
-def _classifier(
-    train: F32, valid: F32, test: F32, data: SyntheticPairs, cuts: tuple[int, int], seed: int
-) -> Candidate:
+def _classifier(split: Split, seed: int) -> Candidate:
     """The supervised LightGBM break classifier on the same features, from the training pairs' labels."""
     import lightgbm as lgb
 
@@ -456,8 +465,6 @@ def _classifier(
     from engine.training.export import OUTPUT_NAME as LGB_OUTPUT
     from engine.training.export import check_parity, round_thresholds_down, to_onnx
 
-    cut1, cut2 = cuts
-    truth = data.is_break.astype(np.int8)
     params = {
         "objective": "binary",
         "learning_rate": 0.1,
@@ -468,8 +475,8 @@ def _classifier(
         "num_threads": 1,
         "verbose": -1,
     }
-    train_set = lgb.Dataset(train, truth[:cut1], feature_name=list(PAIR_FEATURES))
-    valid_set = lgb.Dataset(valid, truth[cut1:cut2], reference=train_set)
+    train_set = lgb.Dataset(split.train, split.train_y.astype(np.int8), feature_name=list(PAIR_FEATURES))
+    valid_set = lgb.Dataset(split.valid, split.valid_y.astype(np.int8), reference=train_set)
     booster = lgb.train(
         params, train_set, num_boost_round=300, valid_sets=[valid_set],
         callbacks=[lgb.early_stopping(20, verbose=False)],
@@ -478,19 +485,97 @@ def _classifier(
     model = to_onnx(rewritten, len(PAIR_FEATURES), name="sync_break")
     parity = {
         k: float(v)
-        for k, v in check_parity(rewritten, model, test).items()
+        for k, v in check_parity(rewritten, model, split.test).items()
         if k in ("rows", "max_abs_diff", "mean_abs_diff")
     }
     session = onnx_session(model)
     candidate = Candidate("lightgbm", model, LGB_INPUT, LGB_OUTPUT, 1, 0.0, {}, parity, {})
-    valid_scores = candidate.scores(session, valid).astype(np.float64)
-    test_scores = candidate.scores(session, test).astype(np.float64)
-    threshold, metrics = _evaluate(valid_scores, test_scores, data.is_break[cut1:cut2], data.labels[cut2:])
+    threshold = pick_threshold(candidate.scores(session, split.valid).astype(np.float64), split.valid_y)
+    test_scores = candidate.scores(session, split.test).astype(np.float64)
     training = {"rounds": int(booster.best_iteration), "params": params, "labels_used": True}
-    return Candidate("lightgbm", model, LGB_INPUT, LGB_OUTPUT, 1, threshold, metrics, parity, training)
+    return Candidate(
+        "lightgbm", model, LGB_INPUT, LGB_OUTPUT, 1, threshold, evaluate(threshold, test_scores, split),
+        parity, training,
+    )  # fmt: skip
 
 
 MODEL_CHOICES = ("isolation-forest", "lightgbm", "best")
+
+
+def _history(
+    pairs: int, seed: int, baseline: tuple[float, float] | None = None
+) -> tuple[Split, PairStats, SyntheticPairs]:
+    """Synthetic history split 60/20/20, its features, and the statistics they were computed with."""
+    data = generate_pairs(pairs, seed)
+    mean, std = baseline if baseline is not None else amount_baseline(data.columns)
+    x = pair_features(data.columns, PairStats(mean, std, {f: (0.0, 1.0) for f in PAIR_FEATURES})).matrix
+    y = data.is_break
+    c1, c2 = int(0.6 * pairs), int(0.8 * pairs)
+    split = Split(x[:c1], y[:c1], x[c1:c2], y[c1:c2], x[c2:], y[c2:], data.labels[c2:])
+    return split, PairStats(mean, std, feature_spread(x[:c1])), data
+
+
+def _fit(
+    split: Split, trees: int, max_samples: int, seed: int, model: str, log: Printer
+) -> tuple[Candidate, dict[str, Candidate]]:
+    if model not in MODEL_CHOICES:
+        raise ValueError(f"model must be one of {MODEL_CHOICES}")
+    candidates = {
+        "isolation_forest": _forest(split, trees, max_samples, seed),
+        "lightgbm": _classifier(split, seed),
+    }
+    for c in candidates.values():
+        m = c.metrics
+        log(
+            f"pairs: {c.kind:<16} threshold {c.threshold:.4f}; held-out precision {m['precision']:.3f}, "
+            f"recall {m['recall']:.3f}, F1 {m['f1']:.3f}; parity {c.parity['max_abs_diff']:.2g}"
+        )
+    if model == "best":
+        return max(candidates.values(), key=lambda c: c.metrics["f1"]), candidates
+    return candidates[model.replace("-", "_")], candidates
+
+
+def _write_section(
+    root: Path, chosen: Candidate, candidates: dict[str, Candidate], stats: PairStats, split: Split,
+    metrics: dict[str, float], training: dict[str, Any], extra: dict[str, Any], log: Printer,
+) -> dict[str, Any]:  # fmt: skip
+    """Write the chosen model and the manifest's `pairs` section into the bundle at `root` (manifest last)."""
+    raw = json.loads((root / MANIFEST).read_text())
+    session = onnx_session(chosen.model)
+    flagged = chosen.scores(session, split.test) >= chosen.threshold
+    golden = np.ascontiguousarray(
+        np.concatenate([split.test[: GOLDEN_ROWS // 2], split.test[flagged][: GOLDEN_ROWS // 2]])
+    )
+    digest = hashlib.sha256(chosen.model).hexdigest()[:8]
+    section = {
+        "model": PAIRS_MODEL,
+        "version": f"{utc_now_iso()[:10].replace('-', '.')}+{digest}",
+        "created_at": utc_now_iso(),
+        "kind": chosen.kind,
+        "input": chosen.input_name,
+        "output": chosen.output_name,
+        "output_column": chosen.output_column,
+        "features": list(PAIR_FEATURES),
+        "stats": stats.to_json(),
+        "threshold": chosen.threshold,
+        "metrics": metrics,
+        "comparison": {c.kind: c.metrics for c in candidates.values()},
+        "parity": chosen.parity,
+        "golden": {
+            "inputs": golden.tolist(),
+            "scores": chosen.scores(session, golden).astype(float).tolist(),
+        },
+        "training": {**chosen.training, **training},
+        **extra,
+    }
+    (root / PAIRS_DIR).mkdir(exist_ok=True)
+    tmp = root / PAIRS_DIR / ".model.onnx.tmp"
+    tmp.write_bytes(chosen.model)
+    tmp.replace(root / PAIRS_MODEL)
+    keep = {k: v for k, v in raw.items() if k not in ("files", "content_hash", "format_version")}
+    written = write_manifest(root, {**keep, "pairs": section})
+    log(f"pairs: model {section['version']} ({chosen.kind}) written to {root}")
+    return written
 
 
 def train_pair_model(
@@ -515,36 +600,14 @@ def train_pair_model(
     ParityError (and changes nothing) when an ONNX export disagrees with its
     library beyond PARITY_TOLERANCE.
     """
-    if model not in MODEL_CHOICES:
-        raise ValueError(f"model must be one of {MODEL_CHOICES}")
     root = Path(bundle).resolve()
-    raw = json.loads((root / MANIFEST).read_text())
-    data = generate_pairs(pairs, seed)
-    mean, std = amount_baseline(data.columns)
-    provisional = PairStats(mean, std, {f: (0.0, 1.0) for f in PAIR_FEATURES})
-    x = pair_features(data.columns, provisional).matrix
-    cuts = int(0.6 * pairs), int(0.8 * pairs)
-    train, valid, test = x[: cuts[0]], x[cuts[0] : cuts[1]], x[cuts[1] :]
-    candidates = {
-        "isolation_forest": _forest(train, valid, test, data, cuts, trees, max_samples, seed),
-        "lightgbm": _classifier(train, valid, test, data, cuts, seed),
-    }
-    for c in candidates.values():
-        m = c.metrics
-        log(
-            f"pairs: {c.kind:<16} threshold {c.threshold:.4f}; held-out precision {m['precision']:.3f}, "
-            f"recall {m['recall']:.3f}, F1 {m['f1']:.3f}; parity {c.parity['max_abs_diff']:.2g}"
-        )
-    if model == "best":
-        chosen = max(candidates.values(), key=lambda c: c.metrics["f1"])
-    else:
-        chosen = candidates[model.replace("-", "_")]
-    stats = PairStats(mean, std, feature_spread(train))
+    split, stats, data = _history(pairs, seed)
+    chosen, candidates = _fit(split, trees, max_samples, seed, model, log)
     metrics = dict(chosen.metrics)
     # which side is right, where the generator knows: stale copies (the newer side) and fat fingers
-    held = slice(cuts[1], None)
+    held = slice(len(split.train) + len(split.valid), None)
     test_features = pair_features(data.columns, stats)
-    sides, _ = likely_right(test_features.matrix[held], test_features.differs[held], std)
+    sides, _ = likely_right(test_features.matrix[held], test_features.differs[held], stats.log_amount_std)
     for cls in ("stale_copy", "fat_finger"):
         mask = data.labels[held] == cls
         right = 2 - data.broken_side[held][mask]  # SIDE_A = 1, SIDE_B = 2: the side not broken
@@ -553,44 +616,132 @@ def train_pair_model(
         f"pairs: serving {chosen.kind}; right side found for {metrics['side_accuracy_stale_copy']:.1%} "
         f"of stale copies, {metrics['side_accuracy_fat_finger']:.1%} of fat fingers"
     )
-    session = onnx_session(chosen.model)
-    flagged = chosen.scores(session, test) >= chosen.threshold
-    golden = np.ascontiguousarray(
-        np.concatenate([test[: GOLDEN_ROWS // 2], test[flagged][: GOLDEN_ROWS // 2]])
-    )
-    digest = hashlib.sha256(chosen.model).hexdigest()[:8]
-    section = {
-        "model": PAIRS_MODEL,
-        "version": f"{utc_now_iso()[:10].replace('-', '.')}+{digest}",
-        "created_at": utc_now_iso(),
-        "kind": chosen.kind,
-        "input": chosen.input_name,
-        "output": chosen.output_name,
-        "output_column": chosen.output_column,
-        "features": list(PAIR_FEATURES),
-        "stats": stats.to_json(),
-        "threshold": chosen.threshold,
-        "metrics": metrics,
-        "comparison": {c.kind: c.metrics for c in candidates.values()},
-        "parity": chosen.parity,
-        "golden": {
-            "inputs": golden.tolist(),
-            "scores": chosen.scores(session, golden).astype(float).tolist(),
-        },
-        "training": {
-            **chosen.training,
-            "pairs": pairs,
-            "seed": seed,
-            "split": "60/20/20: fit / threshold / held-out",
-            "break_mix": BREAK_MIX,
-            "generator": "engine.training.pairs.generate_pairs",
-        },
+    training = {
+        "pairs": pairs,
+        "seed": seed,
+        "split": "60/20/20: fit / threshold / held-out",
+        "break_mix": BREAK_MIX,
+        "generator": "engine.training.pairs.generate_pairs",
     }
-    (root / PAIRS_DIR).mkdir(exist_ok=True)
-    tmp = root / PAIRS_DIR / ".model.onnx.tmp"
-    tmp.write_bytes(chosen.model)
-    tmp.replace(root / PAIRS_MODEL)
-    keep = {k: v for k, v in raw.items() if k not in ("files", "content_hash", "format_version")}
-    written = write_manifest(root, {**keep, "pairs": section})
-    log(f"pairs: model {section['version']} ({chosen.kind}) added to {root}")
-    return written
+    return _write_section(root, chosen, candidates, stats, split, metrics, training, {}, log)
+
+
+# -- retraining from operators' verdicts ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainOutcome:
+    promoted: bool
+    reason: str
+    serving: dict[str, float]
+    candidate: dict[str, float]
+    manifest: dict[str, Any] | None
+
+
+def read_feedback(store: StoreSpec) -> tuple[F32, npt.NDArray[np.bool_], list[str]]:
+    """Every decided flag: its model inputs, whether it was confirmed, and its flag id."""
+    with contextlib.closing(store.connect()) as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT f.flag_id, f.features, v.verdict FROM flags f JOIN feedback v USING (flag_id) "
+            "ORDER BY f.flag_id"
+        )
+        rows = cur.fetchall()
+    ids = [r[0] for r in rows]
+    x = np.asarray([json.loads(r[1]) for r in rows], dtype=np.float32).reshape(len(rows), len(PAIR_FEATURES))
+    y = np.asarray([r[2] == "confirmed" for r in rows], dtype=np.bool_)
+    return x, y, ids
+
+
+def _in_holdout(flag_id: str, share: float) -> bool:
+    """A stable draw per flag: the same flags are held out on every retrain."""
+    return int(hashlib.sha256(flag_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
+def retrain_pair_model(
+    bundle: Path | str,
+    store: StoreSpec,
+    *,
+    pairs: int = DEFAULT_PAIRS,
+    seed: int = DEFAULT_PAIRS_SEED + 1,
+    trees: int = 100,
+    max_samples: int = 4096,
+    model: str = "same",
+    holdout: float = 0.3,
+    log: Printer = print,
+) -> RetrainOutcome:
+    """Retrain the bundle's pair model from history + operators' verdicts; promote it only if not worse.
+
+    The verdicts (`store`) are split by a stable hash of their flag id:
+    `holdout` of them join the held-out pairs, the rest the training pairs
+    (labelled: the classifier learns from them; the forest sees them as
+    history). Fresh synthetic history (`seed`) fills both parts, its features
+    computed with the serving model's amount baseline so that the stored
+    verdicts' features mean the same. The serving model and the candidate are
+    scored on the very same held-out pairs; the candidate replaces the serving
+    one in `bundle` (manifest last, so a watching server swaps it in) only if
+    its F1 is at least the serving model's, and the manifest records both
+    (`pairs.promotion`). Otherwise the bundle is left as it is.
+    """
+    root = Path(bundle).resolve()
+    raw = json.loads((root / MANIFEST).read_text())
+    current = raw.get("pairs")
+    if current is None:
+        raise DataError(f"{root} has no pair model to retrain; run engine train-pairs first")
+    serving_stats = PairStats.from_json(current["stats"])
+    x_fb, y_fb, ids = read_feedback(store)
+    held = np.asarray([_in_holdout(i, holdout) for i in ids], dtype=np.bool_)
+    log(
+        f"retrain: {len(ids)} verdicts ({int(y_fb.sum())} confirmed); {int(held.sum())} held out, "
+        f"{int((~held).sum())} for training"
+    )
+    history, stats, _ = _history(pairs, seed, (serving_stats.log_amount_mean, serving_stats.log_amount_std))
+    split = Split(
+        np.ascontiguousarray(np.concatenate([history.train, x_fb[~held]])),
+        np.concatenate([history.train_y, y_fb[~held]]),
+        history.valid,
+        history.valid_y,
+        np.ascontiguousarray(np.concatenate([history.test, x_fb[held]])),
+        np.concatenate([history.test_y, y_fb[held]]),
+        np.concatenate([history.test_classes, np.full(int(held.sum()), "feedback")]),
+    )
+    kind = str(current.get("kind", "isolation_forest")).replace("_", "-") if model == "same" else model
+    chosen, candidates = _fit(split, trees, max_samples, seed, kind, log)
+    session = onnx_session(str(root / str(current["model"])))
+    out = session.run([str(current["output"])], {str(current["input"]): split.test})[0]
+    serving_scores = np.asarray(out[:, int(current.get("output_column", 0))], dtype=np.float64)
+    serving = evaluate(float(current["threshold"]), serving_scores, split)
+    candidate = chosen.metrics
+    better = candidate["f1"] >= serving["f1"]
+    reason = (
+        f"candidate {chosen.kind} F1 {candidate['f1']:.4f} (precision {candidate['precision']:.3f}, recall "
+        f"{candidate['recall']:.3f}) vs serving {current.get('kind', 'isolation_forest')} "
+        f"{current['version']} F1 {serving['f1']:.4f} (precision {serving['precision']:.3f}, recall "
+        f"{serving['recall']:.3f}) on the same {len(split.test_y):,} held-out pairs "
+        f"({int(held.sum())} of them operators' verdicts)"
+    )
+    if not better:
+        log(f"retrain: not promoted: {reason}")
+        return RetrainOutcome(False, reason, serving, candidate, None)
+    promotion = {
+        "replaced": current["version"],
+        "serving_metrics": serving,
+        "candidate_metrics": candidate,
+        "heldout_pairs": len(split.test_y),
+        "heldout_verdicts": int(held.sum()),
+        "training_verdicts": int((~held).sum()),
+        "decided_at": utc_now_iso(),
+    }
+    training = {
+        "pairs": pairs,
+        "seed": seed,
+        "verdicts": len(ids),
+        "split": "history 60/20/20 + verdicts by flag-id hash: fit / threshold / held-out",
+        "break_mix": BREAK_MIX,
+        "generator": "engine.training.pairs.generate_pairs",
+    }
+    written = _write_section(
+        root, chosen, candidates, stats, split, dict(candidate), training, {"promotion": promotion}, log
+    )
+    log(f"retrain: promoted: {reason}")
+    return RetrainOutcome(True, reason, serving, candidate, written)
