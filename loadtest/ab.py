@@ -5,7 +5,8 @@
     python loadtest/ab.py --a-env PYTHONPATH=/path/to/other/checkout/src   # two builds
 
 Starts two engines (A and B) on `--server-cpus`, each with its own closed-loop
-load (scenario (b): 256 trades x 4 in flight, or (a): 1 trade x 64) paused by
+load (scenario (b): 256 trades x 4 in flight, (a): 1 trade x 64, or (d): one-trade
+ScoreStream messages, 64 in flight on one stream) paused by
 SIGSTOP; then runs one load at a time for `--slice-seconds`, alternating A and
 B (ABBA order), and reads each server's CPU time (schedstat, ns) and rows
 scored (its /metrics batch counters): `bench.interleave_engines`. The VM's
@@ -49,7 +50,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--b-flags", default="", help="extra `engine serve` flags of server B")
     p.add_argument("--a-env", default="", help="NAME=VALUE,... added to server A's environment")
     p.add_argument("--b-env", default="", help="NAME=VALUE,... added to server B's environment")
-    p.add_argument("--scenario", choices=("a", "b"), default="b", help="the load: bench.py's (a) or (b)")
+    p.add_argument(
+        "--scenario",
+        choices=("a", "b", "d"),
+        default="b",
+        help="the load: bench.py's (a), (b) or (d) (one-trade ScoreStream messages)",
+    )
     p.add_argument("--slices", type=int, default=10, help="A/B pairs of slices")
     p.add_argument("--slice-seconds", type=float, default=1.5, help="length of each slice")
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle both serve")
@@ -78,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         a, b = (1e6 / rates[k].rows_per_server_cpu_s for k in ("A", "B"))
         print(f"slice {i + 1}/{o.slices}: A {a:.3f}, B {b:.3f} us of server CPU per row; B/A {b / a:.3f}")
 
-    slices = bench.interleave_engines(args, reqs, engines, single=o.scenario == "a", on_slice=report)
+    slices = bench.interleave_engines(
+        args, reqs, engines, single=o.scenario == "a", on_slice=report, stream=o.scenario == "d"
+    )
     a_us = [1e6 / s["A"].rows_per_server_cpu_s for s in slices]
     b_us = [1e6 / s["B"].rows_per_server_cpu_s for s in slices]
     ratios = [b / a for a, b in zip(a_us, b_us, strict=True)]

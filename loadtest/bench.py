@@ -1631,10 +1631,12 @@ def interleave_engines(
     engines: Mapping[str, tuple[Sequence[str], Mapping[str, str]]],
     single: bool,
     on_slice: Callable[[int, dict[str, SliceRate]], None] | None = None,
+    stream: bool = False,
 ) -> list[dict[str, SliceRate]]:
     """Several engines on the server CPUs at once, each (name -> (flags, environment)) with its own
-    closed-loop load, (a) when `single`, else (b), paused with SIGSTOP; then `--slices` rounds in
-    which each load runs alone for `--slice-seconds`, in alternating order.
+    closed-loop load, (a) when `single`, else (b) (or (d), one-trade ScoreStream messages, when
+    `stream`), paused with SIGSTOP; then `--slices` rounds in which each load runs alone for
+    `--slice-seconds`, in alternating order.
 
     Per round and engine: rows per server CPU-second (schedstat, and the engine's batch
     counters) and per second. Side by side a few seconds apart, the VM's drift
@@ -1648,7 +1650,9 @@ def interleave_engines(
             threads = f"--intra-op-threads={args.intra_op_threads}"
             servers[name] = ServerProcess.engine(args.bundle, args.server_cpus, [threads, *flags], env)
         for name, server in servers.items():
-            clients[name] = _paused_load(args, reqs, server, single, name=f"bench-client-{name}")
+            clients[name] = _paused_load(
+                args, reqs, server, single or stream, name=f"bench-client-{name}", stream=stream
+            )
         names = list(engines)
         for i in range(args.slices):
             rates = {
@@ -1698,17 +1702,27 @@ class PausedLoad:
 
 
 def _paused_load(
-    args: argparse.Namespace, reqs: RequestSet, server: ServerProcess, single: bool, name: str
+    args: argparse.Namespace,
+    reqs: RequestSet,
+    server: ServerProcess,
+    single: bool,
+    name: str,
+    stream: bool = False,
 ) -> PausedLoad:
-    """A client process running (a) (`single`) or (b) against `server` for as long as `--slices`
-    slices can take, warmed up, then paused (SIGSTOP) until `_served_slice` lets it run."""
+    """A client process running (a) (`single`), (b), or (d) (`stream`) against `server` for as long
+    as `--slices` slices can take, warmed up, then paused (SIGSTOP) until `_served_slice` lets it run."""
     ctx = mp.get_context("spawn")
     spec = LoadSpec(
         target=server.target,
-        mode="closed",
+        mode="stream" if stream else "closed",
         requests=reqs.singles if single else reqs.batches,
         trades_per_call=1 if single else args.batch_trades,
-        concurrency=args.single_concurrency if single else args.batch_concurrency,
+        concurrency=args.stream_concurrency
+        if stream
+        else args.single_concurrency
+        if single
+        else args.batch_concurrency,
+        window=args.stream_window,
         rate=0.0,
         phase_s=0.0,
         channels=args.channels,

@@ -7,7 +7,12 @@ EngineError                      base; never shown to clients verbatim unless pu
 ├── DeadlineExpired              DEADLINE_EXCEEDED — dropped before inference
 ├── ShuttingDown                 UNAVAILABLE — the engine is draining
 ├── InferenceFailed              INTERNAL — the model raised; details are logged only
-└── BundleError                  a model bundle failed validation (never served)
+├── BundleError                  a model bundle failed validation (never served)
+├── NoPairModel                  FAILED_PRECONDITION — the serving bundle has no sync-break model
+├── NoFlagStore                  FAILED_PRECONDITION — feedback, and the engine keeps no flags
+├── FlagNotFound                 NOT_FOUND — feedback on a flag never recorded
+├── VerdictConflict              ALREADY_EXISTS — the flag already has another verdict
+└── FlagStoreUnavailable         UNAVAILABLE — the flag store could not record; nothing was sent
 """
 
 from __future__ import annotations
@@ -78,3 +83,33 @@ class BundleError(EngineError):
     """A model bundle is missing files, corrupt, or inconsistent."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NoPairModel(EngineError):
+    """The serving bundle carries no sync-break model."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NoFlagStore(EngineError):
+    """Feedback needs a flag store, and this engine was started without one."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class FlagNotFound(EngineError):
+    """No flag with this id was ever recorded in the flag store."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class VerdictConflict(EngineError):
+    """The flag already has a different verdict; the first one stands."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FlagStoreUnavailable(EngineError):
+    """The flag store could not record what was asked (disk full, database gone): nothing was sent."""
+
+    code = grpc.StatusCode.UNAVAILABLE

@@ -39,9 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
-
-from engine.errors import EngineError
+from engine.errors import EngineError, FlagNotFound, FlagStoreUnavailable, VerdictConflict
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +78,6 @@ CREATE TABLE IF NOT EXISTS feedback (
     recorded_at {real} NOT NULL
 );
 """
-
-
-class FlagStoreUnavailable(EngineError):
-    """The flag store could not record what was asked (disk full, file gone): nothing was sent."""
-
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class FlagNotFound(EngineError):
-    """No flag with this id was ever recorded here."""
-
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class VerdictConflict(EngineError):
-    """The flag already has a different verdict; the first one stands."""
-
-    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +383,36 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
         future.set_result(value)
 
 
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A flag with its verdict: a labelled training row."""
+
+    flag_id: str
+    pair_key: str
+    break_class: str
+    model_version: str
+    features: list[float]
+    confirmed: bool
+    operator: str
+    recorded_at: float
+
+
+def decided_flags(spec: StoreSpec) -> list[Decided]:
+    """Every flag that has a verdict, in the order the verdicts came."""
+    with contextlib.closing(spec.connect()) as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT f.flag_id, f.pair_key, f.break_class, f.model_version, f.features, v.verdict, "
+            "v.operator, v.recorded_at FROM flags f JOIN feedback v USING (flag_id) "
+            "ORDER BY v.recorded_at, f.flag_id"
+        )
+        rows = cur.fetchall()
+    return [
+        Decided(fid, key, cls, version, json.loads(features), verdict == "confirmed", operator, float(at))
+        for fid, key, cls, version, features, verdict, operator, at in rows
+    ]
+
+
 def export_labels(spec: StoreSpec, out: Path, feature_names: Sequence[str]) -> int:
     """Write every flag with a verdict as a labelled training row (CSV); returns the row count.
 
@@ -410,25 +420,17 @@ def export_labels(spec: StoreSpec, out: Path, feature_names: Sequence[str]) -> i
     (one column each, `feature_names` order), `is_break` (1 confirmed, 0
     rejected), operator, recorded_at (unix seconds).
     """
-    with contextlib.closing(spec.connect()) as conn:
-        cur = conn.cursor()
-        cur.execute(
-            "SELECT f.flag_id, f.pair_key, f.break_class, f.model_version, f.features, v.verdict, "
-            "v.operator, v.recorded_at FROM flags f JOIN feedback v USING (flag_id) ORDER BY v.recorded_at"
-        )
-        rows = cur.fetchall()
+    rows = decided_flags(spec)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["flag_id", "pair_key", "break_class", "model_version", *feature_names, "is_break",
                          "operator", "recorded_at"])  # fmt: skip
-        for flag_id, key, cls, version, features, verdict, operator, recorded_at in rows:
-            values = json.loads(features)
-            if len(values) != len(feature_names):
+        for r in rows:
+            if len(r.features) != len(feature_names):
                 raise ValueError(
-                    f"flag {flag_id}: {len(values)} features stored, {len(feature_names)} expected"
+                    f"flag {r.flag_id}: {len(r.features)} features stored, {len(feature_names)} expected"
                 )
-            writer.writerow(
-                [flag_id, key, cls, version, *values, int(verdict == "confirmed"), operator, recorded_at]
-            )
+            writer.writerow([r.flag_id, r.pair_key, r.break_class, r.model_version, *r.features,
+                             int(r.confirmed), r.operator, r.recorded_at])  # fmt: skip
     return len(rows)

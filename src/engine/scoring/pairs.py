@@ -11,7 +11,6 @@ large batches never queue in front of single-trade scoring.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -26,7 +25,7 @@ from google.protobuf import json_format
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher
-from engine.errors import EngineError, InvalidInput
+from engine.errors import EngineError, InvalidInput, NoFlagStore, NoPairModel
 from engine.features.pairs import (
     FIELDS,
     PAIR_FEATURES,
@@ -45,6 +44,7 @@ from engine.flags import MAX_NOTE_CHARS, Flag, FlagStore
 from engine.metrics import BREAK_CLASSES, EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.servable import PairModel, ServingModel
+from engine.scoring.streams import pipelined
 from engine.scoring.trades import REJECT_REASON_BY_CODE, request_error
 
 SERVICE = pb.DESCRIPTOR.services_by_name["BreakScorer"].full_name
@@ -56,12 +56,6 @@ REASONS_PER_BREAK = 3
 _CLASS_LABEL: dict[int, str] = {
     int(pb.BreakClass.Value(f"BREAK_CLASS_{name}")): name for name in BREAK_CLASSES
 }
-
-
-class NoPairModel(EngineError):
-    """The serving bundle carries no sync-break model."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 @dataclass(slots=True)
@@ -274,47 +268,28 @@ class BreakScorerService:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.ScorePairsResponse]:
         """Pipelined like ScoreStream: reads ahead up to `stream_window` requests, answers in order."""
-        window: asyncio.Queue[tuple[str, _Prepared | EngineError] | None] = asyncio.Queue(self._stream_window)
 
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    try:
-                        item: _Prepared | EngineError = self._prepare(request, None)
-                    except EngineError as exc:
-                        self._count_reject(exc)
-                        item = exc
-                    await window.put((request.request_id, item))
-            finally:
-                await window.put(None)
+        async def answer(request: pb.ScorePairsRequest, prepared: _Prepared) -> pb.ScorePairsResponse:
+            return await self._answer(request.request_id, prepared, await prepared.scores)
+
+        def refused(request: pb.ScorePairsRequest, exc: EngineError) -> pb.ScorePairsResponse:
+            return pb.ScorePairsResponse(request_id=request.request_id, error=request_error(exc))
 
         if not self._calls.enter():
             await self._calls.refuse(context)
-        reader = asyncio.get_running_loop().create_task(read(), name="score-pairs-stream-reader")
         try:
-            while True:
-                entry = await window.get()
-                if entry is None:
-                    break
-                request_id, item = entry
-                if isinstance(item, _Prepared):
-                    try:
-                        yield await self._answer(request_id, item, await item.scores)
-                        continue
-                    except EngineError as exc:
-                        item = exc
-                yield pb.ScorePairsResponse(request_id=request_id, error=request_error(item))
-            await reader  # surfaces a broken request stream as the call's error
+            async for out in pipelined(
+                request_iterator,
+                prepare=lambda request: self._prepare(request, None),
+                answer=answer,
+                refused=refused,
+                count_refusal=self._count_reject,
+                drop=lambda prepared: prepared.scores.cancel(),
+                window=self._stream_window,
+            ):
+                yield out
         finally:
             self._calls.leave()
-            if not reader.done():
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
-            while not window.empty():  # the caller went away: drop what it will never read
-                left = window.get_nowait()
-                if left is not None and isinstance(left[1], _Prepared):
-                    left[1].scores.cancel()
 
     async def SubmitFeedback(
         self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -345,9 +320,3 @@ class BreakScorerService:
 
 
 _VERDICTS = {pb.VERDICT_CONFIRMED: "confirmed", pb.VERDICT_REJECTED: "rejected"}
-
-
-class NoFlagStore(EngineError):
-    """Feedback needs a flag store, and this engine was started without one."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION

@@ -11,7 +11,6 @@ batched ONNX Runtime call runs off it, in the micro-batcher's thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -32,6 +31,7 @@ from engine.metrics import EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.models.spec import BAND_NAMES
 from engine.scoring.servable import ServingModel
+from engine.scoring.streams import pipelined
 from engine.scoring.wire import WireRequest, prepare_request, response_bytes
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
@@ -132,51 +132,28 @@ class TradeScorerService:
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
         """Pipelined: reads ahead up to `stream_window` requests, answers in request order."""
-        window: asyncio.Queue[tuple[bytes, _Prepared | EngineError] | None] = asyncio.Queue(
-            self._stream_window
-        )
 
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    try:
-                        item: _Prepared | EngineError = self._prepare(request, None)
-                    except EngineError as exc:
-                        self._count_reject(exc)
-                        item = exc
-                    await window.put((request, item))
-            finally:
-                await window.put(None)
+        async def answer(raw: bytes, prepared: _Prepared) -> bytes:
+            return self._respond(prepared, await prepared.scores)
+
+        def refused(raw: bytes, exc: EngineError) -> bytes:
+            return pb.ScoreResponse(request_id=_request_id(raw), error=request_error(exc)).SerializeToString()
 
         if not self._calls.enter():
             await self._calls.refuse(context)
-        reader = asyncio.get_running_loop().create_task(read(), name="score-stream-reader")
         try:
-            while True:
-                entry = await window.get()
-                if entry is None:
-                    break
-                raw, item = entry
-                if isinstance(item, _Prepared):
-                    try:
-                        yield self._respond(item, await item.scores)
-                        continue
-                    except EngineError as exc:
-                        item = exc
-                yield pb.ScoreResponse(
-                    request_id=_request_id(raw), error=request_error(item)
-                ).SerializeToString()
-            await reader  # surfaces a broken request stream as the call's error
+            async for out in pipelined(
+                request_iterator,
+                prepare=lambda raw: self._prepare(raw, None),
+                answer=answer,
+                refused=refused,
+                count_refusal=self._count_reject,
+                drop=lambda prepared: prepared.scores.cancel(),
+                window=self._stream_window,
+            ):
+                yield out
         finally:
             self._calls.leave()
-            if not reader.done():
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
-            while not window.empty():  # the caller went away: drop what it will never read
-                left = window.get_nowait()
-                if left is not None and isinstance(left[1], _Prepared):
-                    left[1].scores.cancel()
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -19,7 +19,6 @@ against `IsolationForest.score_samples` on held-out rows.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -39,7 +38,7 @@ from engine.features.pairs import (
     likely_right,
     pair_features,
 )
-from engine.flags import StoreSpec
+from engine.flags import StoreSpec, decided_flags
 from engine.models.bundle import MANIFEST, onnx_session, utc_now_iso, write_manifest
 from engine.training.errors import DataError, ParityError
 
@@ -640,17 +639,9 @@ class RetrainOutcome:
 
 def read_feedback(store: StoreSpec) -> tuple[F32, npt.NDArray[np.bool_], list[str]]:
     """Every decided flag: its model inputs, whether it was confirmed, and its flag id."""
-    with contextlib.closing(store.connect()) as conn:
-        cur = conn.cursor()
-        cur.execute(
-            "SELECT f.flag_id, f.features, v.verdict FROM flags f JOIN feedback v USING (flag_id) "
-            "ORDER BY f.flag_id"
-        )
-        rows = cur.fetchall()
-    ids = [r[0] for r in rows]
-    x = np.asarray([json.loads(r[1]) for r in rows], dtype=np.float32).reshape(len(rows), len(PAIR_FEATURES))
-    y = np.asarray([r[2] == "confirmed" for r in rows], dtype=np.bool_)
-    return x, y, ids
+    rows = decided_flags(store)
+    x = np.asarray([r.features for r in rows], dtype=np.float32).reshape(len(rows), len(PAIR_FEATURES))
+    return x, np.asarray([r.confirmed for r in rows], dtype=np.bool_), [r.flag_id for r in rows]
 
 
 def _in_holdout(flag_id: str, share: float) -> bool:
