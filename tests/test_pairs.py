@@ -125,6 +125,7 @@ def test_likely_right_follows_recency_fat_fingers_and_presence() -> None:
         (pair("k", view(source=""), view("risk")), "a.source", 1),
         (pair("k", view(), pb.RecordView(source="risk")), "b.updated_at", 1),
         (pair("k", view(quantity=float("inf")), view("risk")), "a.quantity", 1),
+        (pair("k", view(), view("risk", amount=float("nan"))), "b.amount", 1),  # NaN is not "unset"
     ],
 )
 def test_bad_pairs_name_the_field_and_the_pair(bad: pb.RecordPair, field: str, index: int) -> None:

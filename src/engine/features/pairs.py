@@ -120,69 +120,88 @@ class PairColumns:
 
     @staticmethod
     def from_messages(pairs: Sequence[Any]) -> PairColumns:
-        """Read and check `RecordPair` messages; InvalidInput names the first bad field and pair."""
-        n = len(pairs)
-        present = np.zeros((n, 2), dtype=np.bool_)
-        quantity = np.full((n, 2), np.nan)
-        amount = np.full((n, 2), np.nan)
-        updated = np.full((n, 2), np.nan)
-        keys: list[str] = []
-        cols: tuple[dict[str, list[str]], dict[str, list[str]]] = (
-            {"source": [], "status": [], "name": [], "address": []},
-            {"source": [], "status": [], "name": [], "address": []},
-        )
-        for i, pair in enumerate(pairs):
-            if not pair.key:
-                raise InvalidInput("key", "required", i, records="pairs")
-            keys.append(pair.key)
-            for s, side in enumerate("ab"):
-                col = cols[s]
-                if not pair.HasField(side):
-                    col["source"].append("")
-                    col["status"].append("")
-                    col["name"].append("")
-                    col["address"].append("")
-                    continue
-                view = getattr(pair, side)
-                if not view.source:
-                    raise InvalidInput(f"{side}.source", "required", i, records="pairs")
-                if not view.HasField("updated_at"):
-                    raise InvalidInput(f"{side}.updated_at", "required", i, records="pairs")
-                present[i, s] = True
-                updated[i, s] = view.updated_at.seconds + view.updated_at.nanos * 1e-9
-                if view.HasField("quantity"):
-                    quantity[i, s] = view.quantity
-                if view.HasField("amount"):
-                    amount[i, s] = view.amount
-                col["source"].append(view.source)
-                col["status"].append(view.status.strip().lower())
-                col["name"].append(view.name)
-                col["address"].append(view.address)
-            if not present[i].any():
-                raise InvalidInput("a", "at least one of a and b is required", i, records="pairs")
-        for name, values in (("quantity", quantity), ("amount", amount)):
-            bad = np.isinf(values)
-            if bad.any():
-                i, s = (int(x) for x in np.argwhere(bad)[0])
-                raise InvalidInput(
-                    f"{'ab'[s]}.{name}",
-                    "must be a finite number",
-                    i,
-                    count=int(bad.any(axis=1).sum()),
-                    records="pairs",
-                )
-        a, b = cols
+        """Read and check `RecordPair` messages; InvalidInput names the field and the first bad pair.
+
+        Each field is read for all pairs in one comprehension (the only per-pair
+        Python) and checked on whole columns.
+        """
+        keys = [p.key for p in pairs]
+        _refuse(np.fromiter((not k for k in keys), np.bool_, len(keys)), "key", "required")
+        a, b = _read_side(pairs, "a"), _read_side(pairs, "b")
+        present = np.stack([a.present, b.present], axis=1)
+        _refuse(np.logical_not(present.any(axis=1)), "a", "at least one of a and b is required")
+        for side, view in (("a", a), ("b", b)):
+            empty = np.fromiter((not x for x in view.source), np.bool_, len(keys))
+            _refuse(view.present & empty, f"{side}.source", "required")
+            _refuse(view.present & ~view.has_updated_at, f"{side}.updated_at", "required")
+            _refuse(view.bad_quantity, f"{side}.quantity", "must be a finite number")
+            _refuse(view.bad_amount, f"{side}.amount", "must be a finite number")
         return PairColumns(
             keys=keys,
             present=present,
-            sources=(a["source"], b["source"]),
-            status=(a["status"], b["status"]),
-            quantity=quantity,
-            amount=amount,
-            name=(a["name"], b["name"]),
-            address=(a["address"], b["address"]),
-            updated_at=updated,
+            sources=(a.source, b.source),
+            status=(a.status, b.status),
+            quantity=np.stack([a.quantity, b.quantity], axis=1),
+            amount=np.stack([a.amount, b.amount], axis=1),
+            name=(a.name, b.name),
+            address=(a.address, b.address),
+            updated_at=np.stack([a.updated_at, b.updated_at], axis=1),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Side:
+    """One side's fields for every pair of a request; absent views read as empty."""
+
+    present: B
+    source: list[str]
+    status: list[str]
+    name: list[str]
+    address: list[str]
+    has_updated_at: B
+    updated_at: F64  # NaN where the view is absent or has no time
+    quantity: F64  # NaN where unset (or the view is absent)
+    amount: F64
+    bad_quantity: B  # set, but NaN or infinite
+    bad_amount: B
+
+
+def _read_side(pairs: Sequence[Any], side: str) -> _Side:
+    n = len(pairs)
+    present = np.fromiter((p.HasField(side) for p in pairs), np.bool_, n)
+    views = [getattr(p, side) for p in pairs]  # an absent view is an empty default message
+    has_time = np.fromiter((v.HasField("updated_at") for v in views), np.bool_, n)
+    stamps = [v.updated_at for v in views]
+    updated = np.fromiter((t.seconds + t.nanos * 1e-9 for t in stamps), np.float64, n)
+    updated[~(present & has_time)] = np.nan
+    numbers = []
+    for name in ("quantity", "amount"):
+        given = np.fromiter((v.HasField(name) for v in views), np.bool_, n) & present
+        values = np.fromiter((getattr(v, name) for v in views), np.float64, n)
+        bad = given & ~np.isfinite(values)
+        values[~given] = np.nan
+        numbers.append((values, bad))
+    (quantity, bad_quantity), (amount, bad_amount) = numbers
+    return _Side(
+        present=present,
+        source=[v.source for v in views],
+        status=[v.status.strip().lower() for v in views],
+        name=[v.name for v in views],
+        address=[v.address for v in views],
+        has_updated_at=has_time,
+        updated_at=updated,
+        quantity=quantity,
+        amount=amount,
+        bad_quantity=bad_quantity,
+        bad_amount=bad_amount,
+    )
+
+
+def _refuse(bad: B, field: str, reason: str) -> None:
+    """InvalidInput naming the first pair where `bad` holds, and how many more there are."""
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise InvalidInput(field, reason, first, count=int(bad.sum()), records="pairs")
 
 
 def _similarity(a: list[str], b: list[str]) -> F64:

@@ -52,6 +52,10 @@ F32 = npt.NDArray[np.float32]
 
 #: reasons returned per flagged pair
 REASONS_PER_BREAK = 3
+#: the differing fields' names for each bit mask of FIELDS (bit k: FIELDS[k] differs)
+_DIFFERENCES: tuple[tuple[str, ...], ...] = tuple(
+    tuple(f for k, f in enumerate(FIELDS) if mask >> k & 1) for mask in range(1 << len(FIELDS))
+)
 #: engine_pair_breaks label of each BreakClass value
 _CLASS_LABEL: dict[int, str] = {
     int(pb.BreakClass.Value(f"BREAK_CLASS_{name}")): name for name in BREAK_CLASSES
@@ -168,30 +172,44 @@ class BreakScorerService:
         out = pb.ScorePairsResponse(
             request_id=request_id, model_name=prepared.model.name, model_version=pairs.version
         )
-        matrix = features.matrix
-        for i, key in enumerate(columns.keys):
-            side = int(sides[i])
-            score = out.scores.add(
+        # whole columns to Python values once: numpy scalar indexing per pair costs more than the message
+        bits = features.differs.astype(np.int64) @ (1 << np.arange(len(FIELDS), dtype=np.int64))
+        rows = zip(
+            columns.keys,
+            scores.tolist(),
+            flagged.tolist(),
+            classes.tolist(),
+            bits.tolist(),
+            sides.tolist(),
+            confidence.tolist(),
+            modes.tolist(),
+            auto.tolist(),
+            strict=True,
+        )
+        add = out.scores.add
+        for i, (key, score_i, flag_i, cls_i, bits_i, side, conf_i, mode_i, auto_i) in enumerate(rows):
+            score = add(
                 key=key,
-                break_score=float(scores[i]),
-                is_break=bool(flagged[i]),
-                break_class=int(classes[i]),
-                differences=[f for f, d in zip(FIELDS, features.differs[i], strict=True) if d],
+                break_score=score_i,
+                is_break=flag_i,
+                break_class=cls_i,
+                differences=_DIFFERENCES[bits_i],
                 likely_right=side,
-                confidence=float(confidence[i]),
-                autonomy=int(modes[i]),
-                auto_approvable=bool(auto[i]),
+                confidence=conf_i,
+                autonomy=mode_i,
+                auto_approvable=auto_i,
             )
-            if side != SIDE_NONE and modes[i] != pb.AUTONOMY_MODE_MONITOR:
+            if side != SIDE_NONE and mode_i != pb.AUTONOMY_MODE_MONITOR:
                 s = 0 if side == SIDE_A else 1
                 source = columns.sources[s][i]
-                for f in score.differences:
+                for f in _DIFFERENCES[bits_i]:
                     score.corrections.add(field=f, value=_view_value(columns, f, i, s), source=source)
-            if flagged[i]:
-                for j, strength in zip(reason_idx[i], reason_strength[i], strict=True):
+            if flag_i:
+                for j, strength in zip(reason_idx[i].tolist(), reason_strength[i].tolist(), strict=True):
                     if strength >= REASON_MIN_STRENGTH:
-                        name = PAIR_FEATURES[int(j)]
-                        score.reasons.add(code=REASON_CODES[name], value=float(matrix[i, int(j)]))
+                        score.reasons.add(
+                            code=REASON_CODES[PAIR_FEATURES[j]], value=float(features.matrix[i, j])
+                        )
         return out
 
     async def _answer(self, request_id: str, prepared: _Prepared, scores: F32) -> pb.ScorePairsResponse:
