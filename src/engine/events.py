@@ -124,7 +124,7 @@ class OutboxPublisher:
                     connection, channel = None, None
                     self._stop.wait(backoff)
                     backoff = min(MAX_BACKOFF_S, backoff * 2)
-                except self.store.errors as exc:
+                except Exception as exc:  # noqa: BLE001 - the store (or anything else): log, wait, retry
                     log.error("outbox: flag store %s unreadable (%r); retrying", self.store, exc)
                     if db is not None:
                         with contextlib.suppress(Exception):
