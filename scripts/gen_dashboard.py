@@ -10,8 +10,9 @@ panel's PromQL against a real Prometheus scraping a real engine.
 Rows answer, top to bottom: is it healthy and fast (RED: rate, errors by code,
 latency quantiles, the SLO), is it saturated (in flight vs the autoscaling
 target, queue depth, batch size, queue wait vs inference, refusals), which
-model is serving (version, reloads, score distribution, risk bands), and is
-the autoscaler keeping up (replicas vs desired from kube-state-metrics, KEDA's
+model is serving (version, reloads, score distribution, risk bands), what the
+sync-break scorer finds (pairs scored, breaks by class, its latency and model
+time), and is the autoscaler keeping up (replicas vs desired from kube-state-metrics, KEDA's
 own view of its metric).
 """
 
@@ -336,6 +337,41 @@ def build() -> db.Dashboard:
                 "percentunit",
                 *quantiles("engine_score", SEL, (0.5, 0.9, 0.99)),
             ).span(24)
+        )
+    )
+
+    # -- sync breaks (BreakScorer) -----------------------------------------------------------------
+    breaks = f'{SEL},grpc_service="tradescore.v1.BreakScorer",grpc_method="ScorePairs"'
+    board = (
+        board.with_row(db.Row("Sync breaks"))
+        .with_panel(
+            series(
+                "Pairs scored and breaks",
+                "Record pairs scored per second, and those flagged as breaks, by break class.",
+                "short",
+                query(f"sum(rate(engine_pairs_scored_total{{{SEL}}}[{RATE}]))", "pairs scored", "A"),
+                query(
+                    f"sum by (break_class) (rate(engine_pair_breaks_total{{{SEL}}}[{RATE}]))",
+                    "breaks: {{break_class}}",
+                    "B",
+                ),
+            ).span(8)
+        )
+        .with_panel(
+            series(
+                "ScorePairs latency",
+                "p50 and p99 time in the ScorePairs handler (a reconciliation job's whole request).",
+                "s",
+                *quantiles("grpc_server_handling_seconds", breaks, (0.5, 0.99)),
+            ).span(8)
+        )
+        .with_panel(
+            series(
+                "Pair model time p99",
+                "ONNX Runtime time per batch of pairs, p99 (the pair batcher's own inference thread).",
+                "s",
+                query(p99("engine_pair_inference_seconds"), "p99"),
+            ).span(8)
         )
     )
 

@@ -28,6 +28,7 @@ from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from tests.conftest import EngineProcess, make_trade, sample_request
 from tests.monitoring.hpa import settle_seconds, spec_from_scaled_object
 from tests.monitoring.prom import ROOT, RULES_DIR, Prometheus, free_port
+from tests.test_pairs import T0, pair, view
 
 #: the KEDA ScaledObject the autoscaling proof reads (query, threshold, replicas, behaviour)
 SCALED_OBJECT = ROOT / "k8s" / "base" / "scaledobject.yaml"
@@ -74,8 +75,11 @@ async def _drive(target: str, rec: Recording) -> None:
     counts = {"ok": 0, "invalid": 0, "stream_messages": 0, "other": 0}
     requests = [sample_request(TRADES_PER_CALL, seed=i, request_id=f"r{i}") for i in range(64)]
     bad = pb.ScoreRequest(request_id="bad", trades=[make_trade(0, quantity=-5.0)])
+    pairs = pb.ScorePairsRequest(pairs=[pair("drift", view(t=T0 + 900), view("risk", status="pending")),
+                                        pair("clean", view(), view("risk"))])  # fmt: skip
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.TradeScorerStub(channel)
+        breaks = pb_grpc.BreakScorerStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         stop = asyncio.Event()
 
@@ -102,7 +106,8 @@ async def _drive(target: str, rec: Recording) -> None:
                         counts["stream_messages"] += 1
                     await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
                     await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-                    counts["other"] += 2
+                    await breaks.ScorePairs(pairs, timeout=10)  # a status break and a clean pair
+                    counts["other"] += 3
                 k += 1
                 await asyncio.sleep(0.1)
 

@@ -54,7 +54,7 @@ def test_layout() -> None:
     panels = board["panels"]
     assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
     rows = [p["title"] for p in panels if p["type"] == "row"]
-    assert rows == ["Traffic, errors, latency", "Saturation", "Model", "Autoscaling"]
+    assert rows == ["Traffic, errors, latency", "Saturation", "Model", "Sync breaks", "Autoscaling"]
     for p in panels:
         assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
         if p["type"] != "row":
