@@ -63,6 +63,9 @@ def count(spec: StoreSpec, sql: str) -> list[tuple[object, ...]]:
 async def test_flags_and_verdicts_survive_a_reopen(spec: StoreSpec, tmp_path: Path) -> None:
     store = FlagStore(spec)
     store.start()
+    await store.record([])  # the writer has run (and named its thread: top -H shows it)
+    tasks = Path("/proc/self/task")
+    assert "flag-store" in {(t / "comm").read_text().strip() for t in tasks.iterdir()}
     # concurrent writers share group commits; every one of them is on disk when its await returns
     await asyncio.gather(*(store.record([flag(i)]) for i in range(50)))
     first = await store.feedback("F0001", "confirmed", "ops-anna", "settled on B, A stale")

@@ -30,6 +30,7 @@ import threading
 import time
 from typing import Any
 
+from engine.batching import name_os_thread
 from engine.flags import StoreSpec
 from engine.metrics import EngineMetrics
 
@@ -81,6 +82,7 @@ class OutboxPublisher:
     # -- the thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        name_os_thread("outbox")
         import pika
         import pika.exceptions
 

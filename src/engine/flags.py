@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.batching import name_os_thread
 from engine.errors import EngineError, FlagNotFound, FlagStoreUnavailable, VerdictConflict
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ class FlagStore:
         return future
 
     def _writer(self) -> None:
+        name_os_thread("flag-store")
         loop = self._loop
         assert loop is not None
         while True:
