@@ -15,17 +15,18 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.flags import StoreSpec
 
-from .conftest import ServerFactory
+from .conftest import EngineProcess, ServerFactory
 from .test_pairs import T0, pair, view
 
 pytestmark = pytest.mark.slow
@@ -207,3 +208,41 @@ async def test_every_flag_reaches_the_broker_once_across_an_outage(
     published = engine.metrics.registry.get_sample_value("engine_events_published_total")
     failures = engine.metrics.registry.get_sample_value("engine_event_publish_failures_total")
     assert published is not None and published >= 40 and failures is not None and failures >= 1
+
+
+def test_a_killed_engine_loses_no_event(
+    engine_process: Callable[..., EngineProcess], broker: Broker, tmp_path: Path
+) -> None:
+    channel = broker.channel()
+    channel.exchange_declare(EXCHANGE, "topic", durable=True)
+    channel.queue_declare("case-management", durable=True)
+    channel.queue_bind("case-management", EXCHANGE, "sync_break.#")
+    channel.connection.close()
+    store = StoreSpec("sqlite", str(tmp_path / "flags.sqlite"))
+    args = ("--flag-store", f"sqlite:{store.target}", "--events-url", broker.url)
+
+    broker.stop()  # the events can only wait in the outbox
+    first = engine_process(*args)
+    ids: list[str] = []
+    with grpc.insecure_channel(first.target) as grpc_channel:
+        stub = pb_grpc.BreakScorerStub(grpc_channel)
+        for c in range(10):
+            request = pb.ScorePairsRequest(
+                pairs=[
+                    pair(f"drift-{c}", view(t=T0 + 900), view("risk", status="pending")),
+                    pair(f"gone-{c}", view()),
+                ]
+            )
+            ids += [s.flag_id for s in stub.ScorePairs(request, timeout=30).scores if s.is_break]
+    assert len(ids) == 20 and outbox_left(store) == 20
+    first.proc.kill()  # SIGKILL: no drain, no goodbye
+    first.proc.communicate(timeout=30)  # reaps it and closes its pipe
+
+    broker.start()
+    engine_process(*args)  # a new engine on the same store publishes what the dead one left
+    deadline = time.monotonic() + 60
+    while outbox_left(store) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert outbox_left(store) == 0, "the restarted engine did not publish the dead one's events"
+    received = drain(broker, "case-management")
+    assert set(received) == set(ids) and len(set(received)) == 20
