@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from engine.batching import name_os_thread
-from engine.flags import StoreSpec
+from engine.flags import StoreSpec, waiting_events
 from engine.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
@@ -151,14 +151,7 @@ class OutboxPublisher:
     def _publish(self, db: Any, channel: Any, pika: Any) -> int:
         """Publish the oldest waiting events (each confirmed by the broker), then mark them; the count."""
         cur = db.cursor()
-        cur.execute(
-            self.store.sql(
-                "SELECT flag_id, break_class, event FROM flags WHERE published_at IS NULL AND publish = 1 "
-                "ORDER BY created_at, flag_id LIMIT ?"
-            ),
-            (BATCH,),
-        )
-        rows = cur.fetchall()
+        rows = waiting_events(cur, self.store, BATCH)
         done: list[str] = []
         try:
             for flag_id, break_class, event in rows:

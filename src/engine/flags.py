@@ -355,16 +355,20 @@ class FlagStore:
     def unpublished(self, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
         """The oldest flags whose events wait to be published: (flag_id, event)."""
         with contextlib.closing(self.spec.connect()) as conn:
-            cur = conn.cursor()
-            cur.execute(
-                self.spec.sql(
-                    "SELECT flag_id, event FROM flags WHERE published_at IS NULL AND publish = 1 "
-                    "ORDER BY created_at, flag_id LIMIT ?"
-                ),
-                (limit,),
-            )
-            rows = cur.fetchall()
-        return [(flag_id, json.loads(event)) for flag_id, event in rows]
+            rows = waiting_events(conn.cursor(), self.spec, limit)
+        return [(flag_id, json.loads(event)) for flag_id, _, event in rows]
+
+
+def waiting_events(cur: Any, spec: StoreSpec, limit: int) -> list[tuple[str, str, str]]:
+    """The oldest events the outbox has still to publish: (flag_id, break class, event JSON)."""
+    cur.execute(
+        spec.sql(
+            "SELECT flag_id, break_class, event FROM flags WHERE published_at IS NULL AND publish = 1 "
+            "ORDER BY created_at, flag_id LIMIT ?"
+        ),
+        (limit,),
+    )
+    return [tuple(row) for row in cur.fetchall()]
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

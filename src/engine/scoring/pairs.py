@@ -45,7 +45,7 @@ from engine.metrics import BREAK_CLASSES, EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.servable import PairModel, ServingModel
 from engine.scoring.streams import pipelined
-from engine.scoring.trades import REJECT_REASON_BY_CODE, request_error
+from engine.scoring.trades import count_rejection, request_error
 
 SERVICE = pb.DESCRIPTOR.services_by_name["BreakScorer"].full_name
 F32 = npt.NDArray[np.float32]
@@ -257,9 +257,7 @@ class BreakScorerService:
         return out
 
     def _count_reject(self, error: EngineError) -> None:
-        reason = REJECT_REASON_BY_CODE.get(error.code)
-        if reason is not None:
-            self._metrics.rejected.labels(reason).inc()
+        count_rejection(self._metrics, error)
 
     # -- RPCs ----------------------------------------------------------------------------
 
@@ -314,7 +312,9 @@ class BreakScorerService:
     ) -> pb.FeedbackResponse:
         try:
             if self._flags is None:
-                raise NoFlagStore("this engine keeps no flags (engine serve --flag-store sqlite:PATH)")
+                raise NoFlagStore(
+                    "this engine keeps no flags (engine serve --flag-store sqlite:PATH or postgresql://...)"
+                )
             if not request.flag_id:
                 raise InvalidInput("flag_id", "required")
             verdict = _VERDICTS.get(request.verdict)

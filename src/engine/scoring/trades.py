@@ -106,9 +106,7 @@ class TradeScorerService:
         )
 
     def _count_reject(self, error: EngineError) -> None:
-        reason = REJECT_REASON_BY_CODE.get(error.code)
-        if reason is not None:
-            self._metrics.rejected.labels(reason).inc()
+        count_rejection(self._metrics, error)
 
     # -- RPCs ----------------------------------------------------------------------
 
@@ -159,6 +157,13 @@ class TradeScorerService:
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInfo:
         return model_info(self._registry.current)
+
+
+def count_rejection(metrics: EngineMetrics, error: EngineError) -> None:
+    """engine_rejected_calls_total{reason} for a call or stream message refused with `error`."""
+    reason = REJECT_REASON_BY_CODE.get(error.code)
+    if reason is not None:
+        metrics.rejected.labels(reason).inc()
 
 
 def _request_id(raw: bytes) -> str:

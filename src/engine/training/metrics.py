@@ -6,6 +6,8 @@
   (recall step) x precision, the step-wise area scikit-learn also reports.
 - `brier`: mean squared error of the probability; `log_loss`: mean negative
   log-likelihood (probabilities clipped to [1e-15, 1 - 1e-15]).
+- `precision_recall`: of a set of flags against the truth (the pair models'
+  alert threshold and held-out figures).
 
 Risk bands (`choose_risk_bands`) are set from the score distribution of the
 validation split: a band's lower bound is the score above which a fixed share
@@ -78,6 +80,12 @@ def average_precision(y: npt.ArrayLike, p: npt.ArrayLike) -> float:
     precision = tp / (tp + fp)
     recall = tp / pos
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def precision_recall(flagged: npt.NDArray[np.bool_], truth: npt.NDArray[np.bool_]) -> tuple[float, float]:
+    """Share of the flagged that are true, and share of the true that are flagged (0 when empty)."""
+    tp = float((flagged & truth).sum())
+    return tp / max(1.0, float(flagged.sum())), tp / max(1.0, float(truth.sum()))
 
 
 def brier(y: npt.ArrayLike, p: npt.ArrayLike) -> float:

@@ -41,6 +41,7 @@ from engine.features.pairs import (
 from engine.flags import StoreSpec, decided_flags
 from engine.models.bundle import MANIFEST, onnx_session, utc_now_iso, write_manifest
 from engine.training.errors import DataError, ParityError
+from engine.training.metrics import precision_recall
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -356,13 +357,6 @@ class PairModelReport:
     threshold: float
     metrics: dict[str, float]
     parity: dict[str, float]
-
-
-def precision_recall(flagged: npt.NDArray[np.bool_], truth: npt.NDArray[np.bool_]) -> tuple[float, float]:
-    tp = float((flagged & truth).sum())
-    precision = tp / max(1.0, float(flagged.sum()))
-    recall = tp / max(1.0, float(truth.sum()))
-    return precision, recall
 
 
 def pick_threshold(scores: F64, truth: npt.NDArray[np.bool_]) -> float:
