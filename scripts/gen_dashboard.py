@@ -336,7 +336,19 @@ def build() -> db.Dashboard:
                 "Median, p90 and p99 fail probability returned (drift in one glance).",
                 "percentunit",
                 *quantiles("engine_score", SEL, (0.5, 0.9, 0.99)),
-            ).span(24)
+            ).span(12)
+        )
+        .with_panel(
+            series(
+                "Trade reasons",
+                "Trades returned with reasons per second (--explain-band, or asked with explain), and "
+                "the TreeSHAP time per batch of them, p99 (the explain-0 thread).",
+                "short",
+                query(
+                    f"sum(rate(engine_trades_explained_total{{{SEL}}}[{RATE}]))", "trades explained/s", "A"
+                ),
+                query(p99("engine_explain_seconds"), "TreeSHAP p99 (s)", "B"),
+            ).span(12)
         )
     )
 

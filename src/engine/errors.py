@@ -8,6 +8,7 @@ EngineError                      base; never shown to clients verbatim unless pu
 ├── ShuttingDown                 UNAVAILABLE — the engine is draining
 ├── InferenceFailed              INTERNAL — the model raised; details are logged only
 ├── BundleError                  a model bundle failed validation (never served)
+├── NoExplainer                  FAILED_PRECONDITION — reasons asked, the bundle has no model text
 ├── NoPairModel                  FAILED_PRECONDITION — the serving bundle has no sync-break model
 ├── NoFlagStore                  FAILED_PRECONDITION — feedback, and the engine keeps no flags
 ├── FlagNotFound                 NOT_FOUND — feedback on a flag never recorded
@@ -87,6 +88,12 @@ class BundleError(EngineError):
 
 class NoPairModel(EngineError):
     """The serving bundle carries no sync-break model."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NoExplainer(EngineError):
+    """A request asked for reasons and the serving bundle carries no LightGBM model text to explain."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -322,6 +322,18 @@ class EngineMetrics:
         )
         self._bands = [raw_inc(self.risk_band.labels(band)) for band in RISK_BANDS]
 
+        self.trades_explained = Counter(
+            "engine_trades_explained",
+            "Trades returned with reasons (TreeSHAP contributions, in the explain-0 thread).",
+            registry=r,
+        )
+        self.explain_seconds = Histogram(
+            "engine_explain_seconds",
+            "TreeSHAP time per batch of explained trades.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
         # -- sync breaks (BreakScorer) ------------------------------------------------------------
         self.pairs_scored = Counter(
             "engine_pairs_scored", "Record pairs scored by the break model.", registry=r

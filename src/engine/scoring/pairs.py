@@ -208,7 +208,9 @@ class BreakScorerService:
                 for j, strength in zip(reason_idx[i].tolist(), reason_strength[i].tolist(), strict=True):
                     if strength >= REASON_MIN_STRENGTH:
                         score.reasons.add(
-                            code=REASON_CODES[PAIR_FEATURES[j]], value=float(features.matrix[i, j])
+                            code=REASON_CODES[PAIR_FEATURES[j]],
+                            value=float(features.matrix[i, j]),
+                            contribution=strength,
                         )
         return out
 

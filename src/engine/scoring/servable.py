@@ -16,6 +16,8 @@ from engine.features.columns import TradeColumns
 from engine.features.compute import FeaturePlan
 from engine.features.pairs import PAIR_FEATURES, PairStats
 from engine.models.bundle import GOLDEN_TOLERANCE, ModelBundle, onnx_session
+from engine.models.spec import BAND_NAMES
+from engine.models.treeshap import TreeExplainer
 from engine.scoring.wire import WireTables, prepare_request, response_bytes
 
 
@@ -99,6 +101,57 @@ class PairModel:
         return model
 
 
+#: the LightGBM model text a bundle may carry beside its ONNX graph: what trade reasons explain
+LGB_FILE = "model.lgb.txt"
+#: TreeSHAP on the model text and ONNX Runtime on the graph must agree this well on the golden rows
+#: (float64 against float32 arithmetic)
+EXPLAIN_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TradeExplainer:
+    """TreeSHAP of the bundle's LightGBM model, with each feature's reason code and categories."""
+
+    shap: TreeExplainer
+    #: the features' names in capitals, the stable reason codes
+    codes: tuple[str, ...]
+    #: per feature, its categories (empty for a numeric feature)
+    categories: tuple[tuple[str, ...], ...]
+
+    @staticmethod
+    def load(bundle: ModelBundle) -> TradeExplainer | None:
+        """The explainer of `bundle`'s model text; None without one; BundleError when it does not
+        explain the ONNX model (another model's reasons would be wrong, not missing)."""
+        if LGB_FILE not in bundle.manifest.files:
+            return None
+        where = f"{bundle.path / LGB_FILE}"
+        shap = TreeExplainer.load(bundle.path / LGB_FILE)
+        spec = bundle.manifest.features
+        if shap.n_features != len(spec.features):
+            raise BundleError(f"{where}: takes {shap.n_features} features, the spec has {len(spec.features)}")
+        m = bundle.manifest
+        got = shap.probability(shap.contributions(m.golden_inputs))
+        diff = float(np.max(np.abs(got - m.golden_probabilities), initial=0.0))
+        if not diff <= EXPLAIN_TOLERANCE:
+            raise BundleError(
+                f"{where}: does not reproduce model.onnx on the golden rows (max diff {diff:.3g}): "
+                "it is not the model the graph was exported from"
+            )
+        return TradeExplainer(
+            shap,
+            tuple(f.name.upper() for f in spec.features),
+            tuple(tuple(f.categories) if f.kind == "categorical" else () for f in spec.features),
+        )
+
+
+def explain_threshold(band: str, edges: npt.NDArray[np.float64]) -> np.float64:
+    """The lowest failure probability that gets reasons under `--explain-band band` (inf: OFF)."""
+    if band == "OFF":
+        return np.float64(np.inf)
+    index = BAND_NAMES.index(band)
+    return np.float64(0.0) if index == 0 else np.float64(edges[index - 1])
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class ServingModel:
     bundle: ModelBundle
@@ -107,6 +160,8 @@ class ServingModel:
     wire: WireTables
     #: the sync-break model, when the bundle has one
     pairs: PairModel | None = None
+    #: trade reasons, when the bundle carries its LightGBM model text
+    explainer: TradeExplainer | None = None
     name_bytes: bytes = field(init=False)
     version_bytes: bytes = field(init=False)
 
@@ -166,12 +221,20 @@ def _warm_up(model: ServingModel) -> None:
     request, features = prepare_request(raw, model.wire, model.plan, 1)
     probabilities = model.predict(features)
     response_bytes(request, probabilities, model.band_edges, model.name_bytes, model.version_bytes)
+    if model.explainer is not None:
+        model.explainer.shap.contributions(features)
 
 
 def load_serving_model(path: Path, intra_op_threads: int = 1) -> ServingModel:
     """Load a bundle, check its feature spec against the catalog (BundleError if not servable), warm up."""
     bundle = ModelBundle.load(path, intra_op_threads=intra_op_threads)
     plan = FeaturePlan(bundle.manifest.features, bundle.references)
-    model = ServingModel(bundle, plan, WireTables.build(plan), PairModel.load(bundle, intra_op_threads))
+    model = ServingModel(
+        bundle,
+        plan,
+        WireTables.build(plan),
+        PairModel.load(bundle, intra_op_threads),
+        TradeExplainer.load(bundle),
+    )
     _warm_up(model)
     return model

@@ -26,16 +26,19 @@ from google.protobuf.message import DecodeError
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher
-from engine.errors import EngineError, InvalidInput
+from engine.errors import EngineError, InvalidInput, NoExplainer
 from engine.metrics import EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.models.spec import BAND_NAMES
-from engine.scoring.servable import ServingModel
+from engine.scoring.servable import ServingModel, TradeExplainer, explain_threshold
 from engine.scoring.streams import pipelined
-from engine.scoring.wire import WireRequest, prepare_request, response_bytes
+from engine.scoring.wire import T_TRADE_ID, WireRequest, prepare_request, response_bytes
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
 F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+#: reasons per explained trade: the features with the largest positive contributions
+REASONS_PER_TRADE = 3
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,9 @@ REJECT_REASON_BY_CODE = {
 class _Prepared:
     model: ServingModel
     request: WireRequest
+    features: F32
     scores: asyncio.Future[F32]
+    deadline: float | None
 
 
 class TradeScorerService:
@@ -65,6 +70,8 @@ class TradeScorerService:
         *,
         max_trades_per_request: int,
         stream_window: int,
+        explain_batcher: MicroBatcher[TradeExplainer, F32] | None = None,
+        explain_band: str = "HIGH",
     ) -> None:
         self._registry = registry
         self._batcher = batcher
@@ -72,6 +79,8 @@ class TradeScorerService:
         self._calls = calls
         self._max_trades = max_trades_per_request
         self._stream_window = stream_window
+        self._explainer = explain_batcher
+        self._explain_band = explain_band
 
     # -- shared steps ------------------------------------------------------------
 
@@ -95,15 +104,34 @@ class TradeScorerService:
         model = self._registry.current
         # counts the trades before decoding any; one compiled call for decode + validate + features
         request, features = prepare_request(raw, model.wire, model.plan, self._max_trades)
+        if request.explain and (model.explainer is None or self._explainer is None):
+            raise NoExplainer(
+                f"explain: model {model.name} {model.version} carries no LightGBM model text "
+                "(model.lgb.txt) to explain its scores"
+            )
         future = self._batcher.submit(model, features, deadline)
-        return _Prepared(model, request, future)
+        return _Prepared(model, request, features, future, deadline)
 
-    @staticmethod
-    def _respond(prepared: _Prepared, probabilities: F32) -> bytes:
+    async def _respond(self, prepared: _Prepared, probabilities: F32) -> bytes:
+        """The response bytes: scores from the compiled encoder, then the reasons of the trades
+        that get them (a ScoreResponse holding only `reasons`, appended: protobuf merges them)."""
         model = prepared.model
-        return response_bytes(
+        out = response_bytes(
             prepared.request, probabilities, model.band_edges, model.name_bytes, model.version_bytes
         )
+        explainer = model.explainer
+        if explainer is None or self._explainer is None:
+            return out
+        if prepared.request.explain:
+            rows = np.arange(len(probabilities))
+        else:
+            rows = np.flatnonzero(probabilities >= explain_threshold(self._explain_band, model.band_edges))
+            if rows.size == 0:
+                return out
+        features = prepared.features[rows]
+        contributions = await self._explainer.submit(explainer, features, prepared.deadline)
+        self._metrics.trades_explained.inc(len(rows))
+        return out + reasons_bytes(prepared.request, rows, features, contributions, explainer)
 
     def _count_reject(self, error: EngineError) -> None:
         count_rejection(self._metrics, error)
@@ -118,11 +146,10 @@ class TradeScorerService:
             deadline = time.monotonic() + remaining if remaining is not None else None
             try:
                 prepared = self._prepare(request, deadline)
-                probabilities = await prepared.scores
+                return await self._respond(prepared, await prepared.scores)
             except EngineError as exc:
                 self._count_reject(exc)
                 await context.abort(exc.code, exc.client_message())
-            return self._respond(prepared, probabilities)
         finally:
             self._calls.leave()
 
@@ -132,7 +159,7 @@ class TradeScorerService:
         """Pipelined: reads ahead up to `stream_window` requests, answers in request order."""
 
         async def answer(raw: bytes, prepared: _Prepared) -> bytes:
-            return self._respond(prepared, await prepared.scores)
+            return await self._respond(prepared, await prepared.scores)
 
         def refused(raw: bytes, exc: EngineError) -> bytes:
             return pb.ScoreResponse(request_id=_request_id(raw), error=request_error(exc)).SerializeToString()
@@ -164,6 +191,34 @@ def count_rejection(metrics: EngineMetrics, error: EngineError) -> None:
     reason = REJECT_REASON_BY_CODE.get(error.code)
     if reason is not None:
         metrics.rejected.labels(reason).inc()
+
+
+def reasons_bytes(
+    request: WireRequest,
+    rows: npt.NDArray[np.intp],
+    features: F32,
+    contributions: F64,
+    explainer: TradeExplainer,
+) -> bytes:
+    """ScoreResponse.reasons of the trades `rows`: each one's features with the largest positive
+    contributions, largest first (argsort on the whole [rows, features] matrix at once)."""
+    top = np.argsort(-contributions, axis=1, kind="stable")[:, :REASONS_PER_TRADE]
+    top_contribution = np.take_along_axis(contributions, top, axis=1).tolist()
+    # float32 as its shortest decimal (0.6, not 0.6000000238418579): the value the model saw
+    top_value = [[float(str(v)) for v in row] for row in np.take_along_axis(features, top, axis=1)]
+    codes, categories = explainer.codes, explainer.categories
+    base = explainer.shap.bias
+    out = pb.ScoreResponse()
+    for i, row in enumerate(rows.tolist()):
+        entry = out.reasons.add(trade_index=row, trade_id=request.text(row, T_TRADE_ID), base_log_odds=base)
+        for j, contribution, value in zip(top[i].tolist(), top_contribution[i], top_value[i], strict=True):
+            if contribution <= 0.0:
+                break
+            reason = entry.reasons.add(code=codes[j], value=value, contribution=contribution)
+            names = categories[j]
+            if names and value == value and 0 <= int(value) < len(names):
+                reason.category = names[int(value)]
+    return out.SerializeToString()
 
 
 def _request_id(raw: bytes) -> str:

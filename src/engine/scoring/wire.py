@@ -344,38 +344,47 @@ def _fill_slots(blob: U8, offsets: I32, owner: I32, slots: I32) -> None:
 
 
 @compiled
-def count_trades(buf: U8) -> tuple[Int, Int, Int]:
-    """A ScoreRequest's top level: (trades, request_id start, length); trades -1: malformed, -2: bad id."""
+def count_trades(buf: U8) -> tuple[Int, Int, Int, Int]:
+    """A ScoreRequest's top level: (trades, request_id start, length, explain 0/1).
+
+    trades -1: malformed, -2: the request id is not UTF-8.
+    """
     p: Int = 0
     end = buf.shape[0]
     n = 0
     rid_start: Int = 0
     rid_len: Int = 0
+    explain: Int = 0
     while p < end:
         tag, p = _varint(buf, p, end)
         if p < 0:
-            return -1, 0, 0
+            return -1, 0, 0, 0
         field = np.int64(tag >> np.uint64(3))
         wire = np.int64(tag & np.uint64(7))
         if field == 0:
-            return -1, 0, 0
+            return -1, 0, 0, 0
         if wire == _LEN and (field == 1 or field == 2):
             length, q = _varint(buf, p, end)
             if q < 0 or length > np.uint64(end - q):
-                return -1, 0, 0
+                return -1, 0, 0, 0
             if field == 1:
                 rid_start = q
                 rid_len = np.int64(length)
             else:
                 n += 1
             p = q + np.int64(length)
+        elif wire == _VARINT and field == 3:
+            flag, p = _varint(buf, p, end)
+            if p < 0:
+                return -1, 0, 0, 0
+            explain = 1 if flag != np.uint64(0) else 0  # the last occurrence wins, as in protobuf
         else:
             p = _skip(buf, p, end, wire)
             if p < 0:
-                return -1, 0, 0
+                return -1, 0, 0, 0
     if rid_len and _utf8_chars(buf, rid_start, rid_len) < 0:
-        return -2, 0, 0
-    return n, rid_start, rid_len
+        return -2, 0, 0, 0
+    return n, rid_start, rid_len, explain
 
 
 @compiled
@@ -654,6 +663,8 @@ class WireRequest:
     text_start: I64  # [n, N_TEXT]
     text_len: I64
     request_id: tuple[int, int]  # (start, length) in buf
+    #: the request asked for every trade's reasons (ScoreRequest.explain)
+    explain: bool = False
 
     def text(self, index: int, slot: int) -> str:
         s0 = int(self.text_start[index, slot])
@@ -688,16 +699,16 @@ def prepare_trades(
     others: I64,
     columns: I64,
     width: Int,
-) -> tuple[Int, Int, Int, npt.NDArray[np.float64], I64, I64, I64, I64, I64, I64, F32]:
+) -> tuple[Int, Int, Int, Int, npt.NDArray[np.float64], I64, I64, I64, I64, I64, I64, F32]:
     """count_trades, decode_trades, kn.check_rows and kn.compute_rows in one compiled call.
 
-    Returns (trades, request id start, length, x, k, text starts, text lengths,
+    Returns (trades, request id start, length, explain, x, k, text starts, text lengths,
     decode error, first broken row per rule, rows per rule, features); every
     step runs only when the ones before it found nothing wrong (trades outside
     1..max_trades: nothing is decoded; a decode error: nothing is checked; a
     broken rule: no features).
     """
-    n, rid_start, rid_len = count_trades(buf)
+    n, rid_start, rid_len, explain = count_trades(buf)
     m = n if 0 < n <= max_trades else 0
     x = np.empty((m, NX), dtype=np.float64)
     k = np.empty((m, NK), dtype=np.int64)
@@ -708,16 +719,16 @@ def prepare_trades(
     count = np.zeros(kn.N_RULES, dtype=np.int64)
     features = np.empty((m, width), dtype=np.float32)
     if m == 0:
-        return n, rid_start, rid_len, x, k, text_start, text_len, err, first, count, features
+        return n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
     decode_trades(buf, x, k, text_start, text_len, field_slot, blob, offsets, owner, value, slots, err)
     if err[0] != E_NONE:
-        return n, rid_start, rid_len, x, k, text_start, text_len, err, first, count, features
+        return n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
     first, count = kn.check_rows(x, k, limits, np.zeros(0, dtype=np.bool_))
     for rule in range(kn.N_RULES):
         if first[rule] >= 0:
-            return n, rid_start, rid_len, x, k, text_start, text_len, err, first, count, features
+            return n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
     kn.compute_rows(x, k, refs, others, columns, features)
-    return n, rid_start, rid_len, x, k, text_start, text_len, err, first, count, features
+    return n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
 
 
 def prepare_request(
@@ -730,7 +741,7 @@ def prepare_request(
     one call from Python instead of four, no intermediate array made in Python.
     """
     buf = np.frombuffer(raw, dtype=np.uint8)
-    n, rid_start, rid_len, x, k, text_start, text_len, err, first, count, features = prepare_trades(
+    n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features = prepare_trades(
         buf,
         max_trades,
         FIELD_TEXT_SLOT,
@@ -747,7 +758,9 @@ def prepare_request(
     )
     _count_errors(int(n))
     check_count(int(n), max_trades)
-    request = WireRequest(buf, TradeRows(x, k), text_start, text_len, (int(rid_start), int(rid_len)))
+    request = WireRequest(
+        buf, TradeRows(x, k), text_start, text_len, (int(rid_start), int(rid_len)), bool(explain)
+    )
     _decode_errors(request, err)
     raise_first_problem(first, count)
     return request, features
@@ -786,7 +799,7 @@ def decode_request(raw: bytes, tables: WireTables, max_trades: int) -> WireReque
     is for `engine.features.validate.validate_rows`.
     """
     buf = np.frombuffer(raw, dtype=np.uint8)
-    counted, rid_start, rid_len = count_trades(buf)
+    counted, rid_start, rid_len, explain = count_trades(buf)
     n = int(counted)
     _count_errors(n)
     check_count(n, max_trades)
@@ -808,7 +821,7 @@ def decode_request(raw: bytes, tables: WireTables, max_trades: int) -> WireReque
         tables.slots,
         err,
     )
-    request = WireRequest(buf, rows, text_start, text_len, (int(rid_start), int(rid_len)))
+    request = WireRequest(buf, rows, text_start, text_len, (int(rid_start), int(rid_len)), bool(explain))
     _decode_errors(request, err)
     return request
 
