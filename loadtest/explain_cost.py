@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """CPU per explained trade: the engine's TreeSHAP kernel against LightGBM's `pred_contrib`, same rows.
 
-Both run single-threaded in this process on rows drawn from the bundle's
-training data generator, interleaved round by round so drift on the host hits
-both alike; prints microseconds per row and the ratio for each batch size.
+Both run single-threaded in this process on rows drawn from the engine's
+synthetic trade generator, interleaved round by round so drift on the host hits
+both alike; prints microseconds per row and the ratio for each batch size (the
+engine's kernel changes at `engine.models.treeshap.BLOCK_MIN_ROWS` rows).
 
     .venv/bin/python loadtest/explain_cost.py [--bundle DIR] [--rounds 5]
 """
@@ -39,7 +40,7 @@ def main() -> None:
     text = (args.bundle / "model.lgb.txt").read_text()
     explainer = TreeExplainer.from_text(text)
     booster = lgb.Booster(model_str=text)
-    for n in (1, 16, 256):
+    for n in (1, 4, 12, 64, 256):
         x = np.ascontiguousarray(features[:n])
         x64 = x.astype(np.float64)
         explainer.contributions(x)

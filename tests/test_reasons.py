@@ -15,14 +15,14 @@ import pytest
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
-from engine.errors import BundleError
+from engine.errors import BundleError, InvalidInput
 from engine.models.bundle import DEFAULT_BUNDLE, MANIFEST, ModelBundle
 from engine.models.spec import BAND_NAMES
-from engine.models.treeshap import TreeExplainer
+from engine.models.treeshap import BLOCK_MIN_ROWS, TreeExplainer
 from engine.scoring.codec import trades_to_columns
 from engine.scoring.servable import LGB_FILE, explain_threshold, load_serving_model
 from engine.scoring.trades import REASONS_PER_TRADE
-from engine.scoring.wire import decode_request
+from engine.scoring.wire import decode_request, prepare_request
 
 from .conftest import ServerFactory, copy_bundle, resign, sample_request
 
@@ -46,7 +46,9 @@ def test_kernel_matches_lightgbm_on_the_default_model() -> None:
     explainer = TreeExplainer.load(path)
     booster = lgb.Booster(model_file=str(path))
     x = _default_features()
-    _assert_same(explainer, booster, x)
+    _assert_same(explainer, booster, x)  # all rows at once (the block kernel)
+    for n in (1, BLOCK_MIN_ROWS - 1):  # row by row
+        _assert_same(explainer, booster, x[:n])
     # unknown signals (NaN) take each split's default direction, as LightGBM does
     holes = x.copy()
     holes[np.random.default_rng(1).random(holes.shape) < 0.15] = np.nan
@@ -69,6 +71,7 @@ def test_kernel_matches_lightgbm_on_zero_as_missing_and_default_left_splits() ->
     assert any(t & 2 for t in types), "the model should hold default-left splits"
     explainer = TreeExplainer.from_text(text)
     _assert_same(explainer, booster, x[:500])
+    _assert_same(explainer, booster, x[:3])
 
 
 def test_categorical_splits_and_other_objectives_are_refused() -> None:
@@ -98,15 +101,32 @@ def test_a_model_text_that_is_not_the_graphs_model_is_refused(tmp_path: Path) ->
         load_serving_model(bundle)
 
 
-def test_the_explain_flag_is_decoded_last_one_wins() -> None:
+def test_explain_is_decoded_last_one_wins_and_unknown_values_are_refused() -> None:
     model = load_serving_model(DEFAULT_BUNDLE)
-    request = sample_request(2)
-    assert not decode_request(request.SerializeToString(), model.wire, 10).explain
-    asked = pb.ScoreRequest(explain=True).SerializeToString()
-    assert decode_request(request.SerializeToString() + asked, model.wire, 10).explain
-    # protobuf merges concatenated messages: a later explain=false (written explicitly) wins
-    unasked = bytes([0x18, 0x00])
-    assert not decode_request(request.SerializeToString() + asked + unasked, model.wire, 10).explain
+    raw = sample_request(2).SerializeToString()
+    assert decode_request(raw, model.wire, 10).explain == pb.EXPLAIN_UNSPECIFIED
+    every = pb.ScoreRequest(explain=pb.EXPLAIN_ALL).SerializeToString()
+    none = pb.ScoreRequest(explain=pb.EXPLAIN_NONE).SerializeToString()
+    assert decode_request(raw + every, model.wire, 10).explain == pb.EXPLAIN_ALL
+    # protobuf merges concatenated messages: the last value wins, also an explicit 0
+    assert decode_request(raw + every + none, model.wire, 10).explain == pb.EXPLAIN_NONE
+    assert decode_request(raw + none + bytes([0x18, 0x00]), model.wire, 10).explain == 0
+    for value, shown in ((7, "7"), (2**40, ">= 256")):
+        unknown = bytes([0x18]) + _varint(value)  # field 3, varint
+        with pytest.raises(
+            InvalidInput, match=rf"explain: is not a tradescore.v1.Explain value \(got {shown}\)"
+        ):
+            prepare_request(raw + unknown, model.wire, model.plan, 10)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def _expected(features: np.ndarray) -> tuple[np.ndarray, float]:
@@ -160,18 +180,22 @@ async def test_score_returns_reasons_for_trades_at_or_above_the_explain_band(
     assert engine.metrics.trades_explained._value.get() == len(flagged)
 
     # asked: every trade, also in ScoreStream responses
-    request.explain = True
+    request.explain = pb.EXPLAIN_ALL
     response = await stub.Score(request)
     assert [r.trade_index for r in response.reasons] == list(range(600))
     for entry in response.reasons[:50]:
         _check_reasons(entry, contrib[entry.trade_index], features[entry.trade_index], base)
 
-    async def two() -> AsyncIterator[pb.ScoreRequest]:
-        yield pb.ScoreRequest(request_id="a", trades=request.trades[:20], explain=True)
-        yield pb.ScoreRequest(request_id="b", trades=request.trades[:20])
+    window = request.trades[flagged[0] : flagged[0] + 20]  # holds at least one flagged trade
 
-    answers = [r async for r in stub.ScoreStream(two())]
-    assert [len(a.reasons) for a in answers] == [20, sum(1 for i in flagged if i < 20)]
+    async def three() -> AsyncIterator[pb.ScoreRequest]:
+        yield pb.ScoreRequest(request_id="a", trades=window, explain=pb.EXPLAIN_ALL)
+        yield pb.ScoreRequest(request_id="b", trades=window)
+        yield pb.ScoreRequest(request_id="c", trades=window, explain=pb.EXPLAIN_NONE)
+
+    answers = [r async for r in stub.ScoreStream(three())]
+    in_window = [i - flagged[0] for i in flagged if i < flagged[0] + 20]
+    assert [[r.trade_index for r in a.reasons] for a in answers] == [list(range(len(window))), in_window, []]
 
 
 @pytest.mark.parametrize("band", ["OFF", "CRITICAL", "LOW"])
@@ -201,6 +225,6 @@ async def test_a_bundle_without_model_text_scores_and_refuses_explain(
     response = await stub.Score(sample_request(50))
     assert len(response.scores) == 50 and not response.reasons
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Score(pb.ScoreRequest(trades=sample_request(3).trades, explain=True))
+        await stub.Score(pb.ScoreRequest(trades=sample_request(3).trades, explain=pb.EXPLAIN_ALL))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "model.lgb.txt" in (err.value.details() or "")

@@ -104,7 +104,7 @@ class TradeScorerService:
         model = self._registry.current
         # counts the trades before decoding any; one compiled call for decode + validate + features
         request, features = prepare_request(raw, model.wire, model.plan, self._max_trades)
-        if request.explain and (model.explainer is None or self._explainer is None):
+        if request.explain == pb.EXPLAIN_ALL and (model.explainer is None or self._explainer is None):
             raise NoExplainer(
                 f"explain: model {model.name} {model.version} carries no LightGBM model text "
                 "(model.lgb.txt) to explain its scores"
@@ -120,9 +120,10 @@ class TradeScorerService:
             prepared.request, probabilities, model.band_edges, model.name_bytes, model.version_bytes
         )
         explainer = model.explainer
-        if explainer is None or self._explainer is None:
+        explain = prepared.request.explain
+        if explainer is None or self._explainer is None or explain == pb.EXPLAIN_NONE:
             return out
-        if prepared.request.explain:
+        if explain == pb.EXPLAIN_ALL:
             rows = np.arange(len(probabilities))
         else:
             rows = np.flatnonzero(probabilities >= explain_threshold(self._explain_band, model.band_edges))

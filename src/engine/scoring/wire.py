@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.errors import BundleError, InvalidInput
 from engine.features import kernels as kn
 from engine.features.compute import FeaturePlan
@@ -345,7 +346,7 @@ def _fill_slots(blob: U8, offsets: I32, owner: I32, slots: I32) -> None:
 
 @compiled
 def count_trades(buf: U8) -> tuple[Int, Int, Int, Int]:
-    """A ScoreRequest's top level: (trades, request_id start, length, explain 0/1).
+    """A ScoreRequest's top level: (trades, request_id start, length, explain).
 
     trades -1: malformed, -2: the request id is not UTF-8.
     """
@@ -377,7 +378,8 @@ def count_trades(buf: U8) -> tuple[Int, Int, Int, Int]:
             flag, p = _varint(buf, p, end)
             if p < 0:
                 return -1, 0, 0, 0
-            explain = 1 if flag != np.uint64(0) else 0  # the last occurrence wins, as in protobuf
+            # the last occurrence wins, as in protobuf; any value past the enum's is refused later
+            explain = np.int64(flag) if flag < np.uint64(256) else 256
         else:
             p = _skip(buf, p, end, wire)
             if p < 0:
@@ -663,8 +665,8 @@ class WireRequest:
     text_start: I64  # [n, N_TEXT]
     text_len: I64
     request_id: tuple[int, int]  # (start, length) in buf
-    #: the request asked for every trade's reasons (ScoreRequest.explain)
-    explain: bool = False
+    #: ScoreRequest.explain, a tradescore.v1.Explain value
+    explain: int = 0
 
     def text(self, index: int, slot: int) -> str:
         s0 = int(self.text_start[index, slot])
@@ -758,12 +760,23 @@ def prepare_request(
     )
     _count_errors(int(n))
     check_count(int(n), max_trades)
+    _check_explain(int(explain))
     request = WireRequest(
-        buf, TradeRows(x, k), text_start, text_len, (int(rid_start), int(rid_len)), bool(explain)
+        buf, TradeRows(x, k), text_start, text_len, (int(rid_start), int(rid_len)), int(explain)
     )
     _decode_errors(request, err)
     raise_first_problem(first, count)
     return request, features
+
+
+#: the values of tradescore.v1.Explain this engine knows
+EXPLAIN_VALUES = frozenset(pb.Explain.values())
+
+
+def _check_explain(explain: int) -> None:
+    if explain not in EXPLAIN_VALUES:
+        got = str(explain) if explain < 256 else ">= 256"
+        raise InvalidInput("explain", f"is not a tradescore.v1.Explain value (got {got})")
 
 
 def _count_errors(n: int) -> None:
@@ -803,6 +816,7 @@ def decode_request(raw: bytes, tables: WireTables, max_trades: int) -> WireReque
     n = int(counted)
     _count_errors(n)
     check_count(n, max_trades)
+    _check_explain(int(explain))
     rows = TradeRows.empty(n)
     text_start = np.empty((n, N_TEXT), dtype=np.int64)
     text_len = np.empty((n, N_TEXT), dtype=np.int64)
@@ -821,7 +835,7 @@ def decode_request(raw: bytes, tables: WireTables, max_trades: int) -> WireReque
         tables.slots,
         err,
     )
-    request = WireRequest(buf, rows, text_start, text_len, (int(rid_start), int(rid_len)), bool(explain))
+    request = WireRequest(buf, rows, text_start, text_len, (int(rid_start), int(rid_len)), int(explain))
     _decode_errors(request, err)
     return request
 
