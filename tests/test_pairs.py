@@ -21,6 +21,7 @@ from engine.features.pairs import (
     CLASS_STATUS,
     CLASS_VALUE,
     PAIR_FEATURES,
+    REASON_MIN_STRENGTH,
     SIDE_A,
     SIDE_B,
     PairColumns,
@@ -101,20 +102,29 @@ def test_each_break_class_has_its_signature() -> None:
     ]  # fmt: skip
 
 
-def test_likely_right_follows_recency_fat_fingers_and_presence() -> None:
+def test_likely_right_follows_recency_fat_fingers_duplicates_and_presence() -> None:
     pairs = [
         pair("stale", view(t=T0 + 600, amount=25_100.0), view("risk", t=T0)),  # A newer
         pair("stale-b", view(t=T0, amount=25_100.0), view("risk", t=T0 + 600)),  # B newer
         pair("fat", view(t=T0), view("risk", t=T0 + 5, amount=2_500_000.0)),  # B newer but x100
         pair("missing", None, view("risk")),
         pair("same", view(), view("risk")),
+        # booked twice on B (B the newer), three times on A: the other side is right
+        pair("twice-b", view(t=T0), view("risk", t=T0 + 30, quantity=200.0, amount=50_000.0)),
+        pair("thrice-a", view(t=T0 + 9, quantity=300.0, amount=75_000.0), view("risk", t=T0)),
+        # an account (no quantity) booked twice on B
+        pair("acct", view(quantity=None), view("risk", t=T0 + 3, quantity=None, amount=50_000.0)),
+        # 2x the amount but not the quantity: an amendment, not a duplicate: the newer side
+        pair("amended", view(t=T0), view("risk", t=T0 + 30, amount=50_000.0)),
     ]
     st = stats()
     f = pair_features(PairColumns.from_messages(pairs), st)
-    side, conf = likely_right(f.matrix, f.differs, st.log_amount_std)
+    side, conf = likely_right(f.matrix, f.differs, f.quantities, st.log_amount_std)
     assert list(side[:4]) == [SIDE_A, SIDE_B, SIDE_A, SIDE_B]
     assert side[4] == 0 and conf[4] == 0
     assert 0.6 <= conf[0] <= 0.95 and conf[3] == 0.5
+    assert list(side[5:8]) == [SIDE_A, SIDE_B, SIDE_A] and list(conf[5:8]) == [0.8, 0.8, 0.8]
+    assert side[8] == SIDE_B and conf[8] != 0.8
 
 
 @pytest.mark.parametrize(
@@ -233,7 +243,10 @@ async def test_score_pairs_over_grpc(start_engine: ServerFactory) -> None:
     assert drift.is_break and drift.break_class == pb.BREAK_CLASS_STATUS
     assert list(drift.differences) == ["status"] and drift.likely_right == pb.PAIR_SIDE_A
     assert [(c.field, c.value, c.source) for c in drift.corrections] == [("status", "settled", "trading")]
-    assert drift.reasons[0].code == "STATUS_MISMATCH"
+    # the two unusual features (the status differs; A changed 15 minutes after B), most unusual first
+    assert {r.code for r in drift.reasons} == {"STATUS_MISMATCH", "UPDATE_LAG"}
+    strengths = [r.contribution for r in drift.reasons]
+    assert strengths == sorted(strengths, reverse=True) and min(strengths) >= REASON_MIN_STRENGTH
     assert (
         gone.is_break and gone.break_class == pb.BREAK_CLASS_MISSING and gone.reasons[0].code == "MISSING_B"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -44,4 +45,21 @@ def test_readme_pairs_example_finds_the_status_break(engine_process: Callable[..
     assert 0.0 <= float(score) <= 1.0 and is_break == "True" and break_class == "BREAK_CLASS_STATUS"
     text = "\n".join(rest)
     assert 'field: "status"' in text and 'value: "settled"' in text and 'source: "trading"' in text
-    assert rest[-1] == "['STATUS_MISMATCH', 'UPDATE_LAG']"
+    # both unusual (the status differs, A changed 15 minutes after B); their order is the model's
+    assert sorted(ast.literal_eval(rest[-1])) == ["STATUS_MISMATCH", "UPDATE_LAG"]
+
+
+def test_readme_reasons_example_explains_the_trade(engine_process: Callable[..., EngineProcess]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r"```python\n(.*?)```", readme, re.S)
+    reasons = [e for e in examples if "EXPLAIN_ALL" in e]
+    assert reasons, "the README lost its reasons example"
+    server = engine_process()
+    # the snippet continues the first example, inside its `with` block
+    code = examples[0].replace("127.0.0.1:50051", server.target) + reasons[0]
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    printed = run.stdout.splitlines()[-1]
+    said = re.search(r"# (T-1001 \[.*\])", reasons[0])
+    assert said is not None, "the snippet shows what it prints"
+    assert printed == said.group(1)

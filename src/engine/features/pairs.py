@@ -60,6 +60,10 @@ FIELDS = ("record", "status", "quantity", "amount", "name", "address")
 REL_TOLERANCE = 1e-9
 #: amounts this far apart in log terms (about 9x) are a fat finger, not a drift
 FAT_FINGER_LOG_RATIO = math.log(9.0)
+#: a side holding the record 2 or 3 times (a duplicate booking) shows that many times the totals
+DUPLICATE_FOLDS = (2.0, 3.0)
+#: how close the relative deltas must come to a k-fold booking's (float32 features, rounded amounts)
+DUPLICATE_TOLERANCE = 1e-3
 #: a feature this many spreads from the training history's center is a reason
 REASON_MIN_STRENGTH = 3.0
 
@@ -228,6 +232,8 @@ def _rel_delta(values: F64, both: B) -> F64:
 class PairFeatures:
     matrix: F32  # [n, len(PAIR_FEATURES)]
     differs: B  # [n, len(FIELDS)]
+    #: [n]: both sides carry a quantity (a relative delta of 0 is then "equal", not "none")
+    quantities: B
 
 
 def pair_features(cols: PairColumns, stats: PairStats) -> PairFeatures:
@@ -260,7 +266,8 @@ def pair_features(cols: PairColumns, stats: PairStats) -> PairFeatures:
     differs[:, 3] = x[:, 4] != 0
     differs[:, 4] = x[:, 8] < 1.0
     differs[:, 5] = x[:, 9] < 1.0
-    return PairFeatures(np.ascontiguousarray(x, dtype=np.float32), differs)
+    quantities: B = np.asarray(~np.isnan(cols.quantity).any(axis=1), dtype=np.bool_)
+    return PairFeatures(np.ascontiguousarray(x, dtype=np.float32), differs, quantities)
 
 
 def break_classes(differs: B) -> npt.NDArray[np.int32]:
@@ -273,7 +280,9 @@ def break_classes(differs: B) -> npt.NDArray[np.int32]:
     return out
 
 
-def likely_right(features: F32, differs: B, log_amount_std: float) -> tuple[npt.NDArray[np.int32], F64]:
+def likely_right(
+    features: F32, differs: B, quantities: B, log_amount_std: float
+) -> tuple[npt.NDArray[np.int32], F64]:
     """Which side to believe, and how much, per pair (rules; the engine applies nothing).
 
     - one side missing: the side that has the record, confidence 0.5 (a late
@@ -281,6 +290,9 @@ def likely_right(features: F32, differs: B, log_amount_std: float) -> tuple[npt.
     - the amounts differ by an order of magnitude or more (a fat finger: x10,
       x100, /1000): the side whose amount is closer to the training history's
       (smaller |z|), confidence 0.7 rising with the gap between the two |z|;
+    - the amount (and the quantity, where there is one) is exactly 2 or 3 times
+      the other side's (a duplicate booking on that side): the smaller side,
+      confidence 0.8;
     - otherwise the side updated last (replication lag: the newer copy is
       right), confidence 0.6 rising to 0.95 as the lag grows past minutes;
     - the same update time: no side, confidence 0.
@@ -300,6 +312,15 @@ def likely_right(features: F32, differs: B, log_amount_std: float) -> tuple[npt.
     fat = any_diff & (np.abs(z_b - z_a) * log_amount_std >= FAT_FINGER_LOG_RATIO)
     side[fat] = np.where(z_gap[fat] > 0, SIDE_A, SIDE_B)
     conf[fat] = np.minimum(0.95, 0.7 + 0.05 * np.abs(z_gap[fat]))
+    # (b - a) / max(|a|, |b|) of a k-fold booking is +-(1 - 1/k): 0.5 for two, 0.667 for three
+    q_rel, a_rel = features[:, 3].astype(np.float64), features[:, 4].astype(np.float64)
+    k_fold = np.zeros(n, dtype=np.bool_)
+    for k in DUPLICATE_FOLDS:
+        k_fold |= np.abs(np.abs(a_rel) - (1.0 - 1.0 / k)) < DUPLICATE_TOLERANCE
+    same_ratio = ~quantities | (np.abs(q_rel - a_rel) < DUPLICATE_TOLERANCE)
+    duplicate = any_diff & ~fat & k_fold & same_ratio
+    side[duplicate] = np.where(a_rel[duplicate] > 0, SIDE_A, SIDE_B)
+    conf[duplicate] = 0.8
     missing_b = features[:, 1] > 0
     missing_a = features[:, 0] > 0
     side[missing_b] = SIDE_A

@@ -162,7 +162,9 @@ class BreakScorerService:
         pairs = prepared.pairs
         flagged = scores >= pairs.threshold
         classes = break_classes(features.differs)
-        sides, confidence = likely_right(features.matrix, features.differs, pairs.stats.log_amount_std)
+        sides, confidence = likely_right(
+            features.matrix, features.differs, features.quantities, pairs.stats.log_amount_std
+        )
         reason_idx, reason_strength = top_reasons(features.matrix, pairs.stats, REASONS_PER_BREAK)
         modes = self._autonomy[classes]
         auto = flagged & (confidence >= self._auto_level[classes])

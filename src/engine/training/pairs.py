@@ -64,8 +64,11 @@ BREAK_MIX = {
     "static_data": 0.006,
     "missing": 0.004,
     "fat_finger": 0.003,
+    "duplicate": 0.003,
 }
 CLASSES = ("consistent", *BREAK_MIX)
+#: the classes whose right side the generator knows (the other side than the broken one)
+SIDE_KNOWN = ("stale_copy", "fat_finger", "duplicate")
 
 _STATUSES = ("open", "settled", "pending", "active", "closed", "suspended")
 _DRIFT = {
@@ -162,6 +165,9 @@ def generate_pairs(n: int, seed: int, break_mix: dict[str, float] | None = None)
     status = rng.choice(_STATUSES, size=n, p=[0.3, 0.3, 0.15, 0.15, 0.07, 0.03])
     t_a = 1.79e9 + rng.uniform(0, 86_400, n)
     t_b = t_a + rng.exponential(0.8, n) * rng.choice([-1.0, 1.0], n)  # replication lag of a healthy feed
+    # feeds that carry the originating system's timestamp: both sides show the same update time
+    same_clock = rng.random(n) < 0.2
+    t_b[same_clock] = t_a[same_clock]
     qty = np.stack([quantity, quantity], axis=1)
     amt = np.stack([amount, amount], axis=1)
     present = np.ones((n, 2), dtype=np.bool_)
@@ -210,6 +216,13 @@ def generate_pairs(n: int, seed: int, break_mix: dict[str, float] | None = None)
             present[i, side] = False
         elif label == "fat_finger":
             amt[i, side] = round(amount[i] * float(rng.choice([10.0, 100.0, 1000.0, 0.01])), 2)
+        elif label == "duplicate":  # booked twice (now and then three times) on one side: k x the totals
+            k = 2.0 if rng.random() < 0.85 else 3.0
+            amt[i, side] = round(amount[i] * k, 2)
+            if not np.isnan(quantity[i]):
+                qty[i, side] = quantity[i] * k
+            # the second booking is the later update
+            (t_a if side == 0 else t_b)[i] = (t_b if side == 0 else t_a)[i] + rng.uniform(1, 600)
         if rng.random() < 0.05:  # systems spell statuses differently: not a break
             one[2][1] = one[2][1].upper()
         for s in range(2):
@@ -360,14 +373,23 @@ class PairModelReport:
 
 
 def pick_threshold(scores: F64, truth: npt.NDArray[np.bool_]) -> float:
-    """The score threshold with the best F1 on labelled validation pairs."""
-    best, best_f1 = float(np.quantile(scores, 0.99)), -1.0
-    for t in np.unique(np.quantile(scores, np.linspace(0.80, 0.9995, 400))):
+    """The score threshold with the best F1 on labelled validation pairs.
+
+    Where a range of thresholds ties for the best F1 (a classifier that separates the
+    labelled breaks: every threshold between the two classes' scores), the middle of the
+    range, as far from both classes' scores as the validation pairs allow, not its low end.
+    """
+    candidates = np.unique(np.quantile(scores, np.linspace(0.80, 0.9995, 400)))
+    f1 = np.empty(len(candidates))
+    for i, t in enumerate(candidates):
         p, r = precision_recall(scores >= t, truth)
-        f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
-        if f1 > best_f1:
-            best, best_f1 = float(t), f1
-    return best
+        f1[i] = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+    # the contiguous run of best thresholds that holds the first one
+    run_end = best[0]
+    while run_end + 1 < len(candidates) and f1[run_end + 1] >= f1.max() - 1e-12:
+        run_end += 1
+    return float((candidates[best[0]] + candidates[run_end]) / 2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -597,17 +619,24 @@ def train_pair_model(
     split, stats, data = _history(pairs, seed)
     chosen, candidates = _fit(split, trees, max_samples, seed, model, log)
     metrics = dict(chosen.metrics)
-    # which side is right, where the generator knows: stale copies (the newer side) and fat fingers
+    # which side is right, where the generator knows: stale copies (the newer side), fat fingers
+    # and duplicates (the side not booked twice)
     held = slice(len(split.train) + len(split.valid), None)
     test_features = pair_features(data.columns, stats)
-    sides, _ = likely_right(test_features.matrix[held], test_features.differs[held], stats.log_amount_std)
-    for cls in ("stale_copy", "fat_finger"):
+    sides, _ = likely_right(
+        test_features.matrix[held],
+        test_features.differs[held],
+        test_features.quantities[held],
+        stats.log_amount_std,
+    )
+    for cls in SIDE_KNOWN:
         mask = data.labels[held] == cls
         right = 2 - data.broken_side[held][mask]  # SIDE_A = 1, SIDE_B = 2: the side not broken
         metrics[f"side_accuracy_{cls}"] = float((sides[mask] == right).mean()) if mask.any() else float("nan")
     log(
         f"pairs: serving {chosen.kind}; right side found for {metrics['side_accuracy_stale_copy']:.1%} "
-        f"of stale copies, {metrics['side_accuracy_fat_finger']:.1%} of fat fingers"
+        f"of stale copies, {metrics['side_accuracy_fat_finger']:.1%} of fat fingers, "
+        f"{metrics['side_accuracy_duplicate']:.1%} of duplicates"
     )
     training = {
         "pairs": pairs,
