@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -27,7 +27,17 @@ from engine.config import Settings
 from engine.models.bundle import DEFAULT_BUNDLE, MANIFEST, write_manifest
 from engine.server import EngineServer
 
+if TYPE_CHECKING:
+    from .rabbit import Broker
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server that must be told one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def make_trade(i: int = 0, **overrides: Any) -> pb.Trade:
@@ -246,3 +256,21 @@ def postgres_url(postgres_server: str) -> str:
     with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return f"{postgres_server}/{name}"
+
+
+# -- a real RabbitMQ node (tests/rabbit.py) ------------------------------------------------------
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A RabbitMQ node of the test's own, started; stopped (and its port mapper too) at the end."""
+    from .rabbit import RABBITMQ, Broker
+
+    if not Path(RABBITMQ).exists():
+        pytest.fail("rabbitmq-server is not installed: run scripts/install-system-deps (as root)")
+    node = Broker(tmp_path / "rabbitmq")
+    node.start()
+    try:
+        yield node
+    finally:
+        node.close()

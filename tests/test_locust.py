@@ -11,7 +11,6 @@ import csv
 import dataclasses
 import json
 import math
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ from tradescore_locust.options import Options
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, EngineProcess, sample_request
+
+from .conftest import free_port
 
 LOCUST_CONF = ROOT / "loadtest" / "locust.conf"
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -177,13 +178,6 @@ def test_gates() -> None:
 
 
 # -- real runs ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Engine:

@@ -84,8 +84,8 @@ BAD_INPUTS = [
     ("missing trade id", [make_trade(0), make_trade(1, trade_id="")], "trades[1].trade_id", "required"),
     ("negative quantity", [make_trade(0, quantity=-1.0)], "trades[0].quantity", "> 0"),
     ("zero price", [make_trade(0), make_trade(1), make_trade(2, price=0.0)], "trades[2].price", "> 0"),
-    ("NaN price", [make_trade(0, price=math.nan)], "trades[0].price", "finite"),
-    ("inf quantity", [make_trade(0), make_trade(1, quantity=math.inf)], "trades[1].quantity", "finite"),
+    ("NaN price", [make_trade(0, price=math.nan)], "trades[0].price", "a number > 0 and at most 1e+12"),
+    ("inf quantity", [make_trade(0), make_trade(1, quantity=math.inf)], "trades[1].quantity", "1e+15"),
     ("unknown asset class", [make_trade(0, asset_class=99)], "trades[0].asset_class", "AssetClass"),
     ("unspecified side", [make_trade(0), make_trade(1, side=0)], "trades[1].side", "Side"),
     (
@@ -115,7 +115,7 @@ BAD_INPUTS = [
         "0..30",
     ),
     ("NaN inventory", [make_trade(0, inventory_ratio=math.nan)], "trades[0].inventory_ratio", "NaN"),
-    ("inf inventory", [make_trade(0, inventory_ratio=math.inf)], "trades[0].inventory_ratio", "finite"),
+    ("inf inventory", [make_trade(0, inventory_ratio=math.inf)], "trades[0].inventory_ratio", "[0, 1e+09]"),
     (
         "NaN fail rate",
         [make_trade(0), make_trade(1, counterparty_fail_rate=math.nan)],

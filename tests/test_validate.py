@@ -22,14 +22,14 @@ EDGE_VALUES: dict[str, list[object]] = {
     "settlement_venue": [""],
     "asset_class": [0, -1, 8, 99, 7, 1],
     "side": [0, 4, -3, 3],
-    "quantity": [0.0, -1.0, math.inf, -math.inf, math.nan, 1e-300, 1e300],
-    "price": [0.0, -0.0, math.inf, math.nan, 5e-324],
+    "quantity": [0.0, -1.0, math.inf, -math.inf, math.nan, 1e-300, 1e300, 1e15, 1.0000001e15],
+    "price": [0.0, -0.0, math.inf, math.nan, 5e-324, 1e12, 1.0000001e12, 1.79e306],
     "trade_date": ["", "2026-11-24", "1970-01-01"],
     "settlement_date": ["", "2026-11-19", "2026-11-20", "2100-01-01"],
     "settlement_cycle_days": [0, 30, 31, 2**32 - 1],
-    "inventory_ratio": [0.0, -0.0, -1e-9, math.inf, 1e308],
+    "inventory_ratio": [0.0, -0.0, -1e-9, math.inf, 1e308, 1e9, 1.0000001e9],
     "counterparty_fail_rate": [0.0, 1.0, 1.0000001, -1e-12, math.inf],
-    "instrument_adv": [0.0, -1.0, math.inf, 1e-300],
+    "instrument_adv": [0.0, -1.0, math.inf, 1e-300, 1e-6, 0.9999999e-6, 1e15, 1.0000001e15],
     "on_loan_recall_pending": [True, False],
 }
 
@@ -58,8 +58,8 @@ def _broken(t: pb.Trade, earlier_ids: set[str]) -> list[tuple[str, str]]:
     rule(len(t.instrument_id) <= MAX_ID_LENGTH, "instrument_id", long_)
     rule(1 <= t.asset_class <= 7, "asset_class", "is unspecified or not a known AssetClass value")
     rule(1 <= t.side <= 3, "side", "is unspecified or not a known Side value")
-    rule(0 < t.quantity < math.inf, "quantity", "must be a finite number > 0")
-    rule(0 < t.price < math.inf, "price", "must be a finite number > 0")
+    rule(0 < t.quantity <= 1e15, "quantity", "must be a number > 0 and at most 1e+15")
+    rule(0 < t.price <= 1e12, "price", "must be a number > 0 and at most 1e+12")
     rule(t.currency != "", "currency", "is required")
     rule(t.settlement_venue != "", "settlement_venue", "is required")
     rule(t.trade_date != "", "trade_date", "is required (YYYY-MM-DD)")
@@ -71,9 +71,9 @@ def _broken(t: pb.Trade, earlier_ids: set[str]) -> list[tuple[str, str]]:
     rule(has_settlement, "settlement_date", "give settlement_date or settlement_cycle_days")
     inv = t.inventory_ratio
     rule(
-        not given("inventory_ratio") or 0 <= inv < math.inf,
+        not given("inventory_ratio") or 0 <= inv <= 1e9,
         "inventory_ratio",
-        "must be a finite number >= 0 when set",
+        "must be a number in [0, 1e+09] when set",
     )
     rate = t.counterparty_fail_rate
     rule(
@@ -83,9 +83,9 @@ def _broken(t: pb.Trade, earlier_ids: set[str]) -> list[tuple[str, str]]:
     )
     adv = t.instrument_adv
     rule(
-        not given("instrument_adv") or 0 < adv < math.inf,
+        not given("instrument_adv") or 1e-6 <= adv <= 1e15,
         "instrument_adv",
-        "must be a finite number > 0 when set",
+        "must be a number in [1e-06, 1e+15] when set",
     )
     return out
 

@@ -14,6 +14,12 @@ been the scoring limit, a probe arriving at a full engine would be refused
 like any call, and Kubernetes would take an overloaded pod for a dead one).
 gRPC's limit still refuses everything beyond that, before any handler runs,
 so no call waits in gRPC's own pending queue.
+
+Streams (`ScoreStream`, `ScorePairsStream`) live long and each holds a read-ahead
+window: one client connection may hold at most `--max-streams-per-connection`
+of them open (a connection is gRPC's `context.peer()`, its address and port);
+beyond it the new stream ends at once with RESOURCE_EXHAUSTED, counted like any
+overload refusal.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from engine.metrics import EngineMetrics
 class ScoringCalls:
     """The scoring calls in progress, shared by the TradeScorer and Open Inference Protocol services."""
 
-    def __init__(self, limit: int, metrics: EngineMetrics) -> None:
+    def __init__(self, limit: int, metrics: EngineMetrics, streams_per_connection: int = 100) -> None:
         self.limit = limit
+        self.streams_per_connection = streams_per_connection
+        self._streams: dict[str, int] = {}  # open streams per client connection (peer)
         self._metrics = metrics
         self._gauge = metrics.inflight_calls
         self._active = 0
@@ -57,13 +65,35 @@ class ScoringCalls:
         if self._active == 0:
             self._idle.set()
 
-    async def refuse(self, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
-        """End a call `enter` turned away: RESOURCE_EXHAUSTED, counted as an overload rejection."""
+    def enter_stream(self, peer: str) -> str | None:
+        """Count one stream of connection `peer` in; else (nothing counted) why it is refused."""
+        open_here = self._streams.get(peer, 0)
+        if open_here >= self.streams_per_connection:
+            return (
+                f"too many streams open on this connection (limit {self.streams_per_connection}); "
+                "close one or open another connection"
+            )
+        if not self.enter():
+            return self._busy()
+        self._streams[peer] = open_here + 1
+        return None
+
+    def leave_stream(self, peer: str) -> None:
+        """Count out a stream that `enter_stream` let in."""
+        left = self._streams[peer] - 1
+        if left:
+            self._streams[peer] = left
+        else:
+            del self._streams[peer]
+        self.leave()
+
+    def _busy(self) -> str:
+        return f"too many scoring calls in progress (limit {self.limit}); retry later"
+
+    async def refuse(self, context: grpc.aio.ServicerContext[Any, Any], why: str | None = None) -> NoReturn:
+        """End a call turned away: RESOURCE_EXHAUSTED, counted as an overload rejection."""
         self._metrics.rejected.labels("overload").inc()
-        await context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"too many scoring calls in progress (limit {self.limit}); retry later",
-        )
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why or self._busy())
         raise AssertionError("context.abort returned")  # it raises; this keeps the type checker honest
 
     async def wait_idle(self) -> None:

@@ -44,10 +44,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     _setup_logging(settings.log_level)
     from engine.errors import BundleError
+    from engine.security import SecurityError
 
     try:
         return run(settings)
-    except BundleError as exc:
+    except (BundleError, SecurityError) as exc:
         logging.getLogger("engine").error("cannot serve: %s", exc)
         return 1
     except OSError as exc:

@@ -116,6 +116,20 @@ class Settings:
         "beyond it RESOURCE_EXHAUSTED at once. Health, reflection and metadata calls have "
         f"{CONTROL_HEADROOM} slots more, so probes are answered under overload",
     )
+    max_streams_per_connection: int = _opt(
+        100,
+        "ScoreStream / ScorePairsStream calls one client connection may hold open at once; beyond "
+        "it RESOURCE_EXHAUSTED (they count toward --max-concurrent-rpcs too)",
+    )
+    keepalive_time_s: float = _opt(
+        30.0,
+        "ping a client connection after this long without data while it has calls open; one that "
+        "does not answer within --keepalive-timeout-s is closed and its calls cancelled",
+    )
+    keepalive_timeout_s: float = _opt(10.0, "how long a keepalive ping may go unanswered")
+    min_client_ping_interval_s: float = _opt(
+        10.0, "clients may send keepalive pings at most this often; pinging faster gets GOAWAY too_many_pings"
+    )
     stream_window: int = _opt(128, "requests of one ScoreStream in flight before the engine stops reading it")
     grace_seconds: float = _opt(10.0, "on SIGTERM, how long in-flight calls may take to finish")
     watch: bool = _opt(False, "reload the bundle when its manifest.json changes", bool_flag=True)
@@ -162,6 +176,25 @@ class Settings:
     event_min_confidence: float = _opt(
         0.0, "publish only flags whose believed side has at least this confidence (0: every flag)"
     )
+    tls_cert: str = _opt(
+        "",
+        "PEM certificate chain of the gRPC port; with --tls-key the port serves TLS only. Both files "
+        "are looked at again for each new connection and used once they changed and load",
+    )
+    tls_key: str = _opt("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _opt(
+        "", "PEM CA bundle: clients must present a certificate it signed (mutual TLS); needs --tls-cert"
+    )
+    auth_tokens_file: str = _opt(
+        "",
+        "file of accepted bearer tokens, one per line: every call but health checks and reflection "
+        "must send metadata 'authorization: Bearer TOKEN', else UNAUTHENTICATED; re-read on change",
+    )
+    probe_port: int = _opt(
+        0,
+        "also serve grpc.health.v1 and reflection, and nothing else, in plaintext on this port "
+        "(for Kubernetes' gRPC probes when the gRPC port is TLS); 0: off",
+    )
     metrics_port: int = _opt(0, "serve Prometheus /metrics on this port (0: off)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -176,18 +209,27 @@ class Settings:
             "stream_window",
             "max_message_bytes",
             "max_concurrent_rpcs",
+            "max_streams_per_connection",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1")
+        if min(self.keepalive_time_s, self.keepalive_timeout_s, self.min_client_ping_interval_s) <= 0:
+            raise SettingsError("keepalive and client ping intervals must be > 0")
         if self.max_connection_age_s < 0 or self.max_connection_age_grace_s < 0:
             raise SettingsError("max_connection_age_s and max_connection_age_grace_s must be >= 0")
         if self.max_wait_ms < 0 or self.grace_seconds < 0 or self.watch_interval_s <= 0:
             raise SettingsError("max_wait_ms and grace_seconds must be >= 0, watch_interval_s > 0")
         if self.max_trades_per_request > self.max_queue_rows:
             raise SettingsError("max_trades_per_request must not exceed max_queue_rows")
-        if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
+        if not all(0 <= p < 65536 for p in (self.port, self.metrics_port, self.probe_port)):
             raise SettingsError("ports must be within 0..65535")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.probe_port and self.probe_port == self.port:
+            raise SettingsError("probe_port must differ from port")
         if self.workers > 1 and self.port == 0:
             raise SettingsError("--workers > 1 needs a fixed --port to share")
         if self.event_loop not in EVENT_LOOPS:

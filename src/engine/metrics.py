@@ -322,6 +322,14 @@ class EngineMetrics:
         )
         self._bands = [raw_inc(self.risk_band.labels(band)) for band in RISK_BANDS]
 
+        self.tls_reloads = Counter(
+            "engine_tls_reloads",
+            "Changes of the TLS certificate files seen, by outcome (failure: the previous pair serves on).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("success", "failure"):
+            self.tls_reloads.labels(outcome)
         self.trades_explained = Counter(
             "engine_trades_explained",
             "Trades returned with reasons (TreeSHAP contributions, in the explain-0 thread).",

@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -44,6 +45,7 @@ from engine.scoring.pairs import BreakScorerService
 from engine.scoring.servable import PairModel, ServingModel, TradeExplainer, load_serving_model
 from engine.scoring.trades import SERVICE as SCORER_SERVICE
 from engine.scoring.trades import TradeScorerService
+from engine.security import BearerTokens, CertificateFiles, TokenAuthInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ METERED_SERVICES = (
     pb.DESCRIPTOR.services_by_name["BreakScorer"],
     health_pb2.DESCRIPTOR.services_by_name["Health"],
 )
+#: what needs no bearer token (probes, tools listing the services): method-name prefixes
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def _predict_with_metrics(
@@ -137,7 +141,10 @@ class EngineServer:
         self.flags: FlagStore | None = None
         self.publisher: OutboxPublisher | None = None
         self.calls: ScoringCalls | None = None
+        self.certificates: CertificateFiles | None = None
+        self._probe: grpc.aio.Server | None = None
         self.port = 0
+        self.probe_port = 0
 
     def _swapped(self, model: ServingModel) -> None:
         self.metrics.set_model(model.name, model.version, model.loaded_at)
@@ -146,6 +153,15 @@ class EngineServer:
     async def start(self) -> int:
         """Load the model, bind, start serving; returns the bound port."""
         s = self.settings
+        # certificates and tokens first: unusable ones stop the start before anything runs
+        tokens = BearerTokens(Path(s.auth_tokens_file)) if s.auth_tokens_file else None
+        if s.tls_cert:
+            self.certificates = CertificateFiles(
+                Path(s.tls_cert),
+                Path(s.tls_key),
+                Path(s.tls_client_ca) if s.tls_client_ca else None,
+                self.metrics,
+            )
         model = self.models.load_initial()
         log.info("model %s %s loaded from %s", model.name, model.version, s.bundle)
         self.batcher = MicroBatcher(
@@ -197,6 +213,18 @@ class EngineServer:
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
+            # keepalive: ping a connection whose calls have been quiet for keepalive_time; no answer
+            # within keepalive_timeout closes it and cancels its calls (a client that vanished
+            # without closing its streams frees what they held); pings go on for as long as calls
+            # are open. Clients may ping at most every min_client_ping_interval: the second ping
+            # too early gets GOAWAY too_many_pings
+            ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_s * 1000)),
+            # gRPC core (1.6x on) times a keepalive ping with the ping timeout (default 1 minute)
+            ("grpc.http2.ping_timeout_ms", int(s.keepalive_timeout_s * 1000)),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", int(s.min_client_ping_interval_s * 1000)),
+            ("grpc.http2.max_ping_strikes", 2),
             # workers share the port on purpose; a lone server must fail loudly on a taken port
             ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
         ]
@@ -208,11 +236,14 @@ class EngineServer:
         # scoring calls beyond max_concurrent_rpcs are refused by ScoringCalls; gRPC's own limit,
         # CONTROL_HEADROOM above it, keeps probes answering then, and refuses any call beyond it
         # before it waits in gRPC's pending queue (which would otherwise end in CANCELLED)
-        self.calls = ScoringCalls(s.max_concurrent_rpcs, self.metrics)
+        self.calls = ScoringCalls(s.max_concurrent_rpcs, self.metrics, s.max_streams_per_connection)
+        interceptors: list[Any] = [MetricsInterceptor(self.metrics, METERED_SERVICES)]
+        if tokens is not None:  # inside the metrics one: refused calls are counted (Unauthenticated)
+            interceptors.append(TokenAuthInterceptor(tokens, OPEN_SERVICES))
         server = grpc.aio.server(
             options=options,
             maximum_concurrent_rpcs=s.max_concurrent_rpcs + CONTROL_HEADROOM,
-            interceptors=[MetricsInterceptor(self.metrics, METERED_SERVICES)],
+            interceptors=interceptors,
         )
         self.scorer = TradeScorerService(
             self.models,
@@ -248,11 +279,16 @@ class EngineServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(reflected, server, pool=reflection_pool(reflected))
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.certificates is not None:
+            self.port = server.add_secure_port(f"{s.host}:{s.port}", self.certificates.credentials())
+        else:
+            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
             raise OSError(f"cannot bind {s.host}:{s.port}")
         await server.start()
         self._server = server
+        if s.probe_port:
+            self._probe = await self._start_probe_server(reflected[-2:])
         freeze_heap()
         for service in ("", SCORER_SERVICE, BREAK_SERVICE, OIP_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -261,6 +297,21 @@ class EngineServer:
                 self.models.watch(s.watch_interval_s), name="bundle-watcher"
             )
         return self.port
+
+    async def _start_probe_server(self, services: tuple[str, ...]) -> grpc.aio.Server:
+        """Health checks and reflection, and nothing else, in plaintext on --probe-port."""
+        s = self.settings
+        probe = grpc.aio.server(
+            options=[("grpc.so_reuseport", 1 if s.workers > 1 else 0)],
+            maximum_concurrent_rpcs=CONTROL_HEADROOM,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, probe)
+        reflection.enable_server_reflection(services, probe)
+        self.probe_port = probe.add_insecure_port(f"{s.host}:{s.probe_port}")
+        if self.probe_port == 0:
+            raise OSError(f"cannot bind {s.host}:{s.probe_port} (probe port)")
+        await probe.start()
+        return probe
 
     async def _calls_idle(self) -> None:
         """Return once no scoring call (TradeScorer, or OIP ModelInfer) is in progress."""
@@ -291,6 +342,8 @@ class EngineServer:
                 await self._server.stop(min(FLUSH_SECONDS, max(0.0, grace - (time.monotonic() - started))))
             idle.cancel()
             await stopping
+        if self._probe is not None:  # probes saw NOT_SERVING while the gRPC port drained
+            await self._probe.stop(0)
         for batcher in (self.batcher, self.explain_batcher, self.pair_batcher):
             if batcher is not None:
                 await batcher.close(timeout=max(0.0, grace - (time.monotonic() - started)) + 1.0)

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.deploy.dockerfile import Stage, context_files, env_assignments, expand, parse
 
 pytestmark = pytest.mark.slow
@@ -72,13 +71,6 @@ class Rerooter:
 
     def __call__(self, text: str) -> str:
         return self.pattern.sub(lambda m: str(self.root) + m.group(1), text)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

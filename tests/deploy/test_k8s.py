@@ -41,7 +41,7 @@ KUBERNETES_VERSION = "1.37.0"
 NAMESPACE = "tradescore"
 APP = {"app.kubernetes.io/name": "tradescore"}
 #: the kustomizations an SRE applies
-TARGETS = ("", "overlays/prod")
+TARGETS = ("", "overlays/prod", "overlays/tls")
 #: CRD kind -> vendored schema (see tests/deploy/schemas/README.md)
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "keda.sh/scaledobject_v1alpha1.json",
@@ -415,3 +415,33 @@ def test_generated_prometheus_rules_validate(tmp_path: Path) -> None:
     (rules / "bad.yaml").write_text("apiVersion: v1\ngroups: []\n")
     with pytest.raises(ValueError, match="exactly one top-level key"):
         gen.render(rules)
+
+
+def test_tls_overlay_serves_mutual_tls_and_probes_the_plaintext_probe_port() -> None:
+    docs = render("overlays/tls")
+    engine = container(docs)
+    env = env_of(docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in engine["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"tls": "tradescore-tls", "tokens": "tradescore-tokens"}
+    # every file setting points into the Secret mounted for it
+    for var, volume in (
+        ("ENGINE_TLS_CERT", "tls"), ("ENGINE_TLS_KEY", "tls"), ("ENGINE_TLS_CLIENT_CA", "tls"),
+        ("ENGINE_AUTH_TOKENS_FILE", "tokens"),
+    ):  # fmt: skip
+        assert env[var].startswith(mounts[volume] + "/"), var
+    known = {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+    assert {k for k in env if k.startswith(ENV_PREFIX)} <= known
+    Settings(
+        tls_cert=env["ENGINE_TLS_CERT"],
+        tls_key=env["ENGINE_TLS_KEY"],
+        tls_client_ca=env["ENGINE_TLS_CLIENT_CA"],
+    )
+    # the kubelet's probes speak plaintext: they go to the probe port, never the TLS port
+    probe_port = port(docs, "probe")
+    assert int(env["ENGINE_PROBE_PORT"]) == probe_port != port(docs, "grpc")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert engine[probe]["grpc"]["port"] == probe_port, probe
+    assert engine["readinessProbe"]["grpc"]["service"] == SCORER_SERVICE
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]

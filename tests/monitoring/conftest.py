@@ -25,9 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
-from tests.conftest import EngineProcess, make_trade, sample_request
+from tests.conftest import EngineProcess, free_port, make_trade, sample_request
 from tests.monitoring.hpa import settle_seconds, spec_from_scaled_object
-from tests.monitoring.prom import ROOT, RULES_DIR, Prometheus, free_port
+from tests.monitoring.prom import ROOT, RULES_DIR, Prometheus
 from tests.test_pairs import T0, pair, view
 
 #: the KEDA ScaledObject the autoscaling proof reads (query, threshold, replicas, behaviour)

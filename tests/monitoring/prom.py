@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,6 +17,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "k8s" / "monitoring" / "rules"
@@ -31,13 +32,6 @@ def binary(name: str) -> str:
             "(scripts/install-system-deps does it when run as root)"
         )
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class PrometheusError(RuntimeError):

@@ -15,9 +15,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.metrics import EngineMetrics
-from tests.conftest import EngineProcess, sample_request
+from tests.conftest import EngineProcess, free_port, sample_request
 from tests.monitoring.conftest import RAMP, TRADES_PER_CALL, Recording
-from tests.monitoring.prom import Prometheus, free_port
+from tests.monitoring.prom import Prometheus
 
 SCORE_OK = 'grpc_server_handled_total{job="tradescore",grpc_method="Score",grpc_code="OK"}'
 

@@ -180,14 +180,14 @@ def test_unparseable_value_names_column_and_row(tiny: SyntheticData, tmp_path: P
 def test_invalid_rows_are_refused_or_dropped_with_counts(tiny: SyntheticData, tmp_path: Path) -> None:
     path = _csv(tmp_path / "t.csv", tiny, {"quantity": (12, "-5"), "side": (40, "SIDEWAYS")})
     with pytest.raises(
-        DataError, match=r"row 12, line 14: quantity: must be a finite number > 0.*--drop-invalid"
+        DataError, match=r"row 12, line 14: quantity: must be a number > 0 and at most 1e\+15.*--drop-invalid"
     ):
         read_trades(path)
     lines: list[str] = []
     read = read_trades(path, drop_invalid=True, log=lines.append)
     assert len(read.trades) == 198 and read.labels is not None and read.labels.size == 198
     assert read.dropped == {
-        "quantity: must be a finite number > 0": 1,
+        "quantity: must be a number > 0 and at most 1e+15": 1,
         "side: is unspecified or not a known Side value": 1,
     }
     assert lines[0].startswith("dropped 2 invalid row(s) of 200")

@@ -157,18 +157,20 @@ def parse_dates(values: np.ndarray, field: str, rows: Sequence[int] | None = Non
     text = values.astype(np.str_)
     given = np.strings.str_len(text) > 0
     out = np.full(text.shape[0], np.datetime64("NaT"), dtype="datetime64[D]")
-    shaped = np.strings.str_len(text) == 10
+    bad = given & (np.strings.str_len(text) != 10)
+    ok = given & ~bad
     try:
-        if (given & ~shaped).any():
-            raise ValueError("not YYYY-MM-DD")
-        out[given] = text[given].astype("datetime64[D]")
+        out[ok] = text[ok].astype("datetime64[D]")
     except ValueError:
-        bad = given & ~shaped
-        for i in np.flatnonzero(given & shaped):
+        for i in np.flatnonzero(ok):
             try:
                 out[i] = np.datetime64(str(text[i]), "D")
             except ValueError:
                 bad[i] = True
+    # numpy also reads text that is not YYYY-MM-DD as a date ("2024-04" + NUL + "05" is April 1st):
+    # only the date's own spelling counts
+    bad |= given & ~bad & (out.astype("U10") != text)
+    if bad.any():
         idx = np.flatnonzero(bad)
         where = [rows[int(i)] for i in idx] if rows is not None else idx.tolist()
         first = int(np.argmin(where))
@@ -177,7 +179,7 @@ def parse_dates(values: np.ndarray, field: str, rows: Sequence[int] | None = Non
             f"must be a calendar date YYYY-MM-DD, got {str(text[idx[first]])[:40]!r}",
             where[first],
             len(where),
-        ) from None
+        )
     return out
 
 

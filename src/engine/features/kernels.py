@@ -86,6 +86,14 @@ L_MAX_ID_LENGTH = 4
 L_MAX_CYCLE_DAYS = 5
 N_LIMITS = 6
 
+# magnitudes no trade has, whose features would overflow (quantity x price x FX beyond float64,
+# a ratio beyond float32): refused, so that every feature the model gets is finite
+MAX_QUANTITY = 1e15
+MAX_PRICE = 1e12
+MAX_INVENTORY_RATIO = 1e9
+MIN_ADV = 1e-6
+MAX_ADV = 1e15
+
 #: the one set of compile options: cached on disk, GIL released, numpy semantics for
 #: float errors (x / 0 is inf, not an exception)
 compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -125,9 +133,9 @@ def check_rows(x: F64, k: I64, limits: I64, mask: npt.NDArray[np.bool_]) -> tupl
         side = k[i, K_SIDE]
         hit[R_SIDE] = side < limits[L_SIDE_MIN] or side > limits[L_SIDE_MAX]
         q = x[i, X_QUANTITY]
-        hit[R_QUANTITY] = not (q > 0.0 and q < math.inf)
+        hit[R_QUANTITY] = not (q > 0.0 and q <= MAX_QUANTITY)
         p = x[i, X_PRICE]
-        hit[R_PRICE] = not (p > 0.0 and p < math.inf)
+        hit[R_PRICE] = not (p > 0.0 and p <= MAX_PRICE)
         hit[R_CURRENCY_EMPTY] = k[i, K_LEN_CURRENCY] == 0
         hit[R_VENUE_EMPTY] = k[i, K_LEN_VENUE] == 0
         td = x[i, X_TRADE_DAY]
@@ -141,13 +149,13 @@ def check_rows(x: F64, k: I64, limits: I64, mask: npt.NDArray[np.bool_]) -> tupl
         hit[R_CYCLE_RANGE] = c_set and not (c >= 0.0 and c <= limits[L_MAX_CYCLE_DAYS])
         hit[R_NO_SETTLEMENT] = not sd_set and not c_set
         inv = x[i, X_INVENTORY]
-        hit[R_INVENTORY] = inv == inv and not (inv >= 0.0 and inv < math.inf)
+        hit[R_INVENTORY] = inv == inv and not (inv >= 0.0 and inv <= MAX_INVENTORY_RATIO)
         hit[R_ON_LOAN] = _flag_bad(x[i, X_ON_LOAN])
         hit[R_SSI] = _flag_bad(x[i, X_SSI])
         r = x[i, X_CP_FAIL_RATE]
         hit[R_CP_FAIL_RATE] = r == r and not (r >= 0.0 and r <= 1.0)
         adv = x[i, X_ADV]
-        hit[R_ADV] = adv == adv and not (adv > 0.0 and adv < math.inf)
+        hit[R_ADV] = adv == adv and not (adv >= MIN_ADV and adv <= MAX_ADV)
         bad = False
         for j in range(N_RULES):
             if hit[j]:

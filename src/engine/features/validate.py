@@ -34,19 +34,19 @@ RULES: dict[int, tuple[str, str]] = {
     kn.R_INSTRUMENT_LONG: ("instrument_id", f"is longer than {MAX_ID_LENGTH} characters"),
     kn.R_ASSET_CLASS: ("asset_class", "is unspecified or not a known AssetClass value"),
     kn.R_SIDE: ("side", "is unspecified or not a known Side value"),
-    kn.R_QUANTITY: ("quantity", "must be a finite number > 0"),
-    kn.R_PRICE: ("price", "must be a finite number > 0"),
+    kn.R_QUANTITY: ("quantity", f"must be a number > 0 and at most {kn.MAX_QUANTITY:.0e}"),
+    kn.R_PRICE: ("price", f"must be a number > 0 and at most {kn.MAX_PRICE:.0e}"),
     kn.R_CURRENCY_EMPTY: ("currency", "is required"),
     kn.R_VENUE_EMPTY: ("settlement_venue", "is required"),
     kn.R_TRADE_DATE: ("trade_date", "is required (YYYY-MM-DD)"),
     kn.R_SETTLE_BEFORE_TRADE: ("settlement_date", "is before trade_date"),
     kn.R_CYCLE_RANGE: ("settlement_cycle_days", f"must be 0..{MAX_CYCLE_DAYS} business days"),
     kn.R_NO_SETTLEMENT: ("settlement_date", "give settlement_date or settlement_cycle_days"),
-    kn.R_INVENTORY: ("inventory_ratio", "must be a finite number >= 0 when set"),
+    kn.R_INVENTORY: ("inventory_ratio", f"must be a number in [0, {kn.MAX_INVENTORY_RATIO:.0e}] when set"),
     kn.R_ON_LOAN: ("on_loan_recall_pending", "must be true/false (1/0) when set"),
     kn.R_SSI: ("ssi_matched", "must be true/false (1/0) when set"),
     kn.R_CP_FAIL_RATE: ("counterparty_fail_rate", "must be within [0, 1] when set"),
-    kn.R_ADV: ("instrument_adv", "must be a finite number > 0 when set"),
+    kn.R_ADV: ("instrument_adv", f"must be a number in [{kn.MIN_ADV:.0e}, {kn.MAX_ADV:.0e}] when set"),
 }
 if sorted(RULES) != list(range(kn.N_RULES)):
     raise RuntimeError("RULES must name every kernel rule exactly once")

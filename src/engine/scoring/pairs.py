@@ -295,8 +295,10 @@ class BreakScorerService:
         def refused(request: pb.ScorePairsRequest, exc: EngineError) -> pb.ScorePairsResponse:
             return pb.ScorePairsResponse(request_id=request.request_id, error=request_error(exc))
 
-        if not self._calls.enter():
-            await self._calls.refuse(context)
+        peer = context.peer()
+        refusal = self._calls.enter_stream(peer)
+        if refusal is not None:
+            await self._calls.refuse(context, refusal)
         try:
             async for out in pipelined(
                 request_iterator,
@@ -309,7 +311,7 @@ class BreakScorerService:
             ):
                 yield out
         finally:
-            self._calls.leave()
+            self._calls.leave_stream(peer)
 
     async def SubmitFeedback(
         self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -165,8 +165,10 @@ class TradeScorerService:
         def refused(raw: bytes, exc: EngineError) -> bytes:
             return pb.ScoreResponse(request_id=_request_id(raw), error=request_error(exc)).SerializeToString()
 
-        if not self._calls.enter():
-            await self._calls.refuse(context)
+        peer = context.peer()
+        refusal = self._calls.enter_stream(peer)
+        if refusal is not None:
+            await self._calls.refuse(context, refusal)
         try:
             async for out in pipelined(
                 request_iterator,
@@ -179,7 +181,7 @@ class TradeScorerService:
             ):
                 yield out
         finally:
-            self._calls.leave()
+            self._calls.leave_stream(peer)
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]

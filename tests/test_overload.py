@@ -1,0 +1,122 @@
+"""Overload: offered three times what the engine can score, it sheds the excess with RESOURCE_EXHAUSTED
+at once, keeps scoring at about its capacity, and is back to normal within seconds of the spike.
+
+A real `engine serve` subprocess; the test's client offers an open-loop spike (calls started on a
+fixed schedule whatever the answers) of 500-trade calls, so that this VM's second core is enough
+to offer three times the engine's saturation rate. Latency figures are printed, not asserted
+(timing belongs to `loadtest/`); what is asserted is the behaviour: every call ends with a score
+or RESOURCE_EXHAUSTED (no timeouts, no other errors), some are shed, the engine keeps scoring
+through the spike, and calls after it succeed without a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+
+from .conftest import EngineProcess, sample_request
+
+TRADES = 500
+#: the queue holds four such calls beyond the one being scored: a call waits for at most ~5 batches
+QUEUE_ROWS = 4 * TRADES
+SPIKE_SECONDS = 4.0
+
+
+async def _closed_loop_rate(score: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes], raw: bytes) -> float:
+    """Calls per second four callers get, each sending its next call when the last one returns."""
+    done = 0
+    end = time.monotonic() + 3.0
+
+    async def caller() -> None:
+        nonlocal done
+        while time.monotonic() < end:
+            await score(raw, timeout=10)  # four callers never fill a queue of four calls
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(caller() for _ in range(4)))
+    return done / (time.monotonic() - started)
+
+
+async def _spike(
+    score: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes], raw: bytes, rate: float
+) -> tuple[dict[str, int], list[float]]:
+    """Open loop: a call every 1/rate seconds for SPIKE_SECONDS; (outcomes by code, OK latencies)."""
+    outcomes: dict[str, int] = {}
+    latencies: list[float] = []
+
+    async def one() -> None:
+        t0 = time.perf_counter()
+        try:
+            await score(raw, timeout=10)
+            code = "OK"
+            latencies.append(time.perf_counter() - t0)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+        outcomes[code] = outcomes.get(code, 0) + 1
+
+    tasks = []
+    start = time.monotonic()
+    n = int(rate * SPIKE_SECONDS)
+    for i in range(n):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one()))
+    await asyncio.gather(*tasks)
+    return outcomes, latencies
+
+
+async def _drive(target: str) -> dict[str, float]:
+    raw = sample_request(TRADES, seed=21).SerializeToString()
+    async with grpc.aio.insecure_channel(target) as channel:
+        score = channel.unary_unary("/tradescore.v1.TradeScorer/Score", None, None)
+        await score(raw, timeout=60)  # warm
+        t0 = time.perf_counter()
+        await score(raw, timeout=10)
+        before_ms = (time.perf_counter() - t0) * 1000
+        saturation = await _closed_loop_rate(score, raw)
+        outcomes, latencies = await _spike(score, raw, 3 * saturation)
+        spike_end = time.monotonic()
+        # after the spike: calls one at a time, until one is answered as fast as before it
+        after = []
+        while time.monotonic() - spike_end < 10:
+            t0 = time.perf_counter()
+            out = await score(raw, timeout=10)
+            after.append((time.perf_counter() - t0) * 1000)
+            assert len(pb.ScoreResponse.FromString(out).scores) == TRADES
+            if after[-1] <= 3 * before_ms + 20:
+                break
+        recovered_s = time.monotonic() - spike_end
+    assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
+    assert outcomes.get("RESOURCE_EXHAUSTED", 0) > 0, (
+        f"nothing was shed at three times saturation: {outcomes}"
+    )
+    assert outcomes.get("OK", 0) > 0, outcomes
+    assert recovered_s < 10, f"still slow {recovered_s:.1f} s after the spike: {after}"
+    return {
+        "saturation_calls_s": saturation,
+        "offered_calls_s": 3 * saturation,
+        "ok": outcomes.get("OK", 0),
+        "shed": outcomes.get("RESOURCE_EXHAUSTED", 0),
+        "goodput_vs_saturation": outcomes.get("OK", 0) / SPIKE_SECONDS / saturation,
+        "accepted_p50_ms": float(np.percentile(latencies, 50)) * 1000,
+        "accepted_p99_ms": float(np.percentile(latencies, 99)) * 1000,
+        "before_ms": before_ms,
+        "recovered_s": recovered_s,
+    }
+
+
+def test_three_times_saturation_is_shed_and_the_engine_recovers(
+    engine_process: Callable[..., EngineProcess],
+) -> None:
+    server = engine_process("--max-queue-rows", str(QUEUE_ROWS), "--max-trades-per-request", str(TRADES))
+    figures = asyncio.run(_drive(server.target))
+    assert server.proc.poll() is None
+    print("overload: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
