@@ -96,7 +96,20 @@ class Broker:
         return pika.BlockingConnection(params).channel()
 
 
-def drain(broker: Broker, queue: str) -> list[str]:
+#: the queue a case-management system would read every break event from
+CONSUMER_QUEUE = "case-management"
+
+
+def bind_consumer(broker: Broker) -> None:
+    """The engine's exchange and a durable queue bound to every break event, as a consumer sets them up."""
+    channel = broker.channel()
+    channel.exchange_declare(EXCHANGE, "topic", durable=True)
+    channel.queue_declare(CONSUMER_QUEUE, durable=True)
+    channel.queue_bind(CONSUMER_QUEUE, EXCHANGE, "sync_break.#")
+    channel.connection.close()
+
+
+def drain(broker: Broker, queue: str = CONSUMER_QUEUE) -> list[str]:
     """Every message id waiting on `queue` (acknowledged as read)."""
     channel = broker.channel()
     ids: list[str] = []

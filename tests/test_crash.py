@@ -23,7 +23,7 @@ from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.flags import StoreSpec
 
 from .conftest import EngineProcess
-from .rabbit import EXCHANGE, Broker, drain, outbox_left
+from .rabbit import Broker, bind_consumer, drain, outbox_left
 from .test_pairs import T0, pair, view
 
 CLIENTS = 4
@@ -42,11 +42,7 @@ def _stored(store: StoreSpec) -> tuple[set[str], dict[str, str]]:
 def test_kill_9_under_load_loses_no_flag_feedback_or_event(
     engine_process: Callable[..., EngineProcess], broker: Broker, tmp_path: Path
 ) -> None:
-    channel = broker.channel()
-    channel.exchange_declare(EXCHANGE, "topic", durable=True)
-    channel.queue_declare("case-management", durable=True)
-    channel.queue_bind("case-management", EXCHANGE, "sync_break.#")
-    channel.connection.close()
+    bind_consumer(broker)
     store = StoreSpec("sqlite", str(tmp_path / "flags.sqlite"))
     args = ("--flag-store", f"sqlite:{store.target}", "--events-url", broker.url)
     first = engine_process(*args)
@@ -111,7 +107,7 @@ def test_kill_9_under_load_loses_no_flag_feedback_or_event(
     while outbox_left(store) and time.monotonic() < wait_until:
         time.sleep(0.2)
     assert outbox_left(store) == 0
-    received = drain(broker, "case-management")
+    received = drain(broker)
     assert set(got_flags) <= set(received)
     assert set(received) <= flags  # no event for a flag that was never recorded
     print(

@@ -20,7 +20,7 @@ from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.flags import StoreSpec
 
 from .conftest import EngineProcess, ServerFactory
-from .rabbit import EXCHANGE, Broker, drain, outbox_left
+from .rabbit import Broker, bind_consumer, drain, outbox_left
 from .test_pairs import T0, pair, view
 
 pytestmark = pytest.mark.slow
@@ -31,11 +31,7 @@ async def test_every_flag_reaches_the_broker_once_across_an_outage(
     start_engine: ServerFactory, broker: Broker, tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:
     # the downstream consumer's durable queue, bound before anything is published
-    channel = broker.channel()
-    channel.exchange_declare(EXCHANGE, "topic", durable=True)
-    channel.queue_declare("case-management", durable=True)
-    channel.queue_bind("case-management", EXCHANGE, "sync_break.#")
-    channel.connection.close()
+    bind_consumer(broker)
 
     if kind == "sqlite":
         store = StoreSpec("sqlite", str(tmp_path / "flags.sqlite"))
@@ -75,7 +71,7 @@ async def test_every_flag_reaches_the_broker_once_across_an_outage(
         await asyncio.sleep(0.2)
     assert outbox_left(store) == 0, "events still waiting after the broker came back"
 
-    received = drain(broker, "case-management")
+    received = drain(broker)
     assert len(before) == 20 and set(received) == set(before) | set(during)  # none lost
     assert len(set(received)) == 40  # and deduplicated on the event id, each flag exactly once
     published = engine.metrics.registry.get_sample_value("engine_events_published_total")
@@ -86,11 +82,7 @@ async def test_every_flag_reaches_the_broker_once_across_an_outage(
 def test_a_killed_engine_loses_no_event(
     engine_process: Callable[..., EngineProcess], broker: Broker, tmp_path: Path
 ) -> None:
-    channel = broker.channel()
-    channel.exchange_declare(EXCHANGE, "topic", durable=True)
-    channel.queue_declare("case-management", durable=True)
-    channel.queue_bind("case-management", EXCHANGE, "sync_break.#")
-    channel.connection.close()
+    bind_consumer(broker)
     store = StoreSpec("sqlite", str(tmp_path / "flags.sqlite"))
     args = ("--flag-store", f"sqlite:{store.target}", "--events-url", broker.url)
 
@@ -117,5 +109,5 @@ def test_a_killed_engine_loses_no_event(
     while outbox_left(store) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert outbox_left(store) == 0, "the restarted engine did not publish the dead one's events"
-    received = drain(broker, "case-management")
+    received = drain(broker)
     assert set(received) == set(ids) and len(set(received)) == 20

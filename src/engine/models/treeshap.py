@@ -55,6 +55,12 @@ _MISSING_ZERO = 1
 _MISSING_NAN = 2
 #: LightGBM treats |x| <= this as zero for missing type "zero"
 _ZERO = 1e-35
+B = npt.NDArray[np.bool_]
+#: what the kernels take, in this order: nodes (feature, threshold, default left, missing type),
+#: leaves (value, edge start), edges (node, left, slot), unique features (start, feature, zero
+#: fraction), the Shapley weights
+_Arrays = tuple[I64, F64, B, I64, F64, I64, I64, B, I64, I64, I64, F64, F64]
+
 #: from this many rows on, `_tree_shap_block` (all rows at once, per leaf) beats `_tree_shap_rows`
 BLOCK_MIN_ROWS = 8
 
@@ -254,15 +260,9 @@ class TreeExplainer:
             raise BundleError(f"{path}: unreadable: {exc}") from exc
         return TreeExplainer.from_text(text, str(path))
 
-    def contributions(self, features: npt.NDArray[np.float32]) -> F64:
-        """[n, F]: each feature's TreeSHAP contribution to each row's raw (log-odds) score."""
-        x = np.ascontiguousarray(features)
-        if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise ValueError(f"expected [n, {self.n_features}] features, got {list(x.shape)}")
-        out = np.zeros((x.shape[0], self.n_features), dtype=np.float64)
-        kernel = _tree_shap_block if x.shape[0] >= BLOCK_MIN_ROWS else _tree_shap_rows
-        kernel(
-            x,
+    @property
+    def _arrays(self) -> _Arrays:
+        return (
             self.node_feature,
             self.node_threshold,
             self.node_default_left,
@@ -276,8 +276,16 @@ class TreeExplainer:
             self.unique_feature,
             self.unique_zero,
             self.weights,
-            out,
         )
+
+    def contributions(self, features: npt.NDArray[np.float32]) -> F64:
+        """[n, F]: each feature's TreeSHAP contribution to each row's raw (log-odds) score."""
+        x = np.ascontiguousarray(features)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"expected [n, {self.n_features}] features, got {list(x.shape)}")
+        out = np.zeros((x.shape[0], self.n_features), dtype=np.float64)
+        kernel = _tree_shap_block if x.shape[0] >= BLOCK_MIN_ROWS else _tree_shap_rows
+        kernel(x, self._arrays, out)
         return out
 
     def probability(self, contributions: F64) -> F64:
@@ -287,23 +295,35 @@ class TreeExplainer:
 
 
 @compiled
-def _tree_shap_rows(
-    x: npt.NDArray[np.float32],
-    node_feature: I64,
-    node_threshold: F64,
-    node_default_left: npt.NDArray[np.bool_],
-    node_missing: I64,
-    leaf_value: F64,
-    edge_start: I64,
-    edge_node: I64,
-    edge_left: npt.NDArray[np.bool_],
-    edge_slot: I64,
-    unique_start: I64,
-    unique_feature: I64,
-    unique_zero: F64,
-    weights: F64,
-    out: F64,
-) -> None:
+def _goes_left(v: float, threshold: float, missing: int, default_left: bool) -> bool:
+    """LightGBM's NumericalDecision: whether a row with value `v` goes left at a numeric split."""
+    nan = v != v
+    if nan and missing != _MISSING_NAN:
+        v = 0.0
+        nan = False
+    if (missing == _MISSING_ZERO and -_ZERO <= v <= _ZERO) or (missing == _MISSING_NAN and nan):
+        return default_left
+    return v <= threshold
+
+
+@compiled
+def _tree_shap_rows(x: npt.NDArray[np.float32], model: _Arrays, out: F64) -> None:
+    """Each row's contributions, row by row (see the module's docstring)."""
+    (
+        node_feature,
+        node_threshold,
+        node_default_left,
+        node_missing,
+        leaf_value,
+        edge_start,
+        edge_node,
+        edge_left,
+        edge_slot,
+        unique_start,
+        unique_feature,
+        unique_zero,
+        weights,
+    ) = model
     n_nodes = node_feature.shape[0]
     d_max = weights.shape[0]
     goes_left = np.empty(n_nodes, dtype=np.bool_)
@@ -312,14 +332,9 @@ def _tree_shap_rows(
     for r in range(x.shape[0]):
         # every split's decision for this row, as LightGBM's NumericalDecision takes it
         for j in range(n_nodes):
-            v = float(x[r, node_feature[j]])
-            missing = node_missing[j]
-            nan = v != v
-            if nan and missing != _MISSING_NAN:
-                v = 0.0
-                nan = False
-            default = (missing == _MISSING_ZERO and -_ZERO <= v <= _ZERO) or (missing == _MISSING_NAN and nan)
-            goes_left[j] = node_default_left[j] if default else v <= node_threshold[j]
+            goes_left[j] = _goes_left(
+                float(x[r, node_feature[j]]), node_threshold[j], node_missing[j], node_default_left[j]
+            )
         for leaf in range(leaf_value.shape[0]):
             u0 = unique_start[leaf]
             d = unique_start[leaf + 1] - u0
@@ -358,23 +373,7 @@ def _tree_shap_rows(
 
 
 @compiled
-def _tree_shap_block(
-    x: npt.NDArray[np.float32],
-    node_feature: I64,
-    node_threshold: F64,
-    node_default_left: npt.NDArray[np.bool_],
-    node_missing: I64,
-    leaf_value: F64,
-    edge_start: I64,
-    edge_node: I64,
-    edge_left: npt.NDArray[np.bool_],
-    edge_slot: I64,
-    unique_start: I64,
-    unique_feature: I64,
-    unique_zero: F64,
-    weights: F64,
-    out: F64,
-) -> None:
+def _tree_shap_block(x: npt.NDArray[np.float32], model: _Arrays, out: F64) -> None:
     """`_tree_shap_rows`'s values for many rows at once: leaf by leaf, every step a loop over the rows.
 
     No branch depends on a row: a followed feature multiplies by (z + t), any other by z, with
@@ -383,6 +382,21 @@ def _tree_shap_block(
     contiguous rows, which the compiler vectorises: 100-140 us per row from a dozen rows on,
     against about 300 row by row (`loadtest/explain_cost.py`), but far slower for one row.
     """
+    (
+        node_feature,
+        node_threshold,
+        node_default_left,
+        node_missing,
+        leaf_value,
+        edge_start,
+        edge_node,
+        edge_left,
+        edge_slot,
+        unique_start,
+        unique_feature,
+        unique_zero,
+        weights,
+    ) = model
     n = x.shape[0]
     n_nodes = node_feature.shape[0]
     d_max = weights.shape[0]
@@ -396,17 +410,9 @@ def _tree_shap_block(
     acc = np.zeros((x.shape[1], n), dtype=np.float64)
     for j in range(n_nodes):
         f = node_feature[j]
-        threshold = node_threshold[j]
-        missing = node_missing[j]
-        default_left = 1.0 if node_default_left[j] else 0.0
         for r in range(n):
-            v = columns[f, r]
-            nan = v != v
-            if nan and missing != _MISSING_NAN:
-                v = 0.0
-                nan = False
-            default = (missing == _MISSING_ZERO and -_ZERO <= v <= _ZERO) or (missing == _MISSING_NAN and nan)
-            goes_left[j, r] = default_left if default else (1.0 if v <= threshold else 0.0)
+            left = _goes_left(columns[f, r], node_threshold[j], node_missing[j], node_default_left[j])
+            goes_left[j, r] = 1.0 if left else 0.0
     for leaf in range(leaf_value.shape[0]):
         u0 = unique_start[leaf]
         d = unique_start[leaf + 1] - u0
