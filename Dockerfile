@@ -58,8 +58,10 @@ EXPOSE 50051 9095
 
 # gRPC health service (grpc.health.v1), the same one the Kubernetes probes call natively; the
 # start period covers the first start's kernel compile (10-20 s here, more on a busy host)
+# `engine health` without --target checks 127.0.0.1 on ENGINE_PROBE_PORT when set (the gRPC port
+# may serve TLS, see --tls-cert), else on ENGINE_PORT: it follows the same environment as the engine
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["engine", "health", "--target", "127.0.0.1:50051", "--timeout", "3"]
+    CMD ["engine", "health", "--timeout", "3"]
 
 # exec form: the engine is PID 1 and gets SIGTERM itself (it drains for ENGINE_GRACE_SECONDS,
 # default 10 s, then exits 0); arguments after the image name become `engine serve` flags

@@ -171,3 +171,12 @@ def test_serve_refuses_bad_settings_and_bad_bundles(tmp_path: Path) -> None:
     empty.mkdir()
     missing = cli("serve", "--port", "0", "--bundle", str(empty), timeout=60)
     assert missing.returncode != 0 and "manifest.json" in missing.stderr
+
+
+def test_health_without_a_target_follows_the_engines_environment() -> None:
+    from engine.cli import local_health_target
+
+    assert local_health_target({}) == "127.0.0.1:50051"
+    assert local_health_target({"ENGINE_PORT": "6000"}) == "127.0.0.1:6000"
+    assert local_health_target({"ENGINE_PORT": "6000", "ENGINE_PROBE_PORT": "6001"}) == "127.0.0.1:6001"
+    assert local_health_target({"ENGINE_PORT": "6000", "ENGINE_PROBE_PORT": "0"}) == "127.0.0.1:6000"

@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,11 +182,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def local_health_target(env: Mapping[str, str]) -> str:
+    """Where `engine health` looks without --target: this host's plaintext health port, the one an
+    `engine serve` with the same ENGINE_* environment listens on: ENGINE_PROBE_PORT when set
+    (the gRPC port may be TLS), else ENGINE_PORT, else 50051."""
+    probe = env.get("ENGINE_PROBE_PORT", "0").strip()
+    port = probe if probe not in ("", "0") else env.get("ENGINE_PORT", "").strip() or "50051"
+    return f"127.0.0.1:{port}"
+
+
 def _cmd_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    target = args.target or local_health_target(os.environ)
+    with grpc.insecure_channel(target) as channel:
         try:
             resp = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
@@ -279,7 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a server's gRPC health (exit 0 when SERVING)",
         description="Call grpc.health.v1.Health/Check; prints the status, exits 0 only when SERVING.",
     )
-    health.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+    health.add_argument(
+        "--target",
+        default=None,
+        help="server address (default: 127.0.0.1 on ENGINE_PROBE_PORT when set, else on ENGINE_PORT, "
+        "else 127.0.0.1:50051: the plaintext health port of a server started with the same environment)",
+    )
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="deadline in seconds (default 3)")
     health.set_defaults(func=_cmd_health)
