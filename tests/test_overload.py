@@ -12,15 +12,17 @@ through the spike, and calls after it succeed without a backlog.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 
 import grpc
 import numpy as np
+from tradescore_locust.server_metrics import QUEUE_WAIT, histogram_quantile, scrape, server_p99, window
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 
-from .conftest import EngineProcess, sample_request
+from .conftest import EngineProcess, free_port, sample_request
 
 TRADES = 500
 #: the queue holds four such calls beyond the one being scored: a call waits for at most ~5 batches
@@ -73,7 +75,7 @@ async def _spike(
     return outcomes, latencies
 
 
-async def _drive(target: str) -> dict[str, float]:
+async def _drive(target: str, metrics_url: str) -> dict[str, float]:
     raw = sample_request(TRADES, seed=21).SerializeToString()
     async with grpc.aio.insecure_channel(target) as channel:
         score = channel.unary_unary("/tradescore.v1.TradeScorer/Score", None, None)
@@ -82,8 +84,10 @@ async def _drive(target: str) -> dict[str, float]:
         await score(raw, timeout=10)
         before_ms = (time.perf_counter() - t0) * 1000
         saturation = await _closed_loop_rate(score, raw)
+        before = scrape([metrics_url])
         outcomes, latencies = await _spike(score, raw, 3 * saturation)
         spike_end = time.monotonic()
+        during = window(before, scrape([metrics_url]))
         # after the spike: calls one at a time, until one is answered as fast as before it
         after = []
         while time.monotonic() - spike_end < 10:
@@ -108,6 +112,11 @@ async def _drive(target: str) -> dict[str, float]:
         "goodput_vs_saturation": outcomes.get("OK", 0) / SPIKE_SECONDS / saturation,
         "accepted_p50_ms": float(np.percentile(latencies, 50)) * 1000,
         "accepted_p99_ms": float(np.percentile(latencies, 99)) * 1000,
+        # the engine's own view: every Score call's handling time (the shed ones are quick), and
+        # how long a batch's oldest trade waited in the bounded queue
+        "server_p99_ms": (server_p99(during).p99_s or math.nan) * 1000,
+        "queue_wait_p99_ms": (histogram_quantile(0.99, during.histograms.get(QUEUE_WAIT, {})) or math.nan)
+        * 1000,
         "before_ms": before_ms,
         "recovered_s": recovered_s,
     }
@@ -116,7 +125,11 @@ async def _drive(target: str) -> dict[str, float]:
 def test_three_times_saturation_is_shed_and_the_engine_recovers(
     engine_process: Callable[..., EngineProcess],
 ) -> None:
-    server = engine_process("--max-queue-rows", str(QUEUE_ROWS), "--max-trades-per-request", str(TRADES))
-    figures = asyncio.run(_drive(server.target))
+    metrics_port = free_port()
+    server = engine_process(
+        "--max-queue-rows", str(QUEUE_ROWS), "--max-trades-per-request", str(TRADES),
+        "--metrics-port", str(metrics_port),
+    )  # fmt: skip
+    figures = asyncio.run(_drive(server.target, f"http://127.0.0.1:{metrics_port}/metrics"))
     assert server.proc.poll() is None
     print("overload: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
