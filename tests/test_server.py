@@ -179,8 +179,14 @@ async def test_full_queue_gets_resource_exhausted_at_once(start_engine: ServerFa
         await stub.Score(sample_request(600, seed=2), timeout=2.0)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "queue full" in str(info.value.details())
+    # shed before its trades are decoded: a call with a bad trade is refused for the full queue too
+    bad = sample_request(600, seed=3)
+    bad.trades[5].quantity = -1.0
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Score(bad, timeout=2.0)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len((await first).scores) == 600  # the queued call still completes
-    assert engine.metrics.rejected.labels("overload")._value.get() == 1
+    assert engine.metrics.rejected.labels("overload")._value.get() == 2
 
 
 async def test_calls_beyond_the_concurrency_limit_get_resource_exhausted(start_engine: ServerFactory) -> None:

@@ -161,10 +161,7 @@ class MicroBatcher(Generic[K, P]):
         if self._closing:
             raise ShuttingDown("the engine is shutting down")
         n = len(rows)
-        if self._queued_rows + n > self.max_queue_rows and self._queue:
-            raise Overloaded(
-                f"queue full ({self._queued_rows} trades waiting, limit {self.max_queue_rows}); retry later"
-            )
+        self.check_room(n)
         now = time.monotonic()
         self._gap += 0.2 * (min(now - self._last_submit, 10 * self.max_wait_s) - self._gap)
         self._last_submit = now
@@ -176,6 +173,15 @@ class MicroBatcher(Generic[K, P]):
         self._queued_rows += n
         self._dispatch()
         return future
+
+    def check_room(self, n: int) -> None:
+        """Raise Overloaded if `n` rows would be refused now (what `submit` checks first).
+
+        A queue holding nothing admits any call, however large (it runs as its own batch)."""
+        if self._queued_rows + n > self.max_queue_rows and self._queue:
+            raise Overloaded(
+                f"queue full ({self._queued_rows} trades waiting, limit {self.max_queue_rows}); retry later"
+            )
 
     async def close(self, timeout: float | None = None) -> None:
         """Take no more rows, finish what is queued and running, then stop."""

@@ -32,7 +32,7 @@ from engine.models.registry import ModelRegistry
 from engine.models.spec import BAND_NAMES
 from engine.scoring.servable import ServingModel, TradeExplainer, explain_threshold
 from engine.scoring.streams import pipelined
-from engine.scoring.wire import T_TRADE_ID, WireRequest, prepare_request, response_bytes
+from engine.scoring.wire import T_TRADE_ID, WireRequest, prepare_request, response_bytes, trade_count
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
 F32 = npt.NDArray[np.float32]
@@ -102,6 +102,12 @@ class TradeScorerService:
     def _prepare(self, raw: bytes, deadline: float | None) -> _Prepared:
         """Decode, validate, compute features and queue one request; EngineError before queueing."""
         model = self._registry.current
+        if self._batcher.queued_rows:
+            # under load: a call the queue has no room for is refused before its trades are decoded,
+            # so that shedding costs a scan of the request's top level, not its whole request path
+            n = trade_count(raw)
+            if n > 0:
+                self._batcher.check_room(n)
         # counts the trades before decoding any; one compiled call for decode + validate + features
         request, features = prepare_request(raw, model.wire, model.plan, self._max_trades)
         if request.explain == pb.EXPLAIN_ALL and (model.explainer is None or self._explainer is None):

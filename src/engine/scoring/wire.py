@@ -779,6 +779,11 @@ def _check_explain(explain: int) -> None:
         raise InvalidInput("explain", f"is not a tradescore.v1.Explain value (got {got})")
 
 
+def trade_count(raw: bytes) -> int:
+    """How many trades a ScoreRequest's bytes hold (top level only; < 0: the bytes are malformed)."""
+    return int(count_trades(np.frombuffer(raw, dtype=np.uint8))[0])
+
+
 def _count_errors(n: int) -> None:
     if n == -1:
         raise InvalidInput("request", "is not a valid tradescore.v1.ScoreRequest (malformed bytes)")
