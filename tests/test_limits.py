@@ -186,3 +186,40 @@ async def test_cancelled_streams_and_closed_connections_give_back_what_they_held
     await other.close(grace=None)
     assert await settled(), "a closed connection's stream kept its place or its queued trades"
     assert len((await stub.Score(request, timeout=10)).scores) == 200
+
+
+async def test_a_client_that_does_not_read_holds_at_most_its_stream_window(
+    start_engine: ServerFactory,
+) -> None:
+    engine, channel = await start_engine(stream_window=8)
+    calls, batcher = engine.calls, engine.batcher
+    assert calls is not None and batcher is not None
+    request = sample_request(50)
+    sent = 0
+
+    async def flood() -> AsyncIterator[pb.ScoreRequest]:
+        nonlocal sent
+        while True:
+            sent += 1
+            yield request
+
+    call = pb_grpc.TradeScorerStub(channel).ScoreStream(flood())
+    first = await call.read()  # then read nothing more
+    assert isinstance(first, pb.ScoreResponse)
+    # the engine answers until the answers fill HTTP/2's flow-control windows, then its writes
+    # wait, it stops reading (its read-ahead is the stream window) and the client cannot send
+    counts = []
+    for _ in range(40):
+        await asyncio.sleep(0.25)
+        counts.append(sent)
+        if len(counts) >= 4 and counts[-1] == counts[-4]:
+            break
+    assert counts[-1] == counts[-4], f"the client could still send after 10 s: {counts}"
+    assert batcher.queued_rows <= 8 * 50
+    print(f"a client that does not read: {sent} requests sent before flow control stopped it")
+    call.cancel()
+    for _ in range(100):
+        if calls.active == 0 and batcher.queued_rows == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert calls.active == 0 and batcher.queued_rows == 0
