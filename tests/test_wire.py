@@ -132,6 +132,10 @@ def test_malformed_bytes_are_refused_exactly_when_the_runtime_refuses_them(model
             b[int(j)] = int(rng.integers(0, 256))
         candidates.append(bytes(b))
     candidates += [b"\x00", b"\x12\xff\xff\xff\xff\x0f", b"\x12\x02\x0b\x00", b"\x0a\x02\xc3\x28"]
+    # field numbers beyond 2^29 - 1, at the top level and inside a trade (found by tests/test_fuzz.py)
+    trade = _len(2, b"".join(_trade_fields(make_trade(0))))
+    candidates += [_varint((2**29) << 3 | 5) + b"\x00" * 4 + trade, _varint(2**32 | 5) + b"\x00" * 4 + trade]
+    candidates += [_len(2, b"".join(_trade_fields(make_trade(0))) + _varint((2**29) << 3 | 0) + b"\x01")]
     accepted = refused = 0
     for data in candidates:
         try:

@@ -69,6 +69,8 @@ I32 = npt.NDArray[np.int32]
 
 
 # wire types
+#: the largest field number protobuf allows (2^29 - 1); a tag beyond it is malformed, as upb says
+_MAX_FIELD = 536_870_911
 _VARINT = 0
 _I64 = 1
 _LEN = 2
@@ -362,7 +364,7 @@ def count_trades(buf: U8) -> tuple[Int, Int, Int, Int]:
             return -1, 0, 0, 0
         field = np.int64(tag >> np.uint64(3))
         wire = np.int64(tag & np.uint64(7))
-        if field == 0:
+        if field == 0 or field > _MAX_FIELD:
             return -1, 0, 0, 0
         if wire == _LEN and (field == 1 or field == 2):
             length, q = _varint(buf, p, end)
@@ -469,7 +471,7 @@ def decode_trades(
                 return
             f = np.int64(tag >> np.uint64(3))
             w = np.int64(tag & np.uint64(7))
-            if f == 0:
+            if f == 0 or f > _MAX_FIELD:
                 _note(err, E_MALFORMED, 0, i)
                 return
             if w == _LEN and 0 < f < field_slot.shape[0] and field_slot[f] >= 0:
