@@ -25,6 +25,8 @@ overload refusal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
@@ -65,27 +67,34 @@ class ScoringCalls:
         if self._active == 0:
             self._idle.set()
 
-    def enter_stream(self, peer: str) -> str | None:
-        """Count one stream of connection `peer` in; else (nothing counted) why it is refused."""
+    @contextlib.asynccontextmanager
+    async def stream(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """Admission of one stream for its whole life (ScoreStream, ScorePairsStream).
+
+        Refused at once with RESOURCE_EXHAUSTED when its connection already holds
+        `streams_per_connection` streams or the engine `limit` calls; otherwise counted in, and out
+        again however the stream ends (finished, failed, cancelled, its connection gone).
+        """
+        peer = context.peer()
         open_here = self._streams.get(peer, 0)
         if open_here >= self.streams_per_connection:
-            return (
+            await self.refuse(
+                context,
                 f"too many streams open on this connection (limit {self.streams_per_connection}); "
-                "close one or open another connection"
+                "close one or open another connection",
             )
         if not self.enter():
-            return self._busy()
+            await self.refuse(context)
         self._streams[peer] = open_here + 1
-        return None
-
-    def leave_stream(self, peer: str) -> None:
-        """Count out a stream that `enter_stream` let in."""
-        left = self._streams[peer] - 1
-        if left:
-            self._streams[peer] = left
-        else:
-            del self._streams[peer]
-        self.leave()
+        try:
+            yield
+        finally:
+            left = self._streams[peer] - 1
+            if left:
+                self._streams[peer] = left
+            else:
+                del self._streams[peer]
+            self.leave()
 
     def _busy(self) -> str:
         return f"too many scoring calls in progress (limit {self.limit}); retry later"

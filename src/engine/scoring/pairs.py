@@ -295,11 +295,7 @@ class BreakScorerService:
         def refused(request: pb.ScorePairsRequest, exc: EngineError) -> pb.ScorePairsResponse:
             return pb.ScorePairsResponse(request_id=request.request_id, error=request_error(exc))
 
-        peer = context.peer()
-        refusal = self._calls.enter_stream(peer)
-        if refusal is not None:
-            await self._calls.refuse(context, refusal)
-        try:
+        async with self._calls.stream(context):
             async for out in pipelined(
                 request_iterator,
                 prepare=lambda request: self._prepare(request, None),
@@ -310,8 +306,6 @@ class BreakScorerService:
                 window=self._stream_window,
             ):
                 yield out
-        finally:
-            self._calls.leave_stream(peer)
 
     async def SubmitFeedback(
         self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext[Any, Any]

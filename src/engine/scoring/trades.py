@@ -171,11 +171,7 @@ class TradeScorerService:
         def refused(raw: bytes, exc: EngineError) -> bytes:
             return pb.ScoreResponse(request_id=_request_id(raw), error=request_error(exc)).SerializeToString()
 
-        peer = context.peer()
-        refusal = self._calls.enter_stream(peer)
-        if refusal is not None:
-            await self._calls.refuse(context, refusal)
-        try:
+        async with self._calls.stream(context):
             async for out in pipelined(
                 request_iterator,
                 prepare=lambda raw: self._prepare(raw, None),
@@ -186,8 +182,6 @@ class TradeScorerService:
                 window=self._stream_window,
             ):
                 yield out
-        finally:
-            self._calls.leave_stream(peer)
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
