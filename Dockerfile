@@ -3,7 +3,8 @@
 #
 # Two stages on the same base image (the venv's interpreter is a symlink into the base):
 #   builder  builds the project's wheel and installs it, with its runtime dependencies only,
-#            into a venv at /opt/venv (no [train] or [dev] extras, no compilers);
+#            into a venv at /opt/venv (no [train] or [dev] extras, no compilers), then compiles
+#            every kernel of the engine into the installed package (`engine compile --ship`);
 #   runtime  copies that venv to the same path, runs as an unprivileged user, serves the model
 #            bundle shipped inside the package.
 # tests/deploy/test_image.py replays the builder's RUN and the runtime's ENTRYPOINT and
@@ -12,9 +13,13 @@
 
 FROM python:3.11-slim-trixie AS builder
 
+# NUMBA_CPU_NAME=generic: the kernels are compiled for a CPU that every x86-64 node has (no
+# AVX), so the image's machine code runs wherever the pod lands; the runtime stage sets the same
 ENV VIRTUAL_ENV=/opt/venv \
     WHEELHOUSE=/wheelhouse \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NUMBA_CPU_NAME=generic \
+    ENGINE_KERNEL_CACHE=/kernel-build
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -26,6 +31,11 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && python -m venv "$VIRTUAL_ENV" \
     && "$VIRTUAL_ENV/bin/pip" install "$WHEELHOUSE"/tradescore_engine-*.whl
 
+# every kernel of the serving path, compiled once here into engine/_kernels/<key> of the venv
+# (key: the engine's sources, numba/NumPy/Python versions, the CPU target): a new pod copies
+# them to its writable cache and compiles nothing (engine serve logs "0 compiled")
+RUN "$VIRTUAL_ENV/bin/engine" compile --ship
+
 
 FROM python:3.11-slim-trixie AS runtime
 
@@ -34,13 +44,15 @@ LABEL org.opencontainers.image.title="tradescore-engine" \
 
 # settings are ENGINE_* variables (engine serve --help lists them); the ports are fixed here
 # because EXPOSE, the HEALTHCHECK and k8s/base/deployment.yaml name them. The request decoder,
-# validation rules and features are numba kernels, compiled at the first start (10-20 s here)
-# and cached in NUMBA_CACHE_DIR, which must be writable (the venv is not, for this user)
+# validation rules, features and TreeSHAP are numba kernels, compiled in the builder for the
+# same NUMBA_CPU_NAME; a start copies them into ENGINE_KERNEL_CACHE, which must be writable
+# (the venv is not, for this user; /tmp is an emptyDir in k8s/base/deployment.yaml)
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    NUMBA_CACHE_DIR=/tmp/numba-cache \
+    NUMBA_CPU_NAME=generic \
+    ENGINE_KERNEL_CACHE=/tmp/tradescore-kernels \
     ENGINE_PORT=50051 \
     ENGINE_METRICS_PORT=9095
 
@@ -56,11 +68,11 @@ USER 10001:10001
 
 EXPOSE 50051 9095
 
-# gRPC health service (grpc.health.v1), the same one the Kubernetes probes call natively; the
-# start period covers the first start's kernel compile (10-20 s here, more on a busy host)
+# gRPC health service (grpc.health.v1), the same one the Kubernetes probes call natively; a
+# start serves in about a second (nothing to compile); the start period covers a slow host
 # `engine health` without --target checks 127.0.0.1 on ENGINE_PROBE_PORT when set (the gRPC port
 # may serve TLS, see --tls-cert), else on ENGINE_PORT: it follows the same environment as the engine
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["engine", "health", "--timeout", "3"]
 
 # exec form: the engine is PID 1 and gets SIGTERM itself (it drains for ENGINE_GRACE_SECONDS,

@@ -92,6 +92,7 @@ from engine.models.bundle import DEFAULT_BUNDLE
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+FLOOR_SERVER = Path(__file__).resolve().parent / "tradescore_bench" / "floor_server.py"
 SCORE_METHOD = "/tradescore.v1.TradeScorer/Score"
 STREAM_METHOD = "/tradescore.v1.TradeScorer/ScoreStream"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -134,44 +135,6 @@ except Exception as exc:
     sys.exit(run(settings))
 print("bench-launcher: engine.cli serve", file=sys.stderr, flush=True)
 sys.exit(main(["serve", *args]))
-"""
-
-
-# The gRPC floor: the same pinning, grpc.aio and raw-bytes handler, no engine code.
-# Answers a small request with one score and a large one with `batch_trades`.
-_FLOOR = r"""
-import asyncio, os, sys
-os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(",")})
-import grpc
-from engine._proto.tradescore.v1 import tradescore_pb2 as pb
-
-def answer(n):
-    scores = [pb.TradeScore(trade_id=f"T{i:07d}", fail_probability=0.1, risk_band=1) for i in range(n)]
-    response = pb.ScoreResponse(request_id="r", model_name="floor", model_version="0", scores=scores)
-    return response.SerializeToString()
-
-SMALL, LARGE = answer(1), answer(int(sys.argv[2]))
-
-async def score(request, context):
-    return SMALL if len(request) < 1024 else LARGE
-
-async def stream(requests, context):
-    async for request in requests:
-        yield SMALL if len(request) < 1024 else LARGE
-
-async def main():
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "tradescore.v1.TradeScorer",
-        {"Score": grpc.unary_unary_rpc_method_handler(score),
-         "ScoreStream": grpc.stream_stream_rpc_method_handler(stream)})
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"floor: serving tradescore.v1.TradeScorer on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-    await server.wait_for_termination()
-
-asyncio.run(main())
 """
 
 
@@ -716,10 +679,13 @@ class ServerProcess:
         return server
 
     @staticmethod
-    def floor(cpus: set[int], batch_trades: int) -> ServerProcess:
-        """A bare grpc.aio server answering Score with canned bytes: what gRPC alone costs."""
-        args = [cpus_text(cpus), str(batch_trades)]
-        return ServerProcess([sys.executable, "-c", _FLOOR, *args], "bench.py's bare grpc.aio server", args)
+    def floor(cpus: set[int], batch_trades: int, event_loop: str = "uvloop") -> ServerProcess:
+        """A bare grpc.aio server answering Score and ScoreStream with canned bytes, on the
+        engine's event loop (`tradescore_bench/floor_server.py`): what gRPC alone costs."""
+        args = [cpus_text(cpus), str(batch_trades), event_loop]
+        return ServerProcess(
+            [sys.executable, str(FLOOR_SERVER), *args], "tradescore_bench/floor_server.py", args
+        )
 
     def __init__(
         self,
@@ -2163,14 +2129,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--scenarios",
-        default="a,b,oip_b,c,d,a_nobatch,floor_a,floor_b,floor_d,curve",
-        help="which to run, comma separated: a, b, c (open loop at each of --rates), d (ScoreStream) "
-        "against the engine; the same with _nobatch (a_nobatch, ...) against a second engine started "
-        "with --no-batching, and with _w2 (a_w2, b_w2, ...) against one started with --workers 2 on "
-        "the server and client CPUs together; floor_a, floor_b, floor_c, floor_d against a bare "
-        "grpc.aio server that answers with canned bytes (what gRPC alone costs on these CPUs); curve: "
-        "open-loop latency at each of --curve-rates up to saturation, plotted to a PNG; oip_b: (b)'s "
-        "feature matrices as Open Inference Protocol ModelInfer calls with raw FP32 contents",
+        default="points,a,b,oip_b,c,d,a_nobatch,floor_a,floor_b,floor_d,curve",
+        help="which to run, comma separated: points (the engine at its defaults against the floors, "
+        "interleaved: tradescore_bench/points.py), a, b, c (open loop at each of --rates), d "
+        "(ScoreStream) against the engine; the same with _nobatch (a_nobatch, ...) against a second "
+        "engine started with --no-batching, and with _w2 (a_w2, b_w2, ...) against one started with "
+        "--workers 2 on the server and client CPUs together; floor_a, floor_b, floor_c, floor_d "
+        "against a bare grpc.aio server that answers with canned bytes (what gRPC alone costs on "
+        "these CPUs); curve: open-loop latency at each of --curve-rates up to saturation, plotted to "
+        "a PNG; oip_b: (b)'s feature matrices as Open Inference Protocol ModelInfer calls with raw "
+        "FP32 contents",
     )
     p.add_argument(
         "--singles", type=int, default=2048, help="distinct single-trade requests to cycle through"
@@ -2198,6 +2166,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--slice-seconds", type=float, default=1.5, help="length of each in-process and each served slice"
     )
+    p.add_argument(
+        "--point-slices",
+        type=int,
+        default=8,
+        help="points: interleaved rounds; each round runs every contestant's load alone for "
+        "--slice-seconds (tradescore_bench/points.py: 11 loads, about 2 s each)",
+    )
+    p.add_argument(
+        "--floor-event-loop",
+        choices=("uvloop", "asyncio"),
+        default="asyncio",
+        help="the event loop of the floor server of the single scenarios (floor_a, ...): asyncio's, as "
+        "the benchmark always had it; the points measure against both",
+    )
     p.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where the JSON report goes")
     args = p.parse_args(argv)
     args.rate_list = [float(r) for r in str(args.rates).split(",") if r.strip()]
@@ -2209,6 +2191,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not (args.bundle / "manifest.json").is_file():
         p.error(f"no bundle at {args.bundle} (no manifest.json); pass --bundle")
     return args
+
+
+def _points_only(
+    args: argparse.Namespace,
+    reqs: RequestSet,
+    machine: dict[str, Any],
+    stamp: str,
+    started: float,
+    say: Callable[[str], None],
+) -> int:
+    from tradescore_bench.points import default_points, print_points, run_points
+
+    say(f"points at the defaults, {args.point_slices} interleaved rounds")
+    points = run_points(args, reqs, default_points(args.batch_trades), say)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    path = args.output_dir / f"bench-{stamp}-points.json"
+    report = {
+        "schema": 1,
+        "timestamp": stamp,
+        "command": [sys.executable, *sys.argv],
+        "machine": machine,
+        "config": {"server_args": args.server_arg, "slice_seconds": args.slice_seconds},
+        "points": points,
+        "elapsed_s": time.perf_counter() - started,
+    }
+    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    print(f"TradeScore benchmark {stamp}: points at the defaults")
+    print_points(points)
+    print(f"JSON: {path}  ({report['elapsed_s']:.0f} s)")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2228,6 +2240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(reqs.singles)} single-trade and {len(reqs.batches)} x {args.batch_trades}-trade requests "
         f"({reqs.source})"
     )
+
+    if wanted == {"points"}:  # the points alone: no in-process or single-scenario runs
+        return _points_only(args, reqs, machine, stamp, started, say)
 
     say(f"in-process ONNX Runtime on CPUs {cpus_text(args.server_cpus)}")
     others0, t_ip = others_cpu_seconds(), time.perf_counter()
@@ -2287,7 +2302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if kind == "floor":
             say("starting the bare grpc.aio server (gRPC floor)")
-            server = ServerProcess.floor(args.server_cpus, args.batch_trades)
+            server = ServerProcess.floor(args.server_cpus, args.batch_trades, args.floor_event_loop)
         else:
             flags = [
                 f"--intra-op-threads={args.intra_op_threads}",
@@ -2336,6 +2351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             desc.update(server.stop())
             servers.append(desc)
 
+    points: dict[str, Any] | None = None
+    if "points" in wanted and args.point_slices > 0:
+        from tradescore_bench.points import default_points, run_points
+
+        say(f"points at the defaults, {args.point_slices} interleaved rounds")
+        points = run_points(args, reqs, default_points(args.batch_trades), say)
     a_slices: list[dict[str, Any]] = []
     if "a" in wanted and "a_nobatch" in wanted and args.slices > 0:
         say(f"(a) batching on vs off in {args.slices} interleaved slices (two servers at once)")
@@ -2366,6 +2387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scenarios": results,
         "b_slices": slices,
         "a_slices": a_slices,
+        "points": points,
         "verdicts": {**verdicts(ip, by_key, slices, a_slices), **oip_verdicts(ip, by_key)},
         "curve": curve_verdict(results),
         "elapsed_s": time.perf_counter() - started,
@@ -2381,6 +2403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["curve"]["plot"] = str(png)
     path.write_text(json.dumps(report, indent=2, default=float) + "\n")
     print_report(report)
+    if points is not None:
+        from tradescore_bench.points import print_points
+
+        print_points(points)
     print(f"JSON: {path}  ({report['elapsed_s']:.0f} s)")
     if profile_dir is not None:
         print(f"profiles: {profile_dir}")

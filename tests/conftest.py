@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -83,6 +85,45 @@ def copy_bundle(dest: Path, version: str | None = None) -> Path:
 
 
 ServerFactory = Callable[..., Awaitable[tuple[EngineServer, grpc.aio.Channel]]]
+
+
+class HeldBatches:
+    """A gate in front of an in-process engine's model: batches of its inference thread wait there.
+
+    `with HeldBatches(engine) as held:` makes every batch the engine's micro-batcher hands to its
+    inference thread wait until `held.release()` (or the end of the block): calls stay in
+    flight, in the model or queued behind it, for as long as a test needs them there. Start the
+    engine with `inline_rows=0`, so that every call takes the thread lane (a batch held on the
+    event loop would hold the test too).
+    """
+
+    def __init__(self, engine: EngineServer) -> None:
+        if engine.batcher is None:
+            raise RuntimeError("start the engine first")
+        self._batcher = engine.batcher
+        self._run = engine.batcher._run
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def _held(self, key: Any, rows: Any) -> Any:
+        self.entered.set()
+        self.gate.wait(30)
+        return self._run(key, rows)
+
+    async def wait_entered(self) -> None:
+        """Return once a batch waits at the gate."""
+        await asyncio.get_running_loop().run_in_executor(None, self.entered.wait, 10)
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def __enter__(self) -> HeldBatches:
+        self._batcher._run = self._held
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self._batcher._run = self._run
 
 
 @pytest.fixture

@@ -27,7 +27,15 @@ from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.models.bundle import DEFAULT_BUNDLE
 from engine.scoring.codec import trades_to_columns
 from engine.scoring.servable import ServingModel, load_serving_model
-from tests.conftest import ROOT, EngineProcess, ServerFactory, copy_bundle, resign, sample_request
+from tests.conftest import (
+    ROOT,
+    EngineProcess,
+    HeldBatches,
+    ServerFactory,
+    copy_bundle,
+    resign,
+    sample_request,
+)
 
 MODEL = "settlement-fail"
 VERSION = "1.0.0"
@@ -252,8 +260,8 @@ def test_model_metadata_of_another_model_is_not_found(client: Any) -> None:
 
 @pytest.fixture
 async def aio_client(start_engine: ServerFactory) -> AsyncIterator[tuple[Any, Any, grpc.aio.Channel]]:
-    # a batch waits up to 1 s to fill: calls sent together land in one ONNX Runtime call
-    engine, channel = await start_engine(max_wait_ms=1000.0)
+    # every call takes the inference thread (HeldBatches can hold it)
+    engine, channel = await start_engine(inline_rows=0)
     c = triton_aio.InferenceServerClient(f"127.0.0.1:{engine.port}")
     yield engine, c, channel
     await c.close()
@@ -264,29 +272,35 @@ async def test_oip_and_trade_scorer_rows_share_one_model_call(
 ) -> None:
     engine, client, channel = aio_client
     registry = engine.metrics.registry
-    before = registry.get_sample_value("engine_batches_total") or 0.0
     matrix = features(model, 100)
     trades = sample_request(50, seed=8)
-    oip, scored = await asyncio.gather(
-        client.infer(MODEL, [triton_input(matrix)]),
-        pb_grpc.TradeScorerStub(channel).Score(trades, timeout=10),
-    )
+    with HeldBatches(engine) as held:  # calls sent while the model is busy queue for the next batch
+        blocker = asyncio.ensure_future(pb_grpc.TradeScorerStub(channel).Score(sample_request(1), timeout=10))
+        await held.wait_entered()
+        both = asyncio.gather(
+            client.infer(MODEL, [triton_input(matrix)]),
+            pb_grpc.TradeScorerStub(channel).Score(trades, timeout=10),
+        )
+        while engine.batcher is not None and engine.batcher.queued_rows < 150:
+            await asyncio.sleep(0.005)
+    oip, scored = await both
+    await blocker
     np.testing.assert_array_equal(oip.as_numpy("fail_probability"), model.predict(matrix))
     want = model.predict(model.plan.compute(trades_to_columns(trades.trades)))
     np.testing.assert_array_equal([s.fail_probability for s in scored.scores], want.astype(np.float64))
-    assert registry.get_sample_value("engine_batches_total") == before + 1
-    assert registry.get_sample_value("engine_batch_size_sum") == 150
+    assert engine.metrics.batches_run() == 2  # the held one, then one for both calls
+    assert registry.get_sample_value("engine_batch_size_sum") == 1 + 150
 
 
 async def test_model_infer_shares_the_scoring_call_limit(
     start_engine: ServerFactory, model: ServingModel
 ) -> None:
-    # one Score call waits for its batch and fills the limit of 1: ModelInfer is refused, while
+    # one Score call is held in the model and fills the limit of 1: ModelInfer is refused, while
     # the v2 readiness and metadata calls (not scoring calls) are answered
-    engine, channel = await start_engine(max_concurrent_rpcs=1, max_batch_rows=1000, max_wait_ms=1500.0)
+    engine, channel = await start_engine(max_concurrent_rpcs=1, inline_rows=0)
+    held = HeldBatches(engine).__enter__()
     waiting = asyncio.ensure_future(pb_grpc.TradeScorerStub(channel).Score(sample_request(1, seed=4)))
-    while engine.batcher is not None and engine.batcher.queued_rows < 1:
-        await asyncio.sleep(0.005)
+    await held.wait_entered()
     client = triton_aio.InferenceServerClient(f"127.0.0.1:{engine.port}")
     try:
         with pytest.raises(InferenceServerException) as caught:
@@ -296,6 +310,7 @@ async def test_model_infer_shares_the_scoring_call_limit(
         assert await client.is_server_ready() and await client.is_model_ready(MODEL)
         assert (await client.get_model_metadata(MODEL, as_json=True))["name"] == MODEL
     finally:
+        held.__exit__()
         await client.close()
     assert len((await waiting).scores) == 1
 

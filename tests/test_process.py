@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -35,10 +36,23 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def test_sigterm_drains_in_flight_calls_then_exits_zero(engine_process: Start) -> None:
-    # calls wait ~1.5 s in the batcher (long max_wait), so they are in flight at SIGTERM
-    server = engine_process("--max-wait-ms", "1500", "--max-batch-rows", "4096", "--grace-seconds", "10")
-    results: list[object] = []
+    """A call in flight at SIGTERM is served to its end; a call made during the drain is refused
+    by the live process; then the process exits 0.
+
+    The call in flight is a ScoreStream opened before the signal (the engine is serving it:
+    its first answer is back). During the drain the stream still gets answers; a new unary
+    call is refused; once the stream ends, the engine stops. Each step waits for the one
+    before it (no sleeps).
+    """
+    server = engine_process("--grace-seconds", "30")
     statuses: list[int] = []
+    not_serving = threading.Event()
+    outbox: queue.Queue[pb.ScoreRequest | None] = queue.Queue()
+
+    def requests() -> Iterator[pb.ScoreRequest]:
+        while (item := outbox.get()) is not None:
+            yield item
+
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.TradeScorerStub(channel)
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
@@ -47,26 +61,45 @@ def test_sigterm_drains_in_flight_calls_then_exits_zero(engine_process: Start) -
             try:
                 for update in watch:
                     statuses.append(update.status)
+                    if update.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                        not_serving.set()
             except grpc.RpcError:
                 pass
 
         watcher = threading.Thread(target=watch_health)
         watcher.start()
-        futures = [stub.Score.future(pb.ScoreRequest(trades=[make_trade(i)]), timeout=20) for i in range(8)]
-        time.sleep(0.5)  # the calls reach the server and wait for their batch
+        stream = stub.ScoreStream(requests(), timeout=60)
+        outbox.put(pb.ScoreRequest(request_id="before", trades=[make_trade(0)]))
+        answers = iter(stream)
+        first = next(answers)
         server.signal(signal.SIGTERM)
-        for f in futures:
+        assert not_serving.wait(30), "health never went NOT_SERVING"
+        # health goes NOT_SERVING just before the server stops taking calls: a new call, while
+        # the stream is still open, is refused once it has (calls before that are answered)
+        refused: grpc.RpcError | None = None
+        deadline = time.monotonic() + 30
+        while refused is None and time.monotonic() < deadline:
             try:
-                results.append(f.result())
+                stub.Score(pb.ScoreRequest(trades=[make_trade(1)]), timeout=10)
             except grpc.RpcError as exc:
-                results.append(exc)
-        code, log = server.wait(timeout=30)
+                refused = exc
+        assert refused is not None, "new calls were still answered 30 s into the drain"
+        outbox.put(pb.ScoreRequest(request_id="during", trades=[make_trade(2), make_trade(3)]))
+        during = next(answers)  # the call in flight is still served
+        outbox.put(None)
+        rest = list(answers)
+        code, log = server.wait(timeout=60)
         watcher.join(timeout=10)
-    assert all(isinstance(r, pb.ScoreResponse) and len(r.scores) == 1 for r in results), results
+    assert first.request_id == "before" and len(first.scores) == 1
+    assert during.request_id == "during" and len(during.scores) == 2 and not during.HasField("error")
+    assert rest == []
+    # gRPC core ends a call that reaches a server which stopped taking calls: CANCELLED on a
+    # connection that was open before (the GOAWAY had not reached the client), UNAVAILABLE on one
+    # made after; either way the call is refused, not held and not scored
+    assert refused.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE), refused
     assert code == 0, log
     assert "draining" in log
     assert statuses[0] == health_pb2.HealthCheckResponse.SERVING
-    assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
 
 
 def test_new_calls_are_refused_once_stopped(engine_process: Start) -> None:

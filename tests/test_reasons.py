@@ -20,8 +20,8 @@ from engine.models.bundle import DEFAULT_BUNDLE, MANIFEST, ModelBundle
 from engine.models.spec import BAND_NAMES
 from engine.models.treeshap import BLOCK_MIN_ROWS, TreeExplainer
 from engine.scoring.codec import trades_to_columns
+from engine.scoring.reasons import REASONS_PER_TRADE, reasons_bytes
 from engine.scoring.servable import LGB_FILE, explain_threshold, load_serving_model
-from engine.scoring.trades import REASONS_PER_TRADE
 from engine.scoring.wire import decode_request, prepare_request
 
 from .conftest import ServerFactory, copy_bundle, resign, sample_request
@@ -228,3 +228,57 @@ async def test_a_bundle_without_model_text_scores_and_refuses_explain(
         await stub.Score(pb.ScoreRequest(trades=sample_request(3).trades, explain=pb.EXPLAIN_ALL))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "model.lgb.txt" in (err.value.details() or "")
+
+
+def _runtime_reasons(
+    request: pb.ScoreRequest,
+    rows: np.ndarray,
+    features: np.ndarray,
+    contributions: np.ndarray,
+    codes: list[str],
+    categories: list[tuple[str, ...]],
+    base: float,
+) -> bytes:
+    """The oracle: the same reasons built as protobuf messages and serialized by the runtime."""
+    out = pb.ScoreResponse()
+    for i, row in enumerate(rows.tolist()):
+        entry = out.reasons.add(trade_index=row, trade_id=request.trades[row].trade_id, base_log_odds=base)
+        order = sorted(range(len(codes)), key=lambda j: -contributions[i, j])[:REASONS_PER_TRADE]
+        for j in order:
+            contribution = float(contributions[i, j])
+            if contribution <= 0.0:
+                break
+            value = float(str(features[i, j]))
+            reason = entry.reasons.add(code=codes[j], value=value, contribution=contribution)
+            if categories[j] and value == value and 0 <= int(value) < len(categories[j]):
+                reason.category = categories[j][int(value)]
+    return out.SerializeToString()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reasons_bytes_are_the_protobuf_runtimes(seed: int) -> None:
+    """The compiled encoder writes the bytes the runtime writes for the same reasons, edge values
+    included: +0.0 and -0.0, NaN, a first trade (index 0), an empty trade id, a zero base."""
+    rng = np.random.default_rng(seed)
+    model = load_serving_model(DEFAULT_BUNDLE)
+    explainer = model.explainer
+    assert explainer is not None
+    request = sample_request(40, seed=seed)
+    request.trades[3].trade_id = "é-ü-trade"  # multi-byte UTF-8, copied as bytes
+    raw = request.SerializeToString()
+    decoded, features = prepare_request(raw, model.wire, model.plan, 100)
+    rows = np.sort(rng.choice(40, size=12, replace=False))
+    rows[0] = 0
+    x = features[rows].copy()
+    x[1, :4] = [0.0, -0.0, np.nan, 1e-30]
+    contributions = rng.normal(0.0, 0.3, size=(12, x.shape[1]))
+    contributions[2] = -np.abs(contributions[2])  # no positive contribution: no reason at all
+    contributions[1, :4] = [5.0, 4.0, 3.0, 2.0]  # the edge values are the top reasons
+    contributions[4, :3] = [1.0, 1.0, 1.0]  # ties keep feature order
+    for base in (explainer.shap.bias, 0.0, -0.0):
+        got = reasons_bytes(decoded, rows, x, contributions, explainer.fields, base)
+        want = _runtime_reasons(
+            request, rows, x, contributions, list(explainer.codes), list(explainer.categories), base
+        )
+        assert got == want
+        assert pb.ScoreResponse.FromString(got) == pb.ScoreResponse.FromString(want)

@@ -17,6 +17,7 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.server import EngineServer
 from tests.conftest import (
+    HeldBatches,
     ServerFactory,
     copy_bundle,
     in_process_probabilities,
@@ -53,7 +54,7 @@ async def test_concurrent_callers_each_get_their_own_trades_in_order(engine_stub
         got = np.array([s.fail_probability for s in response.scores])
         np.testing.assert_array_equal(got, in_process_probabilities(engine, request).astype(np.float64))
     # the calls really were coalesced: fewer model calls than requests
-    assert engine.metrics.batches._value.get() < len(requests)
+    assert engine.metrics.batches_run() < len(requests)
 
 
 async def test_stream_answers_in_order_and_survives_a_bad_message(engine_stub: Stub) -> None:
@@ -166,47 +167,54 @@ async def test_unset_optional_signals_are_missing_not_zero(engine_stub: Stub) ->
 
 
 async def test_full_queue_gets_resource_exhausted_at_once(start_engine: ServerFactory) -> None:
-    # the first call waits in the queue for its batch to fill (long max_wait); the
-    # second does not fit in the bounded queue and is refused immediately
+    # the first call is held in the model, the second waits behind it in the queue; the third
+    # does not fit in the bounded queue and is refused immediately
     engine, channel = await start_engine(
-        max_queue_rows=1000, max_trades_per_request=1000, max_batch_rows=1000, max_wait_ms=3000.0
+        max_queue_rows=1000, max_trades_per_request=1000, max_batch_rows=1000, inline_rows=0
     )
     stub = pb_grpc.TradeScorerStub(channel)
-    first = asyncio.ensure_future(stub.Score(sample_request(600, seed=1)))
-    while engine.batcher is not None and engine.batcher.queued_rows == 0:
-        await asyncio.sleep(0.005)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Score(sample_request(600, seed=2), timeout=2.0)
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "queue full" in str(info.value.details())
-    # shed before its trades are decoded: a call with a bad trade is refused for the full queue too
-    bad = sample_request(600, seed=3)
-    bad.trades[5].quantity = -1.0
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Score(bad, timeout=2.0)
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert len((await first).scores) == 600  # the queued call still completes
+    with HeldBatches(engine) as held:
+        first = asyncio.ensure_future(stub.Score(sample_request(600, seed=1)))
+        await held.wait_entered()
+        second = asyncio.ensure_future(stub.Score(sample_request(600, seed=2)))
+        while engine.batcher is not None and engine.batcher.queued_rows == 0:
+            await asyncio.sleep(0.005)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Score(sample_request(600, seed=3), timeout=2.0)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue full" in str(info.value.details())
+        # shed before its trades are decoded: a call with a bad trade is refused for the full queue too
+        bad = sample_request(600, seed=4)
+        bad.trades[5].quantity = -1.0
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Score(bad, timeout=2.0)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [len(r.scores) for r in await asyncio.gather(first, second)] == [600, 600]  # both complete
     assert engine.metrics.rejected.labels("overload")._value.get() == 2
 
 
 async def test_calls_beyond_the_concurrency_limit_get_resource_exhausted(start_engine: ServerFactory) -> None:
-    # two calls wait for their batch (long max_wait, big batch); a third scoring call is over the
-    # limit, while health checks and model info, which are not scoring calls, are still answered
-    engine, channel = await start_engine(max_concurrent_rpcs=2, max_batch_rows=1000, max_wait_ms=1500.0)
+    # two calls are in flight (one held in the model, one queued behind it); a third scoring call
+    # is over the limit, while health checks and model info, which are not scoring calls, are
+    # still answered
+    engine, channel = await start_engine(max_concurrent_rpcs=2, inline_rows=0)
     stub = pb_grpc.TradeScorerStub(channel)
-    waiting = [asyncio.ensure_future(stub.Score(pb.ScoreRequest(trades=[make_trade(i)]))) for i in range(2)]
-    while engine.batcher is not None and engine.batcher.queued_rows < 2:
-        await asyncio.sleep(0.005)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Score(pb.ScoreRequest(trades=[make_trade(9)]), timeout=2.0)
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "too many scoring calls in progress (limit 2)" in str(info.value.details())
-    health = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "tradescore.v1.TradeScorer"):
-        probe = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
-        assert probe.status == health_pb2.HealthCheckResponse.SERVING
-    assert (await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=2.0)).name
-    assert engine.calls is not None and engine.calls.active == 2  # still full: the probes were not refused
+    with HeldBatches(engine) as held:
+        waiting = [asyncio.ensure_future(stub.Score(pb.ScoreRequest(trades=[make_trade(0)])))]
+        await held.wait_entered()
+        waiting.append(asyncio.ensure_future(stub.Score(pb.ScoreRequest(trades=[make_trade(1)]))))
+        while engine.batcher is not None and engine.batcher.queued_rows < 1:
+            await asyncio.sleep(0.005)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Score(pb.ScoreRequest(trades=[make_trade(9)]), timeout=2.0)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many scoring calls in progress (limit 2)" in str(info.value.details())
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "tradescore.v1.TradeScorer"):
+            probe = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
+            assert probe.status == health_pb2.HealthCheckResponse.SERVING
+        assert (await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=2.0)).name
+        assert engine.calls is not None and engine.calls.active == 2  # still full: probes were not refused
     assert [len(r.scores) for r in await asyncio.gather(*waiting)] == [1, 1]
     assert engine.metrics.rejected.labels("overload")._value.get() == 1
     refused = engine.metrics.grpc_handled.labels(
@@ -216,15 +224,36 @@ async def test_calls_beyond_the_concurrency_limit_get_resource_exhausted(start_e
 
 
 async def test_expired_call_is_dropped_before_inference(start_engine: ServerFactory) -> None:
-    engine, channel = await start_engine(max_batch_rows=1000, max_wait_ms=400.0)
+    engine, channel = await start_engine(inline_rows=0)
     stub = pb_grpc.TradeScorerStub(channel)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Score(pb.ScoreRequest(trades=[make_trade(0)]), timeout=0.05)
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    # a call with time to spare, queued after: the expired one must not be in its batch
-    r = await stub.Score(pb.ScoreRequest(trades=[make_trade(1)]), timeout=5)
+    with HeldBatches(engine) as held:
+        blocker = asyncio.ensure_future(stub.Score(pb.ScoreRequest(trades=[make_trade(0)]), timeout=10))
+        await held.wait_entered()
+        # queued behind the held batch: its deadline passes before the model is free
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Score(pb.ScoreRequest(trades=[make_trade(1)]), timeout=0.05)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len((await blocker).scores) == 1
+    # a call with time to spare, queued after: the expired one is not in its batch
+    r = await stub.Score(pb.ScoreRequest(trades=[make_trade(2)]), timeout=5)
     assert len(r.scores) == 1
-    assert engine.metrics.rows_scored._value.get() == 1
+    assert engine.metrics.rows_scored._value.get() == 2
+
+
+async def test_a_lone_call_is_scored_without_waiting(start_engine: ServerFactory) -> None:
+    """One trade, nothing else in flight: scored on the event loop at once, in a batch of its own;
+    no timer ran (the queue wait is the time between two lines of the batcher, far below
+    --max-wait-ms)."""
+    engine, channel = await start_engine(max_wait_ms=1000.0)
+    stub = pb_grpc.TradeScorerStub(channel)
+    for i in range(3):
+        assert len((await stub.Score(pb.ScoreRequest(trades=[make_trade(i)]), timeout=5)).scores) == 1
+    registry = engine.metrics.registry
+    assert registry.get_sample_value("engine_batches_total", {"lane": "inline"}) == 3
+    assert registry.get_sample_value("engine_batches_total", {"lane": "thread"}) == 0
+    assert registry.get_sample_value("engine_batch_size_bucket", {"le": "1.0"}) == 3
+    assert registry.get_sample_value("engine_queue_wait_seconds_count") == 3
+    assert (registry.get_sample_value("engine_queue_wait_seconds_sum") or 0.0) < 3 * 0.5
 
 
 async def test_health_and_reflection(engine_stub: Stub) -> None:

@@ -119,19 +119,27 @@ def on_worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
         RUN.done += int(report["done"])
 
 
-def _server(options: Options) -> tuple[ServerLatency | None, dict[str, Any]]:
+def _server(
+    options: Options,
+) -> tuple[ServerLatency | None, ServerLatency | None, dict[str, Any]]:
+    """The engine's p99 of one-trade and of multi-trade calls over the run, and its summary."""
     if not options.metrics_urls:
-        return None, {}
+        return None, None, {}
     if RUN.scrape_error is not None or RUN.before is None:
-        return ServerLatency(None, RUN.scrape_error or "error: no reading at start", 0.0), {}
+        failed = ServerLatency(None, RUN.scrape_error or "error: no reading at start", 0.0)
+        return failed, failed, {}
     try:
         after = server_metrics.scrape(options.metrics_urls)
     except (OSError, ValueError) as e:
         msg = f"error: cannot read {','.join(options.metrics_urls)} at the end: {e}"
         log.error(msg)
-        return ServerLatency(None, msg, 0.0), {}
+        return ServerLatency(None, msg, 0.0), ServerLatency(None, msg, 0.0), {}
     window = server_metrics.window(RUN.before, after)
-    return server_metrics.server_p99(window), server_metrics.summary(window, time.monotonic() - RUN.started)
+    return (
+        server_metrics.server_p99(window, "single"),
+        server_metrics.server_p99(window, "batch"),
+        server_metrics.summary(window, time.monotonic() - RUN.started),
+    )
 
 
 def on_quitting(environment: Environment, **_: Any) -> None:
@@ -144,7 +152,7 @@ def on_quitting(environment: Environment, **_: Any) -> None:
     else:
         book = LATENCIES
         due, done = PACING.drain()
-    server, server_summary = _server(options)
+    server, server_batch, server_summary = _server(options)
     total = runner.stats.total
     facts = slo.RunFacts(
         calls=total.num_requests,
@@ -153,6 +161,7 @@ def on_quitting(environment: Environment, **_: Any) -> None:
         offered_calls=due if options.user_rate > 0 else None,
         paced_calls=done,
         server=server,
+        server_batch=server_batch,
     )
     gates = slo.evaluate(options.thresholds(), facts)
     ok = slo.passed(gates)

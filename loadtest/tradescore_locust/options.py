@@ -99,7 +99,18 @@ SPECS = (
     ),
     Spec("--slo-p99-ms", 10.0, "gate: client-side p99 of single-trade calls, ms (default 10)", float),
     Spec("--slo-batch-p99-ms", 100.0, "gate: client-side p99 of multi-trade calls, ms (default 100)", float),
-    Spec("--slo-server-p99-ms", 5.0, "gate: server-side p99 from --metrics-url, ms (default 5)", float),
+    Spec(
+        "--slo-server-p99-ms",
+        5.0,
+        "gate: server-side p99 of single-trade calls from --metrics-url, ms (default 5)",
+        float,
+    ),
+    Spec(
+        "--slo-server-batch-p99-ms",
+        50.0,
+        "gate: server-side p99 of multi-trade calls from --metrics-url, ms (default 50)",
+        float,
+    ),
     Spec("--slo-error-ratio", 0.001, "gate: failed calls / calls at most this (default 0.001)", float),
     Spec(
         "--slo-rate-ratio",
@@ -140,6 +151,7 @@ class Options:
     slo_p99_ms: float
     slo_batch_p99_ms: float
     slo_server_p99_ms: float
+    slo_server_batch_p99_ms: float
     slo_error_ratio: float
     slo_rate_ratio: float
     num_users: int | None
@@ -176,6 +188,7 @@ class Options:
             slo_p99_ms=float(get("slo_p99_ms")),
             slo_batch_p99_ms=float(get("slo_batch_p99_ms")),
             slo_server_p99_ms=float(get("slo_server_p99_ms")),
+            slo_server_batch_p99_ms=float(get("slo_server_batch_p99_ms")),
             slo_error_ratio=float(get("slo_error_ratio")),
             slo_rate_ratio=float(get("slo_rate_ratio")),
             num_users=int(num_users) if num_users else None,
@@ -187,6 +200,7 @@ class Options:
             p99_ms=self.slo_p99_ms,
             batch_p99_ms=self.slo_batch_p99_ms,
             server_p99_ms=self.slo_server_p99_ms,
+            server_batch_p99_ms=self.slo_server_batch_p99_ms,
             error_ratio=self.slo_error_ratio,
             rate_ratio=self.slo_rate_ratio,
         )

@@ -3,6 +3,9 @@
 Locust times calls to the millisecond; the engine's histograms start at 10 µs.
 Of what an engine exports, this reads:
 
+- `engine_call_seconds` (the engine's time per scoring call, by size class): its
+  unary `Score` series, one-trade calls (`trades="1"`: the `single` group) apart
+  from multi-trade ones (the `batch` group), so that each is judged on its own;
 - `grpc_server_handling_seconds` (the gRPC server interceptor's histogram, when
   the engine has one): the series of unary `Score` calls (`grpc_method="Score"`;
   a stream's series times the whole stream, not its messages), summed over the
@@ -27,7 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 GRPC_HANDLING = "grpc_server_handling_seconds"
 QUEUE_WAIT = "engine_queue_wait_seconds"
 INFERENCE = "engine_inference_seconds"
-HISTOGRAMS = (GRPC_HANDLING, QUEUE_WAIT, INFERENCE)
+ENGINE_CALLS = "engine_call_seconds"
+#: engine_call_seconds{method="Score"} split by size: one-trade calls, and the others
+CALL_GROUPS = {"single": f"{ENGINE_CALLS}:single", "batch": f"{ENGINE_CALLS}:batch"}
+HISTOGRAMS = (GRPC_HANDLING, QUEUE_WAIT, INFERENCE, *CALL_GROUPS.values())
 ROWS_SCORED = "engine_rows_scored"
 BATCHES = "engine_batches"
 COUNTERS = (ROWS_SCORED, BATCHES)
@@ -62,7 +68,15 @@ def parse(text: str) -> Snapshot:
     """The histograms and counters above from one Prometheus text exposition."""
     snap = Snapshot()
     for family in text_string_to_metric_families(text):
-        if family.name in HISTOGRAMS:
+        if family.name == ENGINE_CALLS:
+            for sample in family.samples:
+                if not sample.name.endswith("_bucket") or sample.labels.get("method") != "Score":
+                    continue
+                group = CALL_GROUPS["single" if sample.labels.get("trades") == "1" else "batch"]
+                buckets = snap.histograms.setdefault(group, {})
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + float(sample.value)
+        elif family.name in HISTOGRAMS:
             buckets = snap.histograms.setdefault(family.name, {})
             for sample in family.samples:
                 if not sample.name.endswith("_bucket") or not _selected(family.name, sample.labels):
@@ -136,13 +150,24 @@ class ServerLatency:
     calls: float
 
 
-def server_p99(snap: Snapshot) -> ServerLatency:
-    """p99 of the engine's handling time for `Score` calls, or the best bound its metrics allow.
+def server_p99(snap: Snapshot, group: str = "single") -> ServerLatency:
+    """p99 of the engine's time for `Score` calls of one size group ("single": one trade; "batch":
+    more), or the best bound its metrics allow.
 
-    With `grpc_server_handling_seconds`: its p99 over unary `Score` calls. Without it: the p99 of
-    the batcher's queue wait plus the p99 of the model call (each per batch) — an upper bound of
-    the batched part of a call's time at the 99th percentile, excluding decode and gRPC.
+    With `engine_call_seconds`: its p99 over the group's unary `Score` calls. An engine without it:
+    for "single", the p99 of `grpc_server_handling_seconds` over unary `Score` calls (all sizes
+    together), else the p99 of the batcher's queue wait plus the p99 of the model call (each per
+    batch) — an upper bound of the batched part of a call's time at the 99th percentile,
+    excluding decode and gRPC; for "batch", nothing.
     """
+    calls = snap.histograms.get(CALL_GROUPS[group])
+    if calls and count(calls) > 0:
+        label = 'trades="1"' if group == "single" else 'trades!="1"'
+        return ServerLatency(
+            histogram_quantile(0.99, calls), f"{ENGINE_CALLS}{{Score, {label}}}", count(calls)
+        )
+    if group != "single":
+        return ServerLatency(None, f"no {ENGINE_CALLS} observations for {group} calls", 0.0)
     grpc_hist = snap.histograms.get(GRPC_HANDLING)
     if grpc_hist and count(grpc_hist) > 0:
         p99 = histogram_quantile(0.99, grpc_hist)

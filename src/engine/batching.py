@@ -1,36 +1,39 @@
 """The micro-batcher: rows from concurrent calls, one model call per batch.
 
-    caller ──submit(key, rows, deadline)──▶ bounded FIFO (rows) ──▶ dispatch (size OR time)
-       ▲                                                            │ SimpleQueue
-       └── future (rows' results, by offset) ◀── call_soon_threadsafe ◀── inference thread:
-                                                                          run(key, concat(rows))
+    caller ──submit(key, rows, deadline)──┬─ small call: inline lane ──▶ run on the event loop
+       ▲                                  └─ large call: thread lane ──▶ run in an inference thread
+       └── future (rows' results, by offset) ◀───────────── split by row offsets ◀┘
 
 `rows` is any sized payload: a float32 matrix (model inputs) or raw trade
 columns, merged with the `concat` function given to the batcher. Per-batch
 work in `run` (feature computation, inference) is paid once per batch, not
 once per call.
 
-- A batch closes at `max_batch_rows` rows or `max_wait` after its *first* row
-  was queued (monotonic clock), whichever comes first. It does not wait at all
-  when calls arrive further apart than `max_wait` (a moving average of the
-  gaps): waiting would add latency and gather nothing.
+Batching costs nothing when nothing can join the batch, and coalesces under load:
+
+- A call of up to `inline_rows` rows is *small*. When the event loop has been
+  idle since the previous small call (its thread blocked, waiting for the
+  network: it counts a voluntary context switch), nothing else is waiting to
+  join, and the call is scored there and then, on the event loop: no timer, no
+  thread hand-off, no GIL hand-back, no extra loop turn. When the loop has been
+  busy without a pause since, more calls are arriving faster than it serves
+  them: the call waits for a batch, which closes at `inline_rows` rows or
+  `max_wait_s` after its first call, and runs on the event loop too.
+- A larger call goes to the *thread lane*: to one of `max_inflight_batches`
+  inference threads as soon as one is free, with every large call that queued
+  while they were busy (up to `max_batch_rows` rows), so the event loop keeps
+  serving small calls meanwhile; they never queue behind a large one.
+
+In both lanes:
 - Rows of one batch share one `key` (the model bundle they were prepared for):
   a hot swap never mixes two models' inputs in one call.
-- The queue is bounded in rows: `submit` raises `Overloaded` at once when full.
+- The queue is bounded in rows (both lanes together): `submit` raises
+  `Overloaded` at once when full.
 - Callers that were cancelled, or whose deadline passed, are dropped before
   inference; futures are completed only if not already done, so one cancelled
   caller never strands the others.
-- Inference runs off the event loop, in `max_inflight_batches` threads of
-  its own, so at most that many batches run at once. An exception fails
-  exactly the calls in that batch, as `InferenceFailed`; a wrong row count is
-  such a failure too.
-
-There is no collector task: dispatching is a plain function run when a call
-is queued, when a batch finishes and when the head batch's wait runs out (one
-timer). A call therefore costs the event loop its own work plus one wake-up
-per batch from the inference thread, not a chain of tasks and futures
-(a submit -> result round trip with a no-op model, `loadtest/batcher_cost.py`:
-~120 us of CPU with a collector task and `run_in_executor`, 31-41 us this way).
+- An exception in `run` fails exactly the calls in that batch, as
+  `InferenceFailed`; a wrong row count is such a failure too.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import asyncio
 import ctypes
 import logging
 import queue
+import resource
 import sys
 import threading
 import time
@@ -59,6 +63,9 @@ K = TypeVar("K")
 P = TypeVar("P", bound=Sized)  # payload: rows of one call
 Result = npt.NDArray[Any]
 
+#: engine_batches_total{lane}: batches run on the event loop / in an inference thread
+INLINE, THREAD = "inline", "thread"
+
 
 @dataclass(slots=True)
 class _Item(Generic[K, P]):
@@ -77,6 +84,16 @@ class _Batch(Generic[K, P]):
     result: Result | None = None
     error: BaseException | None = None
     seconds: float = 0.0  # inference time
+
+
+class _Fifo(Generic[K, P]):
+    """One lane's queue: calls in arrival order, and the rows they hold."""
+
+    __slots__ = ("items", "rows")
+
+    def __init__(self) -> None:
+        self.items: deque[_Item[K, P]] = deque()
+        self.rows = 0
 
 
 def _fail(future: asyncio.Future[Result], exc: BaseException) -> None:
@@ -103,6 +120,15 @@ def concat_matrices(parts: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
     return np.concatenate(parts)
 
 
+def _voluntary_switches() -> int:
+    """Times the calling thread has blocked (waited for I/O, a lock, a timer) so far: Linux counts
+    them per thread (getrusage RUSAGE_THREAD, ~0.6 us). Elsewhere -1: never known to be busy."""
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw if _RUSAGE_THREAD is not None else -1
+
+
+_RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+
+
 class MicroBatcher(Generic[K, P]):
     """Coalesces rows from concurrent calls into batched calls of `run(key, concat(rows...))`."""
 
@@ -112,8 +138,9 @@ class MicroBatcher(Generic[K, P]):
         concat: Callable[[Sequence[P]], P],
         *,
         max_batch_rows: int,
-        max_wait_s: float,
         max_queue_rows: int,
+        max_wait_s: float = 0.001,
+        inline_rows: int = 0,
         max_inflight_batches: int = 1,
         coalesce: bool = True,
         metrics: EngineMetrics | None = None,
@@ -124,27 +151,28 @@ class MicroBatcher(Generic[K, P]):
         #: False: every call is its own model call (batching off, for comparison)
         self.coalesce = coalesce
         self.max_batch_rows = max_batch_rows
+        #: how long a batch of small calls may wait for more while the event loop is busy
         self.max_wait_s = max_wait_s
+        #: calls of at most this many rows are scored on the event loop (0: none)
+        self.inline_rows = min(inline_rows, max_batch_rows)
         self.max_queue_rows = max_queue_rows
         self._metrics = metrics
         self._thread_name = thread_name
-        self._queue: deque[_Item[K, P]] = deque()
-        self._queued_rows = 0
+        self._small: _Fifo[K, P] = _Fifo()
+        self._large: _Fifo[K, P] = _Fifo()
+        self._switches = -2  # the event loop thread's voluntary switches at the last small call
+        self._flush_timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._slots = max_inflight_batches
         self._free = max_inflight_batches
         self._jobs: queue.SimpleQueue[_Batch[K, P] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
         self._idle: asyncio.Event | None = None
         self._closing = False
-        self._last_submit = time.monotonic()
-        self._gap = 0.0  # moving average of the time between submits, capped per sample
 
     @property
     def queued_rows(self) -> int:
-        return self._queued_rows
+        return self._small.rows + self._large.rows
 
     def start(self) -> None:
         if self._loop is not None:
@@ -157,111 +185,119 @@ class MicroBatcher(Generic[K, P]):
             self._threads.append(thread)
 
     def submit(self, key: K, rows: P, deadline: float | None = None) -> asyncio.Future[Result]:
-        """Queue `rows` for the model of `key`; the future resolves to their results, in order."""
+        """Queue `rows` for the model of `key`; the future resolves to their results, in order
+        (a small call that finds the event loop idle has its result before this returns)."""
         if self._closing:
             raise ShuttingDown("the engine is shutting down")
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("start() the batcher first")
         n = len(rows)
         self.check_room(n)
         now = time.monotonic()
-        self._gap += 0.2 * (min(now - self._last_submit, 10 * self.max_wait_s) - self._gap)
-        self._last_submit = now
         if deadline is not None and deadline <= now:
             raise DeadlineExpired("the call's deadline passed before it could be queued")
-        assert self._loop is not None, "start() the batcher first"
-        future: asyncio.Future[Result] = self._loop.create_future()
-        self._queue.append(_Item(key, rows, future, deadline, now))
-        self._queued_rows += n
-        self._dispatch()
-        return future
+        item = _Item(key, rows, loop.create_future(), deadline, now)
+        if n > self.inline_rows:
+            self._large.items.append(item)
+            self._large.rows += n
+            self._dispatch()
+            return item.future
+        small = self._small
+        small.items.append(item)
+        small.rows += n
+        if small.rows >= self.inline_rows or not self.coalesce:
+            self._flush_small()
+        elif len(small.items) == 1:
+            switches = _voluntary_switches()
+            idle = switches != self._switches  # the loop blocked since the last small call
+            self._switches = switches
+            if idle or self.max_wait_s <= 0.0:
+                self._flush_small()
+            elif self._flush_timer is None:
+                self._flush_timer = loop.call_later(self.max_wait_s, self._on_flush_timer)
+        return item.future
 
     def check_room(self, n: int) -> None:
         """Raise Overloaded if `n` rows would be refused now (what `submit` checks first).
 
         A queue holding nothing admits any call, however large (it runs as its own batch)."""
-        if self._queued_rows + n > self.max_queue_rows and self._queue:
+        queued = self.queued_rows
+        if queued + n > self.max_queue_rows and queued:
             raise Overloaded(
-                f"queue full ({self._queued_rows} trades waiting, limit {self.max_queue_rows}); retry later"
+                f"queue full ({queued} trades waiting, limit {self.max_queue_rows}); retry later"
             )
 
     async def close(self, timeout: float | None = None) -> None:
         """Take no more rows, finish what is queued and running, then stop."""
         self._closing = True
         if self._loop is not None and self._idle is not None:
+            self._flush_small()
             self._dispatch()
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout)
             except TimeoutError:
                 log.warning("batches still running at shutdown; their calls fail")
-        for item in self._queue:
-            _fail(item.future, ShuttingDown("the engine shut down before this call was scored"))
-        self._queue.clear()
-        self._queued_rows = 0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for fifo in (self._small, self._large):
+            for item in fifo.items:
+                _fail(item.future, ShuttingDown("the engine shut down before this call was scored"))
+            fifo.items.clear()
+            fifo.rows = 0
         for _ in self._threads:
             self._jobs.put(None)  # each thread exits after its current batch
 
-    # -- dispatching (on the event loop) -------------------------------------------
+    # -- the inline lane (on the event loop) -------------------------------------------
 
-    def _wait_left(self) -> float:
-        """Seconds the head batch should still wait for more rows (0: close it now)."""
-        if self._closing or not self.coalesce or self._queued_rows >= self.max_batch_rows:
-            return 0.0
-        if self._gap > self.max_wait_s:  # sparse arrivals: nothing more is coming in time
-            return 0.0
-        head = self._queue[0]
-        if self._queue[-1].key is not head.key:
-            return 0.0  # a newer model's rows are waiting (keys only move forward): close now
-        return max(0.0, head.queued_at + self.max_wait_s - time.monotonic())
+    def _on_flush_timer(self) -> None:
+        self._flush_timer = None
+        self._flush_small()
 
-    def _dispatch(self) -> None:
-        """Hand every ready batch to a free inference thread; time the wait of the next one."""
-        while self._queue and self._free > 0:
-            wait = self._wait_left()
-            if wait > 0.0:
-                self._arm(wait)
-                return
-            items = self._take()
+    def _flush_small(self) -> None:
+        """Run every queued small call here and now, in batches of up to `inline_rows` rows."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        while self._small.items:
+            items = self._take(self._small, self.inline_rows)
             if items:
-                self._free -= 1
-                rows = sum(len(i.rows) for i in items)
-                self._jobs.put(_Batch(items[0].key, items, rows))
+                batch = _Batch(items[0].key, items, sum(len(i.rows) for i in items))
+                self._execute(batch)
+                self._finish(batch, INLINE)
         self._check_idle()
 
-    def _arm(self, wait: float) -> None:
-        assert self._loop is not None
-        at = self._loop.time() + wait
-        if self._timer is not None:
-            if self._timer_at <= at:
-                return  # an earlier (or the same) deadline is already armed
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = self._loop.call_at(at, self._on_timer)
+    # -- the thread lane (dispatching on the event loop) -------------------------------
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._dispatch()
+    def _dispatch(self) -> None:
+        """Hand the thread lane's queued calls, batched, to the free inference threads."""
+        while self._large.items and self._free > 0:
+            items = self._take(self._large, self.max_batch_rows)
+            if items:
+                self._free -= 1
+                self._jobs.put(_Batch(items[0].key, items, sum(len(i.rows) for i in items)))
+        self._check_idle()
 
     def _check_idle(self) -> None:
-        if self._idle is not None and not self._queue and self._free == self._slots:
+        if self._idle is None:
+            return
+        if not self._small.items and not self._large.items and self._free == self._slots:
             self._idle.set()
-        elif self._idle is not None:
+        else:
             self._idle.clear()
 
-    def _take(self) -> list[_Item[K, P]]:
-        """Pop the next batch: head's key, up to max_batch_rows rows, live callers only."""
+    def _take(self, fifo: _Fifo[K, P], max_rows: int) -> list[_Item[K, P]]:
+        """Pop the next batch: head's key, up to `max_rows` rows, live callers only."""
         now = time.monotonic()
         items: list[_Item[K, P]] = []
         rows = 0
-        key = self._queue[0].key
-        while self._queue:
-            item = self._queue[0]
+        waiting = fifo.items
+        key = waiting[0].key
+        while waiting:
+            item = waiting[0]
             n = len(item.rows)
-            if items and (item.key is not key or rows + n > self.max_batch_rows or not self.coalesce):
+            if items and (item.key is not key or rows + n > max_rows or not self.coalesce):
                 break
-            self._queue.popleft()
-            self._queued_rows -= n
+            waiting.popleft()
+            fifo.rows -= n
             if item.future.done():  # cancelled by its caller
                 continue
             if item.deadline is not None and item.deadline <= now:
@@ -271,67 +307,72 @@ class MicroBatcher(Generic[K, P]):
                 continue
             items.append(item)
             rows += n
-        if self._metrics is not None:
-            self._metrics.queue_depth.set(self._queued_rows)
-            if items:
-                self._metrics.queue_wait.observe(now - items[0].queued_at)
+        if self._metrics is not None and items:
+            self._metrics.observe_queue(self.queued_rows, now - items[0].queued_at)
         return items
 
-    def _finish(self, batch: _Batch[K, P]) -> None:
-        """On the event loop: hand each caller its rows' results (or the batch's error)."""
+    def _thread_done(self, batch: _Batch[K, P]) -> None:
+        """On the event loop: an inference thread finished `batch`."""
         self._free += 1
         try:
-            result = batch.result
-            error = batch.error
-            if error is None and (result is None or result.shape[0] != batch.rows):
-                got = "nothing" if result is None else f"{result.shape[0]} rows"
-                error = InferenceFailed(f"model returned {got} for {batch.rows}")
-            if error is not None:
-                log.error(
-                    "inference failed for a batch of %d rows from %d calls",
-                    batch.rows,
-                    len(batch.items),
-                    exc_info=error,
-                )
-                if self._metrics is not None:
-                    self._metrics.batch_failures.inc()
-                failure = error if isinstance(error, InferenceFailed) else InferenceFailed(str(error))
-                for item in batch.items:
-                    _fail(item.future, failure)
-                return
-            assert result is not None
-            if self._metrics is not None:
-                self._metrics.inference.observe(batch.seconds)
-                self._metrics.batch_size.observe(batch.rows)
-                self._metrics.batches.inc()
-                self._metrics.rows_scored.inc(batch.rows)
-            offset = 0
-            for item in batch.items:
-                n = len(item.rows)
-                if not item.future.done():
-                    item.future.set_result(result[offset : offset + n])
-                offset += n
+            self._finish(batch, THREAD)
         finally:
             self._dispatch()
 
-    # -- inference (in the batcher's threads) ----------------------------------------
+    def _finish(self, batch: _Batch[K, P], lane: str) -> None:
+        """Hand each caller its rows' results (or the batch's error)."""
+        result = batch.result
+        error = batch.error
+        if error is None and (result is None or result.shape[0] != batch.rows):
+            got = "nothing" if result is None else f"{result.shape[0]} rows"
+            error = InferenceFailed(f"model returned {got} for {batch.rows}")
+        if error is not None or result is None:
+            log.error(
+                "inference failed for a batch of %d rows from %d calls",
+                batch.rows,
+                len(batch.items),
+                exc_info=error,
+            )
+            if self._metrics is not None:
+                self._metrics.batch_failures.inc()
+            failure = error if isinstance(error, InferenceFailed) else InferenceFailed(str(error))
+            for item in batch.items:
+                _fail(item.future, failure)
+            return
+        if self._metrics is not None:
+            self._metrics.observe_batch(lane, batch.rows, batch.seconds)
+        offset = 0
+        for item in batch.items:
+            n = len(item.rows)
+            if not item.future.done():
+                item.future.set_result(result[offset : offset + n])
+            offset += n
+
+    # -- inference ------------------------------------------------------------------
+
+    def _execute(self, batch: _Batch[K, P]) -> None:
+        """Run the model on `batch`, recording its result or its error and the time it took."""
+        started = time.perf_counter()
+        try:
+            items = batch.items
+            rows = items[0].rows if len(items) == 1 else self._concat([i.rows for i in items])
+            batch.result = self._run(batch.key, rows)
+        except Exception as exc:  # noqa: BLE001 - reported to exactly this batch's callers
+            batch.error = exc
+        batch.seconds = time.perf_counter() - started
 
     def _worker(self) -> None:
+        """An inference thread: batches from the thread lane, results back to the event loop."""
         name_os_thread(threading.current_thread().name)
         loop = self._loop
-        assert loop is not None
+        if loop is None:
+            return
         while True:
             batch = self._jobs.get()
             if batch is None:
                 return
-            started = time.perf_counter()
+            self._execute(batch)
             try:
-                parts = [i.rows for i in batch.items]
-                batch.result = self._run(batch.key, parts[0] if len(parts) == 1 else self._concat(parts))
-            except Exception as exc:  # noqa: BLE001 - reported to exactly this batch's callers
-                batch.error = exc
-            batch.seconds = time.perf_counter() - started
-            try:
-                loop.call_soon_threadsafe(self._finish, batch)
+                loop.call_soon_threadsafe(self._thread_done, batch)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 return

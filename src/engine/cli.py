@@ -3,6 +3,7 @@
 engine serve     serve the model bundle over gRPC (flags, or ENGINE_* variables)
 engine score     send trades from a file or a generated sample to a server; print scores
 engine info      describe a bundle on disk, or the model a server is running
+engine compile   compile the engine's kernels into their cache (the image does it when built)
 engine health    ask a server's gRPC health service (exit 0 when SERVING)
 engine train     train a LightGBM model and write a bundle        ([train] extra)
 engine export    turn a LightGBM model file into a bundle         ([train] extra)
@@ -55,6 +56,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         logging.getLogger("engine").error("cannot serve: %s", exc)
         return 1
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    import time
+
+    _setup_logging()
+    started = time.perf_counter()
+    import engine.jit as jit
+    from engine.errors import BundleError
+    from engine.scoring.servable import load_serving_model
+
+    try:
+        load_serving_model(args.bundle)  # its warm-up runs every kernel the server runs
+    except BundleError as exc:
+        print(f"engine compile: {exc}", file=sys.stderr)
+        return 1
+    hits, misses = jit.compile_counts()
+    print(
+        f"{len(jit.KERNELS)} kernels, {hits + misses} signatures: {misses} compiled, {hits} already in "
+        f"{jit.describe()}, in {time.perf_counter() - started:.1f} s"
+    )
+    if args.ship:
+        print(f"shipped into {jit.ship()}")
+    return 0
 
 
 # -- client commands ----------------------------------------------------------------
@@ -300,6 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=3.0, help="deadline in seconds (default 3)")
     health.set_defaults(func=_cmd_health)
 
+    compile_ = sub.add_parser(
+        "compile",
+        help="compile the engine's kernels into their cache, so that a start compiles nothing",
+        description="Run every compiled kernel of the serving path once (loading --bundle), so that "
+        "their machine code is in the kernel cache: ENGINE_KERNEL_CACHE (else NUMBA_CACHE_DIR, "
+        "else ~/.cache/tradescore/kernels), one directory per build and CPU target. With --ship, "
+        "also into the installed package, where a start with an empty cache finds it: the "
+        "container image runs `NUMBA_CPU_NAME=generic engine compile --ship` when it is built.",
+    )
+    compile_.add_argument(
+        "--bundle", type=Path, default=None, help="bundle folder (default: the bundle shipped in the package)"
+    )
+    compile_.add_argument(
+        "--ship", action="store_true", help="copy the cache into the installed package (engine/_kernels)"
+    )
+    compile_.set_defaults(func=_cmd_compile)
+
     labels = sub.add_parser(
         "export-labels",
         help="write operators' verdicts on flagged record pairs as labelled training rows (CSV)",
@@ -333,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "compile" and args.bundle is None:
+        from engine.models.bundle import DEFAULT_BUNDLE
+
+        args.bundle = DEFAULT_BUNDLE
     if getattr(args, "command", None) == "info" and args.bundle is None and args.target is None:
         from engine.models.bundle import DEFAULT_BUNDLE
 

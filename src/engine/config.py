@@ -97,9 +97,17 @@ class Settings:
         "trade, but a call waits for the whole batch it lands in",
     )
     max_wait_ms: float = _opt(
-        1.5,
-        "longest a batch waits to fill, from its first trade; it does not wait when calls arrive "
-        "further apart than this; 0 never waits (a batch takes what queued while the model ran)",
+        1.0,
+        "while the event loop is busy without a pause, how long a batch of small calls (see "
+        "--inline-rows) waits for more; a call that finds the loop idle is scored at once, and "
+        "larger calls never wait (they go to an inference thread as soon as one is free). "
+        "0: no wait, a busy loop's small calls are batched only when they queue together",
+    )
+    inline_rows: int = _opt(
+        16,
+        "calls of at most this many trades are scored on the event loop, never behind a larger "
+        "call, in batches of at most this many trades; larger calls go to an inference thread "
+        "(0: every call does)",
     )
     batching: bool = _opt(True, "coalesce trades from concurrent calls into shared batches", bool_flag=True)
     max_queue_rows: int = _opt(
@@ -218,6 +226,8 @@ class Settings:
             raise SettingsError("keepalive and client ping intervals must be > 0")
         if self.max_connection_age_s < 0 or self.max_connection_age_grace_s < 0:
             raise SettingsError("max_connection_age_s and max_connection_age_grace_s must be >= 0")
+        if self.inline_rows < 0:
+            raise SettingsError("inline_rows must be >= 0")
         if self.max_wait_ms < 0 or self.grace_seconds < 0 or self.watch_interval_s <= 0:
             raise SettingsError("max_wait_ms and grace_seconds must be >= 0, watch_interval_s > 0")
         if self.max_trades_per_request > self.max_queue_rows:

@@ -26,7 +26,7 @@ import glob
 import os
 import shutil
 import tempfile
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +36,8 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
-from engine.features.kernels import compiled
+from engine import jit
+from engine.jit import compiled
 from engine.models.spec import band_of
 
 #: seconds, 10 µs .. 10 s (gRPC A66-style resolution at the low end)
@@ -121,6 +122,21 @@ SCORE_BUCKETS = (
 _SCORE_EDGES = np.asarray(SCORE_BUCKETS, dtype=np.float64)
 
 REJECT_REASONS = ("overload", "deadline", "invalid", "shutdown")
+#: engine_batches_total{lane}: where the micro-batcher ran a batch (engine.batching)
+BATCH_LANES = ("inline", "thread")
+#: engine_call_seconds{trades}: scoring calls by size, so that one-trade calls are judged apart
+#: from bulk ones (upper bounds of the classes, then the rest)
+SIZE_CLASSES = ("1", "2-16", "17-256", "257+")
+_SIZE_BOUNDS = (1, 16, 256)
+#: engine_call_seconds{method}: the scoring calls timed by size (ScoreStream: each message)
+SIZED_METHODS = ("Score", "ScoreStream", "ModelInfer")
+
+
+def size_class(trades: int) -> int:
+    """The index in SIZE_CLASSES of a call of `trades` trades (rows)."""
+    return bisect_left(_SIZE_BOUNDS, trades)
+
+
 #: tradescore.v1.RiskBand numbers 1..4, as `RiskBands.assign` returns them
 RISK_BANDS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 #: BreakScorer break classes, as the engine_pair_breaks label spells them (the proto enum without prefix)
@@ -235,6 +251,8 @@ class EngineMetrics:
     """All the engine's metrics: gRPC server metrics (grpc-ecosystem names) and the engine's own."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        #: values live in files (worker processes): a gauge cannot be read by a function at scrape time
+        self._multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # compile (or load from numba's cache) the per-batch kernel now, not in the first batch
@@ -268,7 +286,15 @@ class EngineMetrics:
 
         # -- batching and inference --------------------------------------------------------------
         self.rows_scored = Counter("engine_rows_scored", "Trades scored by the model.", registry=r)
-        self.batches = Counter("engine_batches", "ONNX Runtime calls made by the micro-batcher.", registry=r)
+        self.batches = Counter(
+            "engine_batches",
+            "ONNX Runtime calls made by the micro-batcher, by lane: small calls' batches run on the "
+            "event loop (inline), larger ones in an inference thread (thread).",
+            ["lane"],
+            registry=r,
+        )
+        self._batches = {lane: raw_inc(self.batches.labels(lane)) for lane in BATCH_LANES}
+        self._rows_scored = raw_inc(self.rows_scored)
         self.batch_size = Histogram(
             "engine_batch_size", "Trades per ONNX Runtime call.", buckets=BATCH_BUCKETS, registry=r
         )
@@ -290,6 +316,10 @@ class EngineMetrics:
         self.inference = Histogram(
             "engine_inference_seconds", "ONNX Runtime time per batch.", buckets=LATENCY_BUCKETS, registry=r
         )
+        self._batch_size = raw_observe(self.batch_size)
+        self._inference = raw_observe(self.inference)
+        self._queue_wait = raw_observe(self.queue_wait)
+        self._queue_depth = self.queue_depth.set
         self.rejected = Counter(
             "engine_rejected_calls", "Calls refused before inference, by reason.", ["reason"], registry=r
         )
@@ -321,6 +351,9 @@ class EngineMetrics:
             "engine_risk_band", "Trades scored, by risk band returned.", ["band"], registry=r
         )
         self._bands = [raw_inc(self.risk_band.labels(band)) for band in RISK_BANDS]
+        self._score_bucket: list[Callable[[float], None]] = [b.inc for b in self.score._buckets]
+        self._score_sum: Callable[[float], None] = self.score._sum.inc
+        self._edges_seen: tuple[npt.NDArray[np.float64] | None, list[float]] = (None, [])
 
         self.tls_reloads = Counter(
             "engine_tls_reloads",
@@ -341,6 +374,33 @@ class EngineMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # kernels: a signature compiled after the start means a caller waited seconds for it
+        self.kernels_compiled = Gauge(
+            "engine_kernels_compiled",
+            "Kernel signatures this process compiled (0 when the kernel cache held them all).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.kernels_loaded = Gauge(
+            "engine_kernels_loaded",
+            "Kernel signatures this process loaded from the kernel cache.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.call_seconds = Histogram(
+            "engine_call_seconds",
+            "Time the engine takes for a scoring call, from its request to its response (ScoreStream: "
+            "each message), by method and by trades in the call (size class): one-trade calls "
+            "apart from bulk ones.",
+            ["method", "trades"],
+            buckets=HANDLING_BUCKETS,
+            registry=r,
+        )
+        #: observers of engine_call_seconds per method, indexed by `size_class`
+        self.call_time: dict[str, tuple[Callable[[float], None], ...]] = {
+            method: tuple(raw_observe(self.call_seconds.labels(method, c)) for c in SIZE_CLASSES)
+            for method in SIZED_METHODS
+        }
 
         # -- sync breaks (BreakScorer) ------------------------------------------------------------
         self.pairs_scored = Counter(
@@ -388,12 +448,59 @@ class EngineMetrics:
         self._model_labels = (name, version, f"{loaded_at:.0f}")
         self.model_info.labels(*self._model_labels).set(1)
 
+    def _edges(self, band_edges: npt.NDArray[np.float64]) -> list[float]:
+        """`band_edges` as a list (the serving model's, converted once per model)."""
+        seen, edges = self._edges_seen
+        if seen is not band_edges:
+            edges = band_edges.tolist()
+            self._edges_seen = (band_edges, edges)
+        return edges
+
+    def observe_kernels(self) -> None:
+        """engine_kernels_loaded / engine_kernels_compiled as of now (the server calls it once it serves,
+        and after each reload; with one process they follow every compile from then on)."""
+        loaded, compiled_ = jit.compile_counts()
+        self.kernels_loaded.set(loaded)
+        self.kernels_compiled.set(compiled_)
+        if not self._multiprocess:
+            self.kernels_loaded.set_function(lambda: float(jit.compile_counts()[0]))
+            self.kernels_compiled.set_function(lambda: float(jit.compile_counts()[1]))
+
+    def batches_run(self) -> float:
+        """Model calls the micro-batcher made so far, both lanes together."""
+        return float(sum(self.batches.labels(lane)._value.get() for lane in BATCH_LANES))
+
+    def observe_queue(self, depth: int, waited: float) -> None:
+        """A batch taken off the queue: the trades left waiting, and how long its oldest waited."""
+        self._queue_depth(depth)
+        self._queue_wait(waited)
+
+    def observe_batch(self, lane: str, rows: int, seconds: float) -> None:
+        """One model call of the micro-batcher: its lane, size and time."""
+        self._batches[lane](1)
+        self._batch_size(rows)
+        self._inference(seconds)
+        self._rows_scored(rows)
+
     def observe_scores(
         self, probabilities: npt.NDArray[np.float32], band_edges: npt.NDArray[np.float64]
     ) -> None:
         """One batch's scores: the score histogram and the risk-band counters (bands as
-        `RiskBands.assign` with thresholds `band_edges`), counted in one compiled pass."""
-        if probabilities.size == 0:
+        `RiskBands.assign` with thresholds `band_edges`), counted in one compiled pass; a batch
+        of one or two (a lone caller's) by a binary search each, without the compiled call's
+        fixed cost."""
+        n = probabilities.size
+        if n == 0:
+            return
+        if n <= 2:
+            for p in probabilities.tolist():
+                if p == p:
+                    self._score_bucket[bisect_left(SCORE_BUCKETS, p)](1)
+                    self._bands[bisect_right(self._edges(band_edges), p)](1)  # as band_of
+                else:  # NaN: the +Inf bucket and the top band, as the compiled count does
+                    self._score_bucket[-1](1)
+                    self._bands[-1](1)
+                self._score_sum(p)
             return
         counts = np.zeros(len(SCORE_BUCKETS) + 1 + len(RISK_BANDS), dtype=np.int64)
         total = _score_counts(probabilities, _SCORE_EDGES, band_edges, counts)

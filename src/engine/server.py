@@ -29,6 +29,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from engine import jit
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher, concat_matrices
@@ -148,6 +149,7 @@ class EngineServer:
 
     def _swapped(self, model: ServingModel) -> None:
         self.metrics.set_model(model.name, model.version, model.loaded_at)
+        self.metrics.observe_kernels()
         freeze_heap()
 
     async def start(self) -> int:
@@ -169,6 +171,7 @@ class EngineServer:
             concat_matrices,
             max_batch_rows=s.max_batch_rows,
             max_wait_s=s.max_wait_s,
+            inline_rows=s.inline_rows,
             max_queue_rows=s.max_queue_rows,
             max_inflight_batches=s.max_inflight_batches,
             coalesce=s.batching,
@@ -182,6 +185,7 @@ class EngineServer:
             concat_matrices,
             max_batch_rows=s.max_batch_rows,
             max_wait_s=s.max_wait_s,
+            inline_rows=s.inline_rows,
             max_queue_rows=s.max_queue_rows,
             max_inflight_batches=1,
             coalesce=s.batching,
@@ -354,8 +358,29 @@ class EngineServer:
         log.info("stopped after draining for %.2fs", time.monotonic() - started)
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux: /proc; elsewhere since engine.server was imported)."""
+    try:
+        with open("/proc/self/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+_IMPORTED = time.monotonic()
+
+
 async def serve(settings: Settings) -> int:
     """Run one engine process until SIGTERM/SIGINT; returns the exit code."""
+    if jit.CACHE_STATE == "empty":
+        log.info(
+            "compiling the engine's kernels: none compiled yet for this build and CPU in %s "
+            "(10-20 s, once; `engine compile` does it ahead)",
+            jit.CACHE_DIR,
+        )
     engine = EngineServer(settings)
     if settings.metrics_port and settings.workers == 1:
         start_http_server(settings.metrics_port, registry=engine.metrics.registry)
@@ -373,7 +398,19 @@ async def serve(settings: Settings) -> int:
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     port = await engine.start()
     # signal handlers are in place before this line: a supervisor may act on it at once
-    log.info("serving %s on %s:%d (pid %d)", SCORER_SERVICE, settings.host, port, os.getpid())
+    hits, misses = jit.compile_counts()
+    log.info(
+        "serving %s on %s:%d (pid %d), %.2f s after the process started; kernels: %d from the "
+        "cache, %d compiled (%s)",
+        SCORER_SERVICE,
+        settings.host,
+        port,
+        os.getpid(),
+        process_age(),
+        hits,
+        misses,
+        jit.describe(),
+    )
     await stop.wait()
     log.info("shutdown requested: draining for up to %.1fs", settings.grace_seconds)
     await engine.stop()

@@ -241,6 +241,10 @@ def test_entrypoint_serves_healthcheck_passes_sigterm_exits_zero(built: Built) -
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
         assert re.search(r'^engine_model_info\{.*version="[^"]+".*\} 1\.0$', metrics, re.M), metrics[:2000]
+        # the kernels compiled in the builder served the start: nothing was compiled at start
+        assert re.search(r"^engine_kernels_compiled 0\.0$", metrics, re.M), metrics[:2000]
+        loaded = re.search(r"^engine_kernels_loaded (\d+)\.0$", metrics, re.M)
+        assert loaded is not None and int(loaded.group(1)) > 0
 
         server.send_signal(signal.SIGTERM)
         out, _ = server.communicate(timeout=30)
@@ -250,6 +254,16 @@ def test_entrypoint_serves_healthcheck_passes_sigterm_exits_zero(built: Built) -
             server.communicate()
     assert server.returncode == 0, out
     assert "draining" in out
+    started = re.search(
+        r"serving \S+ on \S+ \(pid \d+\), ([\d.]+) s after the process started; kernels: "
+        r"(\d+) from the cache, (\d+) compiled \(kernel cache (\S+) \((\w+);",
+        out,
+    )
+    assert started is not None, out
+    seconds, loaded_n, compiled_n, cache, state = started.groups()
+    assert int(compiled_n) == 0 and int(loaded_n) > 0 and state == "shipped", out
+    assert Path(cache).is_relative_to(built.root), out  # ENGINE_KERNEL_CACHE of the image, rerooted
+    print(f"\nimage start: serving {seconds} s after the process started, {loaded_n} kernels from the cache")
     # the bundle it served is the one inside the installed wheel, not the source tree
     loaded = re.search(r"loaded from (\S+)", out)
     assert loaded is not None and Path(loaded.group(1)).is_relative_to(venv), out

@@ -7,15 +7,14 @@ that a column-at-a-time version pays, and a 256-trade call stays in cache.
 
 Everything a kernel depends on arrives as an argument (no module globals but
 the column numbers below), so a cached compile can never go stale against a
-changed enum or bundle.
+changed bundle; a changed source file anywhere in the package is a new kernel
+cache (`engine.jit`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TypeAlias
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -45,11 +44,10 @@ from engine.features.rows import (
     X_SSI,
     X_TRADE_DAY,
 )
+from engine.jit import Int, compiled
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-#: an integer inside compiled code: numba's int64 and Python's int are one type there
-Int: TypeAlias = int | np.int64
 
 # -- validation rules, in reporting order (ties on the trade index go to the earlier rule)
 R_TRADE_ID_EMPTY = 0
@@ -93,10 +91,6 @@ MAX_PRICE = 1e12
 MAX_INVENTORY_RATIO = 1e9
 MIN_ADV = 1e-6
 MAX_ADV = 1e15
-
-#: the one set of compile options: cached on disk, GIL released, numpy semantics for
-#: float errors (x / 0 is inf, not an exception)
-compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
 @compiled

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +57,31 @@ def onnx_session(model: str | bytes, intra_op_threads: int = 1) -> Any:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def fast_run(session: Any) -> Callable[[list[str], dict[str, Any]], list[Any]]:
+    """`session.run` without the Python wrapper's per-call work, where the session allows it.
+
+    onnxruntime's `InferenceSession.run` checks the input names in Python, then calls
+    its C++ session with no RunOptions, which it then makes anew for every call: for a
+    one-row batch that is about 5 of the call's 16 us. The engine's inputs are right by
+    construction (one float32 input, named from the model), so it calls the C++
+    session (`_sess`, onnxruntime's own attribute) with one RunOptions made once; an
+    onnxruntime without it gets the public method.
+    """
+    inner = getattr(session, "_sess", None)
+    if inner is None or not callable(getattr(inner, "run", None)):
+        run: Callable[[list[str], dict[str, Any]], list[Any]] = session.run
+        return run
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+
+    def run_fast(outputs: list[str], feeds: dict[str, Any]) -> list[Any]:
+        result: list[Any] = inner.run(outputs, feeds, options)
+        return result
+
+    return run_fast
 
 
 def sha256_file(path: Path) -> str:
@@ -144,6 +169,7 @@ class ModelBundle:
         self._session = session
         self._input_name = input_name
         self._output = [output_name]
+        self._run = fast_run(session)
         self.loaded_at = time.time()
 
     @property
@@ -161,7 +187,7 @@ class ModelBundle:
 
     def predict(self, features: F32) -> F32:
         """Failure probability for each row of a float32 [n, F] matrix."""
-        probs = self._session.run(self._output, {self._input_name: features})[0]
+        probs = self._run(self._output, {self._input_name: features})[0]
         return np.ascontiguousarray(probs[:, 1])
 
     @staticmethod

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import BundleError
-from engine.features.kernels import compiled
+from engine.jit import compiled
 
 #: band names in ascending order of risk; LOW has no threshold (it starts at 0)
 BAND_NAMES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")

@@ -1,13 +1,13 @@
-"""TreeSHAP contributions of the bundle's LightGBM model, from its model text, in one compiled kernel.
+"""TreeSHAP contributions of the bundle's LightGBM model, from its model text, in compiled kernels.
 
 Why the engine's own: LightGBM's `pred_contrib` costs about 0.7 ms of CPU per row
 for the default model (141 trees of 31 leaves, paths up to 17 deep; one thread,
 lightgbm 4.6 on this project's VM) and would make lightgbm and libgomp runtime
-dependencies of the image. This kernel computes the same path-dependent TreeSHAP values
+dependencies of the image. These kernels compute the same path-dependent TreeSHAP values
 (Lundberg et al. 2020, "From local explanations to global understanding with
 explainable AI for trees", Algorithm 2), checked against `pred_contrib` in
-tests/test_reasons.py, in a leaf-by-leaf form that uses the fact that a row
-either follows an edge or not:
+tests/test_reasons.py, leaf by leaf, with the part that depends only on the model
+computed once per bundle (the idea of FastTreeSHAP v2, Yang 2021, arXiv:2109.09847):
 
 - For a leaf l with value v, the unique features U on its path (d = |U|), each
   feature u's zero fraction z_u (the product of child/parent data counts over
@@ -17,17 +17,20 @@ either follows an edge or not:
       v * (o_i - z_i) * sum_{S subset of U - {i}} w(|S|, d) * prod_{j in S} o_j * prod_{j in U - S - {i}} z_j
 
   with the Shapley weights w(k, d) = k! (d - k - 1)! / d!.
-- Let P be the features the row follows. Only subsets of P survive; with
-  Z = prod of z over U - P and the polynomial p(t) = prod_{j in P} (z_j + t):
-  * every i outside P gets  -v * Z * sum_k w(k, d) [t^k] p(t)   (one value for all of them);
-  * every i in P gets  v * (1 - z_i) * Z * sum_k w(k, d) [t^k] (p(t) / (z_i + t)).
+- Only subsets of the features the row follows (P) survive. With
 
-So a leaf costs O(d |P|) multiply-adds and no recursion. Two kernels compute it:
-`_tree_shap_rows` row by row (about 0.25-0.35 ms of CPU per row for the default
-model) and, from `BLOCK_MIN_ROWS` rows on, `_tree_shap_block`, all rows at once
-without row-dependent branches (0.10-0.14 ms per row). `loadtest/explain_cost.py`
-measures both against `pred_contrib` side by side; tests/test_reasons.py checks
-the values of both against it.
+      T_l(Q) = v * sum_{S subset of Q} w(|S|, d) * prod_{j in U - S} z_j      for Q a subset of U,
+
+  every i outside P gets -T_l(P), and every i in P gets (1 - z_i) / z_i * T_l(P - {i}).
+
+T_l depends on the model alone: `TreeExplainer.from_text` tabulates it for each leaf
+and each of the 2^d subsets (262,144 values, 2 MB, for the default model, whose
+paths hold at most 11 distinct features). Explaining a row is then, per leaf, the
+pattern P of the edges it follows, one table entry per feature of the leaf, and a
+multiply-add: no polynomial per row. Two kernels run it: `_tree_shap_rows` row by
+row, and, from `BLOCK_MIN_ROWS` rows on, `_tree_shap_block`, all rows at once per
+leaf with no branch that depends on a row (its inner loops run over contiguous
+rows). `loadtest/explain_cost.py` measures both against `pred_contrib` side by side.
 Contributions are in the model's raw (log-odds) space; with the bias they add
 up to the raw score. `engine.scoring.servable` checks on the bundle's golden rows
 that they reproduce ONNX Runtime's probabilities before the bundle may serve.
@@ -43,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import BundleError
-from engine.features.kernels import compiled
+from engine.jit import compiled
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -57,9 +60,12 @@ _MISSING_NAN = 2
 _ZERO = 1e-35
 B = npt.NDArray[np.bool_]
 #: what the kernels take, in this order: nodes (feature, threshold, default left, missing type),
-#: leaves (value, edge start), edges (node, left, slot), unique features (start, feature, zero
-#: fraction), the Shapley weights
-_Arrays = tuple[I64, F64, B, I64, F64, I64, I64, B, I64, I64, I64, F64, F64]
+#: leaves' edges (start per leaf, node, went left, the slot of the edge's feature), leaves'
+#: unique features (start per leaf, feature, (1 - z) / z), leaves' tables (start per leaf, T)
+_Arrays = tuple[I64, F64, B, I64, I64, I64, B, I64, I64, I64, F64, I64, F64]
+#: LightGBM paths hold a feature at most once per slot; a leaf with more distinct features than
+#: this would need a table of 2^d entries that the engine refuses to build
+MAX_PATH_FEATURES = 20
 
 #: from this many rows on, `_tree_shap_block` (all rows at once, per leaf) beats `_tree_shap_rows`
 BLOCK_MIN_ROWS = 8
@@ -164,7 +170,11 @@ class TreeExplainer:
     unique_start: I64  # [leaves + 1] into unique_feature / unique_zero
     unique_feature: I64
     unique_zero: F64
-    weights: F64  # [d_max + 1, d_max + 1]: w(k, d) at [d, k]
+    #: (1 - z) / z per unique feature of each leaf
+    unique_ratio: F64
+    table_start: I64  # [leaves + 1] into table
+    #: T_l(Q) for each leaf l and each subset Q of its unique features (bit u: the leaf's u-th)
+    table: F64
 
     @staticmethod
     def from_text(text: str, where: str = "model text") -> TreeExplainer:
@@ -229,10 +239,19 @@ class TreeExplainer:
                     leaf_value.append(tree.leaf_value[leaf])
                     bias += tree.leaf_value[leaf] * tree.leaf_count[leaf] / root_count
                     d_max = max(d_max, len(zeros))
+        if d_max > MAX_PATH_FEATURES:
+            raise BundleError(
+                f"{where}: a path holds {d_max} distinct features; reasons are computed for at most "
+                f"{MAX_PATH_FEATURES}"
+            )
         weights = np.zeros((d_max + 1, d_max + 1))
         for d in range(1, d_max + 1):
             for k in range(d):
                 weights[d, k] = math.factorial(k) * math.factorial(d - k - 1) / math.factorial(d)
+        starts = np.asarray(unique_start, dtype=np.int64)
+        zero_fraction = np.asarray(unique_zero, dtype=np.float64)
+        values = np.asarray(leaf_value, dtype=np.float64)
+        table_start, table = _leaf_tables(values, starts, zero_fraction, weights)
         return TreeExplainer(
             n_features,
             bias,
@@ -241,15 +260,17 @@ class TreeExplainer:
             np.asarray(node_threshold, dtype=np.float64),
             np.asarray(node_default_left, dtype=np.bool_),
             np.asarray(node_missing, dtype=np.int64),
-            np.asarray(leaf_value, dtype=np.float64),
+            values,
             np.asarray(edge_start, dtype=np.int64),
             np.asarray(edge_node, dtype=np.int64),
             np.asarray(edge_left, dtype=np.bool_),
             np.asarray(edge_slot, dtype=np.int64),
-            np.asarray(unique_start, dtype=np.int64),
+            starts,
             np.asarray(unique_feature, dtype=np.int64),
-            np.asarray(unique_zero, dtype=np.float64),
-            weights,
+            zero_fraction,
+            (1.0 - zero_fraction) / zero_fraction,
+            table_start,
+            table,
         )
 
     @staticmethod
@@ -267,15 +288,15 @@ class TreeExplainer:
             self.node_threshold,
             self.node_default_left,
             self.node_missing,
-            self.leaf_value,
             self.edge_start,
             self.edge_node,
             self.edge_left,
             self.edge_slot,
             self.unique_start,
             self.unique_feature,
-            self.unique_zero,
-            self.weights,
+            self.unique_ratio,
+            self.table_start,
+            self.table,
         )
 
     def contributions(self, features: npt.NDArray[np.float32]) -> F64:
@@ -307,6 +328,44 @@ def _goes_left(v: float, threshold: float, missing: int, default_left: bool) -> 
 
 
 @compiled
+def _leaf_tables(leaf_value: F64, unique_start: I64, unique_zero: F64, weights: F64) -> tuple[I64, F64]:
+    """Each leaf's T_l(Q) for every subset Q of its unique features (see the module's docstring).
+
+    Q's bit u stands for the leaf's u-th unique feature. T_l(Q) = v * sum_k w(k, d) [t^k] p_Q(t)
+    with p_Q(t) = prod_{j in Q} (z_j + t) * prod_{j in U - Q} z_j, built one factor at a time
+    (degree |Q| <= d - 1 wherever a kernel reads it; T_l(U) is never read).
+    """
+    n_leaves = leaf_value.shape[0]
+    start = np.zeros(n_leaves + 1, dtype=np.int64)
+    for leaf in range(n_leaves):
+        start[leaf + 1] = start[leaf] + (1 << (unique_start[leaf + 1] - unique_start[leaf]))
+    table = np.zeros(start[n_leaves], dtype=np.float64)
+    poly = np.empty(weights.shape[0] + 1, dtype=np.float64)
+    for leaf in range(n_leaves):
+        u0 = unique_start[leaf]
+        d = unique_start[leaf + 1] - u0
+        for q in range(1 << d):
+            poly[0] = 1.0
+            m = 0
+            for u in range(d):
+                z = unique_zero[u0 + u]
+                if (q >> u) & 1:  # times (z + t)
+                    poly[m + 1] = poly[m]
+                    for k in range(m, 0, -1):
+                        poly[k] = poly[k] * z + poly[k - 1]
+                    poly[0] *= z
+                    m += 1
+                else:  # times z
+                    for k in range(m + 1):
+                        poly[k] *= z
+            total = 0.0
+            for k in range(min(m, d - 1) + 1):
+                total += weights[d, k] * poly[k]
+            table[start[leaf] + q] = leaf_value[leaf] * total
+    return start, table
+
+
+@compiled
 def _tree_shap_rows(x: npt.NDArray[np.float32], model: _Arrays, out: F64) -> None:
     """Each row's contributions, row by row (see the module's docstring)."""
     (
@@ -314,154 +373,107 @@ def _tree_shap_rows(x: npt.NDArray[np.float32], model: _Arrays, out: F64) -> Non
         node_threshold,
         node_default_left,
         node_missing,
-        leaf_value,
         edge_start,
         edge_node,
         edge_left,
         edge_slot,
         unique_start,
         unique_feature,
-        unique_zero,
-        weights,
+        unique_ratio,
+        table_start,
+        table,
     ) = model
     n_nodes = node_feature.shape[0]
-    d_max = weights.shape[0]
+    n_leaves = table_start.shape[0] - 1
     goes_left = np.empty(n_nodes, dtype=np.bool_)
-    follows = np.empty(d_max, dtype=np.bool_)
-    poly = np.empty(d_max + 1, dtype=np.float64)
+    acc = np.zeros(2 * x.shape[1], dtype=np.float64)  # two accumulators: leaf by leaf, alternating
     for r in range(x.shape[0]):
         # every split's decision for this row, as LightGBM's NumericalDecision takes it
         for j in range(n_nodes):
             goes_left[j] = _goes_left(
                 float(x[r, node_feature[j]]), node_threshold[j], node_missing[j], node_default_left[j]
             )
-        for leaf in range(leaf_value.shape[0]):
+        acc[:] = 0.0
+        for leaf in range(n_leaves):
             u0 = unique_start[leaf]
             d = unique_start[leaf + 1] - u0
-            for u in range(d):
-                follows[u] = True
+            followed = (1 << d) - 1  # P, bit u for the leaf's u-th feature
             for e in range(edge_start[leaf], edge_start[leaf + 1]):
-                follows[edge_slot[e]] &= goes_left[edge_node[e]] == edge_left[e]
-            # Z * p(t), Z folded in: times (z + t) for a followed feature, times z for another
-            poly[0] = 1.0
-            m = 0
+                missed = np.int64(goes_left[edge_node[e]] != edge_left[e])
+                followed &= ~(missed << edge_slot[e])
+            t0 = table_start[leaf]
+            outside = table[t0 + followed]
+            base = (leaf & 1) * x.shape[1]
             for u in range(d):
-                z = unique_zero[u0 + u]
-                t = 1.0 if follows[u] else 0.0
-                poly[m + 1] = 0.0
-                for k in range(m + 1, 0, -1):
-                    poly[k] = poly[k] * z + t * poly[k - 1]
-                poly[0] *= z
-                m += follows[u]
-            value = leaf_value[leaf]
-            outside = 0.0
-            for k in range(m + 1):
-                outside += weights[d, k] * poly[k]
-            for u in range(d):
-                f = unique_feature[u0 + u]
-                if follows[u]:
-                    z = unique_zero[u0 + u]
-                    # Z * p(t) / (z + t), highest coefficient first, weighted as it goes
-                    q = poly[m]
-                    s = weights[d, m - 1] * q
-                    for k in range(m - 1, 0, -1):
-                        q = poly[k] - z * q
-                        s += weights[d, k - 1] * q
-                    out[r, f] += value * (1.0 - z) * s
-                else:
-                    out[r, f] -= value * outside
+                inside = np.float64((followed >> u) & 1)
+                gain = unique_ratio[u0 + u] * table[t0 + (followed ^ (1 << u))]
+                acc[base + unique_feature[u0 + u]] += inside * (gain + outside) - outside
+        for f in range(x.shape[1]):
+            out[r, f] += acc[f] + acc[x.shape[1] + f]
 
 
 @compiled
 def _tree_shap_block(x: npt.NDArray[np.float32], model: _Arrays, out: F64) -> None:
     """`_tree_shap_rows`'s values for many rows at once: leaf by leaf, every step a loop over the rows.
 
-    No branch depends on a row: a followed feature multiplies by (z + t), any other by z, with
-    t in {0, 1}; the division by (z + t) runs on the full degree d (coefficients above the row's
-    |P| are zeros) and is kept for the followed features only. The inner loops run over
-    contiguous rows, which the compiler vectorises: 100-140 us per row from a dozen rows on,
-    against about 300 row by row (`loadtest/explain_cost.py`), but far slower for one row.
+    No branch depends on a row: the pattern of each row is built with masks, and a feature's
+    update is `inside * (gain + outside) - outside` with inside in {0, 1}. The inner loops run
+    over contiguous rows, which the compiler vectorises.
     """
     (
         node_feature,
         node_threshold,
         node_default_left,
         node_missing,
-        leaf_value,
         edge_start,
         edge_node,
         edge_left,
         edge_slot,
         unique_start,
         unique_feature,
-        unique_zero,
-        weights,
+        unique_ratio,
+        table_start,
+        table,
     ) = model
     n = x.shape[0]
     n_nodes = node_feature.shape[0]
-    d_max = weights.shape[0]
+    n_leaves = table_start.shape[0] - 1
     columns = np.ascontiguousarray(x.T).astype(np.float64)
-    goes_left = np.empty((n_nodes, n), dtype=np.float64)  # 1.0: the row goes left at the node
-    follows = np.empty((d_max, n), dtype=np.float64)  # 1.0: the row follows the leaf's feature
-    poly = np.empty((d_max + 1, n), dtype=np.float64)
-    outside = np.empty(n, dtype=np.float64)
-    q = np.empty(n, dtype=np.float64)
-    s = np.empty(n, dtype=np.float64)
-    acc = np.zeros((x.shape[1], n), dtype=np.float64)
+    goes_right = np.empty((n_nodes, n), dtype=np.int64)  # 1: the row goes right at the node
     for j in range(n_nodes):
         f = node_feature[j]
         for r in range(n):
             left = _goes_left(columns[f, r], node_threshold[j], node_missing[j], node_default_left[j])
-            goes_left[j, r] = 1.0 if left else 0.0
-    for leaf in range(leaf_value.shape[0]):
+            goes_right[j, r] = 0 if left else 1
+    followed = np.empty(n, dtype=np.int64)
+    outside = np.empty(n, dtype=np.float64)
+    acc = np.zeros((x.shape[1], n), dtype=np.float64)
+    for leaf in range(n_leaves):
         u0 = unique_start[leaf]
         d = unique_start[leaf + 1] - u0
-        for u in range(d):
-            for r in range(n):
-                follows[u, r] = 1.0
+        full = (np.int64(1) << d) - 1
+        for r in range(n):
+            followed[r] = full
         for e in range(edge_start[leaf], edge_start[leaf + 1]):
             node = edge_node[e]
-            slot = edge_slot[e]
-            if edge_left[e]:
+            bit = np.int64(1) << edge_slot[e]
+            if edge_left[e]:  # missed when the row goes right
                 for r in range(n):
-                    follows[slot, r] *= goes_left[node, r]
+                    followed[r] &= ~(goes_right[node, r] * bit)
             else:
                 for r in range(n):
-                    follows[slot, r] *= 1.0 - goes_left[node, r]
+                    followed[r] &= ~((1 - goes_right[node, r]) * bit)
+        t0 = table_start[leaf]
         for r in range(n):
-            poly[0, r] = 1.0
+            outside[r] = table[t0 + followed[r]]
         for u in range(d):
-            z = unique_zero[u0 + u]
-            for r in range(n):
-                poly[u + 1, r] = follows[u, r] * poly[u, r]
-            for k in range(u, 0, -1):
-                for r in range(n):
-                    poly[k, r] = poly[k, r] * z + follows[u, r] * poly[k - 1, r]
-            for r in range(n):
-                poly[0, r] *= z
-        value = leaf_value[leaf]
-        for r in range(n):
-            outside[r] = 0.0
-        for k in range(d):
-            w = weights[d, k]
-            for r in range(n):
-                outside[r] += w * poly[k, r]
-        for u in range(d):
-            z = unique_zero[u0 + u]
             f = unique_feature[u0 + u]
-            gain = value * (1.0 - z)
-            w = weights[d, d - 1]
+            ratio = unique_ratio[u0 + u]
+            bit = np.int64(1) << u
             for r in range(n):
-                q[r] = poly[d, r]
-                s[r] = w * q[r]
-            for k in range(d - 1, 0, -1):
-                w = weights[d, k - 1]
-                for r in range(n):
-                    q[r] = poly[k, r] - z * q[r]
-                    s[r] += w * q[r]
-            for r in range(n):
-                t = follows[u, r]
-                acc[f, r] += t * gain * s[r] - (1.0 - t) * value * outside[r]
+                p = followed[r]
+                inside = np.float64((p >> u) & 1)
+                acc[f, r] += inside * (ratio * table[t0 + (p ^ bit)] + outside[r]) - outside[r]
     for f in range(x.shape[1]):
         for r in range(n):
             out[r, f] += acc[f, r]

@@ -54,7 +54,7 @@ from engine._proto.inference import grpc_predict_v2_pb2 as pb
 from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher
 from engine.errors import EngineError, InvalidInput, ModelNotFound
-from engine.metrics import EngineMetrics
+from engine.metrics import EngineMetrics, size_class
 from engine.models.registry import ModelRegistry
 from engine.scoring.servable import ServingModel
 
@@ -265,6 +265,7 @@ class InferenceService:
         self._registry = registry
         self._batcher = batcher
         self._metrics = metrics
+        self._call_time = metrics.call_time["ModelInfer"]
         self._calls = calls
         self._max_rows = max_rows_per_request
         self._view: _ModelView | None = None
@@ -330,6 +331,8 @@ class InferenceService:
     ) -> pb.ModelInferResponse:
         if not self._calls.enter():
             await self._calls.refuse(context)
+        started = time.perf_counter()
+        rows = 0
         try:
             remaining = context.time_remaining()
             deadline = time.monotonic() + remaining if remaining is not None else None
@@ -337,6 +340,7 @@ class InferenceService:
                 view = self._current()
                 view.check(request.model_name, request.model_version, "model_name")
                 matrix, raw = view.features(request, self._max_rows)
+                rows = len(matrix)
                 outputs = _requested(request)
                 probabilities = await self._batcher.submit(view.model, matrix, deadline)
             except EngineError as exc:
@@ -346,6 +350,8 @@ class InferenceService:
                 await context.abort(exc.code, exc.client_message())
             return _response(request, view.model, outputs, probabilities, raw)
         finally:
+            if rows:  # its rows were read (calls refused before are in engine_rejected_calls_total)
+                self._call_time[size_class(rows)](time.perf_counter() - started)
             self._calls.leave()
 
 

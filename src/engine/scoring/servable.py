@@ -9,16 +9,19 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from prometheus_client import CollectorRegistry
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.errors import BundleError
 from engine.features.columns import TradeColumns
 from engine.features.compute import FeaturePlan
 from engine.features.pairs import PAIR_FEATURES, PairStats
+from engine.metrics import EngineMetrics
 from engine.models.bundle import GOLDEN_TOLERANCE, ModelBundle, onnx_session
 from engine.models.spec import BAND_NAMES
-from engine.models.treeshap import TreeExplainer
-from engine.scoring.wire import WireTables, prepare_request, response_bytes
+from engine.models.treeshap import BLOCK_MIN_ROWS, TreeExplainer
+from engine.scoring.reasons import ReasonFields, reasons_bytes
+from engine.scoring.wire import WireTables, prepare_request, response_bytes, trade_count
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -117,6 +120,8 @@ class TradeExplainer:
     codes: tuple[str, ...]
     #: per feature, its categories (empty for a numeric feature)
     categories: tuple[tuple[str, ...], ...]
+    #: `codes` and `categories` as serialized Reason.code / Reason.category fields
+    fields: ReasonFields
 
     @staticmethod
     def load(bundle: ModelBundle) -> TradeExplainer | None:
@@ -137,10 +142,13 @@ class TradeExplainer:
                 f"{where}: does not reproduce model.onnx on the golden rows (max diff {diff:.3g}): "
                 "it is not the model the graph was exported from"
             )
+        codes = tuple(f.name.upper() for f in spec.features)
+        categories = tuple(tuple(f.categories) if f.kind == "categorical" else () for f in spec.features)
         return TradeExplainer(
             shap,
-            tuple(f.name.upper() for f in spec.features),
-            tuple(tuple(f.categories) if f.kind == "categorical" else () for f in spec.features),
+            codes,
+            categories,
+            ReasonFields.build(codes, categories),
         )
 
 
@@ -196,33 +204,43 @@ class ServingModel:
 
 
 def _warm_up(model: ServingModel) -> None:
-    """Run one request through every compiled step, so no caller waits for a compile.
+    """Run every compiled step of the serving path once, so that no caller waits for a compile.
 
     numba compiles each kernel on first use (seconds) and caches the machine code
-    on disk (NUMBA_CACHE_DIR, else __pycache__ next to the sources): with a warm
-    cache this takes milliseconds.
+    on disk (`engine.jit`): with a warm cache this takes milliseconds. Each kernel
+    needs one call per argument types, not per size: one trade and a block of
+    trades cover the request path, the shedding count, the score metrics, both
+    TreeSHAP kernels and the reasons encoder.
     """
-    trade = pb.Trade(
-        trade_id="warm-up",
-        account_id="A",
-        counterparty_id="C",
-        instrument_id="I",
-        asset_class=pb.ASSET_CLASS_EQUITY,
-        side=pb.SIDE_BUY,
-        quantity=1.0,
-        price=1.0,
-        currency="USD",
-        trade_date="2026-01-02",
-        settlement_date="2026-01-06",
-        settlement_venue="V",
-        inventory_ratio=1.0,
-    )
-    raw = pb.ScoreRequest(request_id="w", trades=[trade]).SerializeToString()
-    request, features = prepare_request(raw, model.wire, model.plan, 1)
-    probabilities = model.predict(features)
-    response_bytes(request, probabilities, model.band_edges, model.name_bytes, model.version_bytes)
-    if model.explainer is not None:
-        model.explainer.shap.contributions(features)
+    trades = [
+        pb.Trade(
+            trade_id=f"warm-up-{i}",
+            account_id="A",
+            counterparty_id="C",
+            instrument_id="I",
+            asset_class=pb.ASSET_CLASS_EQUITY,
+            side=pb.SIDE_BUY,
+            quantity=1.0 + i,
+            price=1.0,
+            currency="USD",
+            trade_date="2026-01-02",
+            settlement_date="2026-01-06",
+            settlement_venue="V",
+            inventory_ratio=1.0,
+        )
+        for i in range(BLOCK_MIN_ROWS)
+    ]
+    for n in (1, BLOCK_MIN_ROWS):
+        raw = pb.ScoreRequest(request_id="w", trades=trades[:n]).SerializeToString()
+        trade_count(raw)
+        request, features = prepare_request(raw, model.wire, model.plan, n)
+        probabilities = model.predict(features)
+        EngineMetrics(CollectorRegistry()).observe_scores(probabilities, model.band_edges)
+        response_bytes(request, probabilities, model.band_edges, model.name_bytes, model.version_bytes)
+        if model.explainer is not None:
+            rows = np.arange(n)
+            contributions = model.explainer.shap.contributions(features)
+            reasons_bytes(request, rows, features, contributions, model.explainer.fields, 0.0)
 
 
 def load_serving_model(path: Path, intra_op_threads: int = 1) -> ServingModel:

@@ -27,18 +27,17 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher
 from engine.errors import EngineError, InvalidInput, NoExplainer
-from engine.metrics import EngineMetrics
+from engine.metrics import EngineMetrics, size_class
 from engine.models.registry import ModelRegistry
 from engine.models.spec import BAND_NAMES
+from engine.scoring.reasons import reasons_bytes
 from engine.scoring.servable import ServingModel, TradeExplainer, explain_threshold
 from engine.scoring.streams import pipelined
-from engine.scoring.wire import T_TRADE_ID, WireRequest, prepare_request, response_bytes, trade_count
+from engine.scoring.wire import WireRequest, prepare_request, response_bytes, trade_count
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
-#: reasons per explained trade: the features with the largest positive contributions
-REASONS_PER_TRADE = 3
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,7 @@ class _Prepared:
     features: F32
     scores: asyncio.Future[F32]
     deadline: float | None
+    started: float  # time.perf_counter() when the request's bytes were taken up
 
 
 class TradeScorerService:
@@ -81,6 +81,9 @@ class TradeScorerService:
         self._stream_window = stream_window
         self._explainer = explain_batcher
         self._explain_band = explain_band
+        self._threshold: tuple[ServingModel | None, float] = (None, float("inf"))
+        self._call_time = metrics.call_time["Score"]
+        self._message_time = metrics.call_time["ScoreStream"]
 
     # -- shared steps ------------------------------------------------------------
 
@@ -101,6 +104,7 @@ class TradeScorerService:
 
     def _prepare(self, raw: bytes, deadline: float | None) -> _Prepared:
         """Decode, validate, compute features and queue one request; EngineError before queueing."""
+        started = time.perf_counter()
         model = self._registry.current
         if self._batcher.queued_rows:
             # under load: a call the queue has no room for is refused before its trades are decoded,
@@ -116,7 +120,15 @@ class TradeScorerService:
                 "(model.lgb.txt) to explain its scores"
             )
         future = self._batcher.submit(model, features, deadline)
-        return _Prepared(model, request, features, future, deadline)
+        return _Prepared(model, request, features, future, deadline, started)
+
+    def _explain_from(self, model: ServingModel) -> float:
+        """The lowest failure probability the server's --explain-band explains, for `model`."""
+        seen, threshold = self._threshold
+        if seen is not model:
+            threshold = float(explain_threshold(self._explain_band, model.band_edges))
+            self._threshold = (model, threshold)
+        return threshold
 
     async def _respond(self, prepared: _Prepared, probabilities: F32) -> bytes:
         """The response bytes: scores from the compiled encoder, then the reasons of the trades
@@ -132,13 +144,26 @@ class TradeScorerService:
         if explain == pb.EXPLAIN_ALL:
             rows = np.arange(len(probabilities))
         else:
-            rows = np.flatnonzero(probabilities >= explain_threshold(self._explain_band, model.band_edges))
-            if rows.size == 0:
-                return out
+            threshold = self._explain_from(model)
+            if len(probabilities) == 1:  # a lone trade: no array operation to find nothing
+                if not float(probabilities[0]) >= threshold:
+                    return out
+                rows = np.zeros(1, dtype=np.intp)
+            else:
+                rows = np.flatnonzero(probabilities >= threshold)
+                if rows.size == 0:
+                    return out
         features = prepared.features[rows]
         contributions = await self._explainer.submit(explainer, features, prepared.deadline)
         self._metrics.trades_explained.inc(len(rows))
-        return out + reasons_bytes(prepared.request, rows, features, contributions, explainer)
+        return out + reasons_bytes(
+            prepared.request,
+            rows,
+            features,
+            contributions,
+            explainer.fields,
+            explainer.shap.bias,
+        )
 
     def _count_reject(self, error: EngineError) -> None:
         count_rejection(self._metrics, error)
@@ -148,6 +173,7 @@ class TradeScorerService:
     async def Score(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         if not self._calls.enter():
             await self._calls.refuse(context)
+        prepared: _Prepared | None = None
         try:
             remaining = context.time_remaining()
             deadline = time.monotonic() + remaining if remaining is not None else None
@@ -158,6 +184,8 @@ class TradeScorerService:
                 self._count_reject(exc)
                 await context.abort(exc.code, exc.client_message())
         finally:
+            if prepared is not None:  # scored, or failed after its trades were read
+                self._call_time[size_class(len(prepared.features))](time.perf_counter() - prepared.started)
             self._calls.leave()
 
     async def ScoreStream(
@@ -166,7 +194,9 @@ class TradeScorerService:
         """Pipelined: reads ahead up to `stream_window` requests, answers in request order."""
 
         async def answer(raw: bytes, prepared: _Prepared) -> bytes:
-            return await self._respond(prepared, await prepared.scores)
+            out = await self._respond(prepared, await prepared.scores)
+            self._message_time[size_class(len(prepared.features))](time.perf_counter() - prepared.started)
+            return out
 
         def refused(raw: bytes, exc: EngineError) -> bytes:
             return pb.ScoreResponse(request_id=_request_id(raw), error=request_error(exc)).SerializeToString()
@@ -194,34 +224,6 @@ def count_rejection(metrics: EngineMetrics, error: EngineError) -> None:
     reason = REJECT_REASON_BY_CODE.get(error.code)
     if reason is not None:
         metrics.rejected.labels(reason).inc()
-
-
-def reasons_bytes(
-    request: WireRequest,
-    rows: npt.NDArray[np.intp],
-    features: F32,
-    contributions: F64,
-    explainer: TradeExplainer,
-) -> bytes:
-    """ScoreResponse.reasons of the trades `rows`: each one's features with the largest positive
-    contributions, largest first (argsort on the whole [rows, features] matrix at once)."""
-    top = np.argsort(-contributions, axis=1, kind="stable")[:, :REASONS_PER_TRADE]
-    top_contribution = np.take_along_axis(contributions, top, axis=1).tolist()
-    # float32 as its shortest decimal (0.6, not 0.6000000238418579): the value the model saw
-    top_value = [[float(str(v)) for v in row] for row in np.take_along_axis(features, top, axis=1)]
-    codes, categories = explainer.codes, explainer.categories
-    base = explainer.shap.bias
-    out = pb.ScoreResponse()
-    for i, row in enumerate(rows.tolist()):
-        entry = out.reasons.add(trade_index=row, trade_id=request.text(row, T_TRADE_ID), base_log_odds=base)
-        for j, contribution, value in zip(top[i].tolist(), top_contribution[i], top_value[i], strict=True):
-            if contribution <= 0.0:
-                break
-            reason = entry.reasons.add(code=codes[j], value=value, contribution=contribution)
-            names = categories[j]
-            if names and value == value and 0 <= int(value) < len(names):
-                reason.category = names[int(value)]
-    return out.SerializeToString()
 
 
 def _request_id(raw: bytes) -> str:

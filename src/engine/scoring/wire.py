@@ -21,6 +21,7 @@ runtime (upb) on random messages, and the encoder byte for byte.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,6 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.errors import BundleError, InvalidInput
 from engine.features import kernels as kn
 from engine.features.compute import FeaturePlan
-from engine.features.kernels import Int, compiled
 from engine.features.rows import (
     K_ASSET,
     K_CP_ROW,
@@ -61,6 +61,7 @@ from engine.features.rows import (
     TradeRows,
 )
 from engine.features.validate import LIMITS, check_count, raise_first_problem
+from engine.jit import Int, compiled
 from engine.models.spec import band_of
 
 U8 = npt.NDArray[np.uint8]
@@ -703,14 +704,14 @@ def prepare_trades(
     others: I64,
     columns: I64,
     width: Int,
-) -> tuple[Int, Int, Int, Int, npt.NDArray[np.float64], I64, I64, I64, I64, I64, I64, F32]:
+) -> tuple[bool, Int, Int, Int, Int, npt.NDArray[np.float64], I64, I64, I64, I64, I64, I64, F32]:
     """count_trades, decode_trades, kn.check_rows and kn.compute_rows in one compiled call.
 
-    Returns (trades, request id start, length, explain, x, k, text starts, text lengths,
+    Returns (ok, trades, request id start, length, explain, x, k, text starts, text lengths,
     decode error, first broken row per rule, rows per rule, features); every
     step runs only when the ones before it found nothing wrong (trades outside
     1..max_trades: nothing is decoded; a decode error: nothing is checked; a
-    broken rule: no features).
+    broken rule: no features). `ok`: every step ran and found nothing wrong.
     """
     n, rid_start, rid_len, explain = count_trades(buf)
     m = n if 0 < n <= max_trades else 0
@@ -723,16 +724,30 @@ def prepare_trades(
     count = np.zeros(kn.N_RULES, dtype=np.int64)
     features = np.empty((m, width), dtype=np.float32)
     if m == 0:
-        return n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
+        return False, n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
     decode_trades(buf, x, k, text_start, text_len, field_slot, blob, offsets, owner, value, slots, err)
     if err[0] != E_NONE:
-        return n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
+        return False, n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
     first, count = kn.check_rows(x, k, limits, np.zeros(0, dtype=np.bool_))
     for rule in range(kn.N_RULES):
         if first[rule] >= 0:
-            return n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
+            return (
+                False,
+                n,
+                rid_start,
+                rid_len,
+                explain,
+                x,
+                k,
+                text_start,
+                text_len,
+                err,
+                first,
+                count,
+                features,
+            )
     kn.compute_rows(x, k, refs, others, columns, features)
-    return n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
+    return True, n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
 
 
 def prepare_request(
@@ -745,27 +760,32 @@ def prepare_request(
     one call from Python instead of four, no intermediate array made in Python.
     """
     buf = np.frombuffer(raw, dtype=np.uint8)
-    n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features = prepare_trades(
-        buf,
-        max_trades,
-        FIELD_TEXT_SLOT,
-        tables.blob,
-        tables.offsets,
-        tables.owner,
-        tables.value,
-        tables.slots,
-        LIMITS,
-        plan.refs_values,
-        plan.others,
-        plan.columns,
-        plan.width,
+    ok, n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features = (
+        prepare_trades(
+            buf,
+            max_trades,
+            FIELD_TEXT_SLOT,
+            tables.blob,
+            tables.offsets,
+            tables.owner,
+            tables.value,
+            tables.slots,
+            LIMITS,
+            plan.refs_values,
+            plan.others,
+            plan.columns,
+            plan.width,
+        )
     )
-    _count_errors(int(n))
-    check_count(int(n), max_trades)
-    _check_explain(int(explain))
     request = WireRequest(
         buf, TradeRows(x, k), text_start, text_len, (int(rid_start), int(rid_len)), int(explain)
     )
+    if ok and explain in EXPLAIN_VALUES:  # the common case: nothing to report
+        return request, features
+    # in the order decode_request and validate_rows report them
+    _count_errors(int(n))
+    check_count(int(n), max_trades)
+    _check_explain(int(explain))
     _decode_errors(request, err)
     raise_first_problem(first, count)
     return request, features
@@ -884,8 +904,8 @@ def encode_response(
     buf: U8,
     rid_start: Int,
     rid_len: Int,
-    id_start: I64,
-    id_len: I64,
+    text_start: I64,
+    text_len: I64,
     probabilities: npt.NDArray[np.float32],
     band_edges: npt.NDArray[np.float64],
     name: U8,
@@ -895,6 +915,8 @@ def encode_response(
 
     Each trade's risk band is `engine.models.spec.band_of` its probability.
     """
+    id_start = text_start[:, T_TRADE_ID]
+    id_len = text_len[:, T_TRADE_ID]
     n = probabilities.shape[0]
     probs = probabilities.astype(np.float64)
     bits = probs.view(np.uint64)
@@ -965,6 +987,12 @@ def encode_response(
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _u8(text: bytes) -> U8:
+    """`text` as a uint8 array (model names and versions: a few per process)."""
+    return np.frombuffer(text, dtype=np.uint8)
+
+
 def response_bytes(
     request: WireRequest,
     probabilities: npt.NDArray[np.float32],
@@ -974,15 +1002,18 @@ def response_bytes(
 ) -> bytes:
     """The serialized ScoreResponse for `request` (trade ids copied from the request bytes; risk
     bands from `band_edges`, the model's `RiskBands.edges`)."""
+    if probabilities.dtype != np.float32 or not probabilities.flags.c_contiguous:
+        probabilities = np.ascontiguousarray(probabilities, dtype=np.float32)
+    rid_start, rid_len = request.request_id
     out = encode_response(
         request.buf,
-        request.request_id[0],
-        request.request_id[1],
-        request.text_start[:, T_TRADE_ID],
-        request.text_len[:, T_TRADE_ID],
-        np.ascontiguousarray(probabilities, dtype=np.float32),
+        rid_start,
+        rid_len,
+        request.text_start,
+        request.text_len,
+        probabilities,
         band_edges,
-        np.frombuffer(name, dtype=np.uint8),
-        np.frombuffer(version, dtype=np.uint8),
+        _u8(name),
+        _u8(version),
     )
     return out.tobytes()
