@@ -119,7 +119,8 @@ def _prepare() -> tuple[Path, str]:
 #: the kernel cache of this process, and whether it held compiled kernels when the process started
 #: ("cached": from an earlier run; "shipped": copied from the installed package; "empty": none)
 CACHE_DIR, CACHE_STATE = _prepare()
-numba.core.config.CACHE_DIR = str(CACHE_DIR)  # read by each kernel's cache locator
+_config: Any = numba.core.config  # its settings are module globals the stubs do not list
+_config.CACHE_DIR = str(CACHE_DIR)  # read by each kernel's cache locator
 
 #: every kernel declared with @compiled, in declaration order (`engine compile`, tests)
 KERNELS: list[Any] = []
