@@ -127,6 +127,9 @@ def _voluntary_switches() -> int:
 
 
 _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+#: a process whose CPU time grew by this share of the clock or more was busy all along
+_BUSY = 0.9
+
 
 
 class MicroBatcher(Generic[K, P]):
@@ -161,6 +164,8 @@ class MicroBatcher(Generic[K, P]):
         self._small: _Fifo[K, P] = _Fifo()
         self._large: _Fifo[K, P] = _Fifo()
         self._switches = -2  # the event loop thread's voluntary switches at the last small call
+        self._cpu = 0.0  # the process's CPU time then
+        self._at = 0.0  # and the time (monotonic)
         self._flush_timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._slots = max_inflight_batches
         self._free = max_inflight_batches
@@ -209,9 +214,14 @@ class MicroBatcher(Generic[K, P]):
         if small.rows >= self.inline_rows or not self.coalesce:
             self._flush_small()
         elif len(small.items) == 1:
-            switches = _voluntary_switches()
-            idle = switches != self._switches  # the loop blocked since the last small call
-            self._switches = switches
+            switches, cpu = _voluntary_switches(), time.process_time()
+            # idle: the loop blocked since the last small call (it waited for the network), and
+            # the process was not busy all along meanwhile (on one core the loop also blocks
+            # while gRPC's own threads run) unless that was a large batch in an inference thread
+            blocked = switches != self._switches
+            saturated = cpu - self._cpu >= _BUSY * (now - self._at) and self._free == self._slots
+            idle = blocked and not saturated
+            self._switches, self._cpu, self._at = switches, cpu, now
             if idle or self.max_wait_s <= 0.0:
                 self._flush_small()
             elif self._flush_timer is None:
