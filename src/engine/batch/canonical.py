@@ -1,0 +1,240 @@
+"""One side's piece of an extract, read through the mapping into the canonical frame.
+
+Both extracts become frames of the same columns, whatever each system calls and types them:
+
+| column | holds |
+| --- | --- |
+| `k0`, `k1`, ... | the key parts, as text |
+| `f0`, `f1`, ... | the compared fields, typed: text (normalised), number (float64, scaled), date and timestamp (float64 unix seconds; a date is its midnight, UTC) |
+| `d0`, `d1`, ... | the dimensions read from a column, as text (a dimension taken from a field has no column here) |
+| `_ts` | the record's last update (float64 unix seconds) |
+| `_side` | 0 for system A, 1 for system B |
+| `_order` | the row's place in its extract: piece number << 32 + row (file order; duplicates pair in it) |
+| `_hash` | a stable 64-bit hash of the key (pandas' SipHash of the key parts): the shuffle and the IsolationForest sample use it, the same on every machine |
+
+Missing values are nulls (text) or NaN (numbers, times). A value the mapping's type cannot
+hold is a `DataError` naming the file, the row, the column, the field and the key; a column
+the mapping names that the extract lacks is a `UsageError` (`check_columns`, on the client,
+before any task runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from engine.batch import sources
+from engine.batch.errors import DataError, UsageError
+from engine.batch.mapping import Column, Field, MappingSpec
+from engine.batch.sources import Piece
+
+F64 = npt.NDArray[np.float64]
+SIDE, ORDER, HASH, TS = "_side", "_order", "_hash", "_ts"
+_UNIT_SECONDS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+DAY = 86_400.0
+
+
+def key_columns(spec: MappingSpec) -> list[str]:
+    return [f"k{i}" for i in range(len(spec.key))]
+
+
+def field_columns(spec: MappingSpec) -> list[str]:
+    return [f"f{i}" for i in range(len(spec.fields))]
+
+
+def dimension_columns(spec: MappingSpec) -> list[str]:
+    return [f"d{i}" for i, d in enumerate(spec.dimensions) if d.field is None]
+
+
+def meta(spec: MappingSpec) -> pd.DataFrame:
+    """The canonical frame with no rows: its columns and dtypes (Dask's `meta`)."""
+    cols: dict[str, pd.Series] = {}
+    for k in key_columns(spec):
+        cols[k] = pd.Series([], dtype="str")
+    for name, f in zip(field_columns(spec), spec.fields, strict=True):
+        cols[name] = pd.Series([], dtype="str" if f.type == "text" else "float64")
+    for d in dimension_columns(spec):
+        cols[d] = pd.Series([], dtype="str")
+    cols[TS] = pd.Series([], dtype="float64")
+    cols[SIDE] = pd.Series([], dtype="int8")
+    cols[ORDER] = pd.Series([], dtype="int64")
+    cols[HASH] = pd.Series([], dtype="uint64")
+    return pd.DataFrame(cols)
+
+
+def _uses(spec: MappingSpec, side: str) -> list[tuple[str, str]]:
+    """(column, what the mapping reads it for) for every column of `side`."""
+    s = spec.side(side)
+    out = [(s.updated_at.name, f"{side}.updated_at")]
+    out += [(getattr(k, side).name, f"key part {k.name}") for k in spec.key]
+    out += [(getattr(f, side).name, f"field {f.name}") for f in spec.fields]
+    out += [(getattr(d, side).name, f"dimension {d.name}") for d in spec.dimensions if getattr(d, side) is not None]
+    return out
+
+
+def check_columns(piece: Piece, side: str, spec: MappingSpec) -> None:
+    """UsageError naming the source and each column the mapping reads that it lacks."""
+    have = set(sources.columns_of(piece))
+    missing = [(c, why) for c, why in _uses(spec, side) if c not in have]
+    if missing:
+        listed = "; ".join(f"{c!r} ({why})" for c, why in missing)
+        raise UsageError(
+            f"extract {side.upper()} ({piece.where()}): no column {listed} as {spec.path} says; "
+            f"its columns are: {', '.join(sorted(have))}"
+        )
+
+
+class _Context:
+    """What an error message needs: the side, the piece, the key of each row."""
+
+    def __init__(self, side: str, piece: Piece, keys: pd.DataFrame | None) -> None:
+        self.side = side
+        self.piece = piece
+        self.keys = keys
+
+    def fail(self, rows: npt.NDArray[np.bool_], column: str, what: str, problem: str, values: pd.Series) -> DataError:
+        bad = np.flatnonzero(rows)
+        first = int(bad[0])
+        key = ""
+        if self.keys is not None:
+            key = " (key " + ", ".join(f"{v}" for v in self.keys.iloc[first].tolist()) + ")"
+        more = f"; {bad.size - 1:,} more row(s) in this partition" if bad.size > 1 else ""
+        return DataError(
+            f"extract {self.side.upper()} ({self.piece.where(first)}){key}: column {column!r} ({what}): "
+            f"{problem}, got {str(values.iloc[first])[:60]!r}{more}"
+        )
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Any column as text: integers without a decimal point, integral floats likewise."""
+    kind = values.dtype.kind
+    if kind == "b":
+        return values.map({True: "true", False: "false"}).astype("str")
+    if kind in "iu":
+        return values.astype("str")
+    if kind == "f":
+        out = values.astype("str")
+        integral = values.notna() & (values == np.round(values)) & (values.abs() < 2**53)
+        out[integral] = values[integral].astype("int64").astype("str")
+        return out
+    if kind == "M":
+        return pd.Series(np.datetime_as_string(values.to_numpy(), unit="auto"), index=values.index).where(
+            values.notna()
+        ).astype("str")
+    return values.astype("str")
+
+
+def _normalised(values: pd.Series, steps: Sequence[str]) -> pd.Series:
+    for step in steps:
+        if step == "trim":
+            values = values.str.strip()
+        elif step == "lower":
+            values = values.str.lower()
+        elif step == "upper":
+            values = values.str.upper()
+        elif step == "collapse_whitespace":
+            values = values.str.replace(r"\s+", " ", regex=True)
+    return values
+
+
+def _number(values: pd.Series, col: Column, what: str, ctx: _Context) -> F64:
+    kind = values.dtype.kind
+    if kind in "bM" or (kind == "O" and values.map(lambda v: isinstance(v, bool)).any()):
+        holds = "booleans" if kind != "M" else "timestamps"
+        raise ctx.fail(values.notna().to_numpy(), col.name, what, f"holds {holds}, the mapping wants numbers", values)
+    if kind in "iuf":
+        out = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        text = values.astype("str").str.strip()
+        parsed = pd.to_numeric(text, errors="coerce")
+        out = np.asarray(parsed, dtype=np.float64)
+        bad = (text.notna() & (text != "")).to_numpy() & np.isnan(out)
+        if bad.any():
+            raise ctx.fail(bad, col.name, what, "not a number", values)
+    if col.scale is not None:
+        out = out * col.scale
+    bad = np.isinf(out)
+    if bad.any():
+        raise ctx.fail(bad, col.name, what, "not a finite number", values)
+    return out
+
+
+def _seconds(values: pd.Series, col: Column, what: str, ctx: _Context, day: bool) -> F64:
+    """Unix seconds (float64, NaN missing) from timestamps, epoch numbers or text; a day floors."""
+    kind = values.dtype.kind
+    if kind == "b":
+        raise ctx.fail(values.notna().to_numpy(), col.name, what, "holds booleans, the mapping wants times", values)
+    if kind in "iuf":
+        if col.unit is None:
+            raise UsageError(
+                f"extract {ctx.side.upper()} ({ctx.piece.where()}): column {col.name!r} ({what}) holds "
+                f"numbers: give its epoch unit in {what.split(' ')[-1]}'s column entry "
+                "({column: ..., unit: s|ms|us|ns})"
+            )
+        out = values.to_numpy(dtype=np.float64, na_value=np.nan) / _UNIT_SECONDS[col.unit]
+    elif kind == "M":
+        stamps = values.dt.tz_convert("UTC").dt.tz_localize(None) if values.dt.tz is not None else values
+        ns = stamps.astype("datetime64[ns]").to_numpy()
+        out = np.where(np.isnat(ns), np.nan, ns.astype("int64") / 1e9)
+    else:
+        if col.unit is not None:
+            return _seconds(pd.Series(_number(values, Column(col.name), what, ctx)), col, what, ctx, day)
+        present = values.notna().to_numpy().copy()
+        sample = values[values.notna()]
+        if len(sample) and not isinstance(sample.iloc[0], str):
+            parsed = pd.to_datetime(values, errors="coerce", utc=True)  # date / datetime objects (SQL)
+        else:
+            text = values.astype("str").str.strip()
+            parsed = pd.to_datetime(text, format=col.format or "ISO8601", errors="coerce", utc=True)
+            present &= (text != "").to_numpy()
+        ns = parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
+        bad = present & np.isnat(ns)
+        if bad.any():
+            want = f"a time as {col.format}" if col.format else "an ISO 8601 date or time"
+            raise ctx.fail(bad, col.name, what, f"not {want}", values)
+        out = np.where(np.isnat(ns), np.nan, ns.astype("int64") / 1e9)
+    out = np.asarray(out, dtype=np.float64)
+    return np.floor(out / DAY) * DAY if day else out
+
+
+def _field(values: pd.Series, f: Field, col: Column, ctx: _Context) -> pd.Series | F64:
+    what = f"field {f.name}"
+    if f.type == "text":
+        return _normalised(_text(values), f.normalise)
+    if f.type == "number":
+        return _number(values, col, what, ctx)
+    return _seconds(values, col, what, ctx, day=f.type == "date")
+
+
+def load(piece: Piece, side: str, spec: MappingSpec) -> pd.DataFrame:
+    """Read one piece of side `side` ("a" or "b") into the canonical frame."""
+    raw = sources.read(piece, spec.columns(side))
+    n = len(raw)
+    out: dict[str, object] = {}
+    keys = pd.DataFrame({k: _text(raw[getattr(part, side).name]).reset_index(drop=True)
+                         for k, part in zip(key_columns(spec), spec.key, strict=True)})  # fmt: skip
+    ctx = _Context(side, piece, keys)
+    for k, part in zip(key_columns(spec), spec.key, strict=True):
+        missing = keys[k].isna().to_numpy() | (keys[k].str.strip() == "").to_numpy()
+        if missing.any():
+            raise ctx.fail(missing, getattr(part, side).name, f"key part {part.name}", "empty key", keys[k])
+        out[k] = keys[k]
+    for name, f in zip(field_columns(spec), spec.fields, strict=True):
+        col = getattr(f, side)
+        out[name] = _field(raw[col.name].reset_index(drop=True), f, col, ctx)
+    for name, d in zip(dimension_columns(spec), (d for d in spec.dimensions if d.field is None), strict=True):
+        col = getattr(d, side)
+        out[name] = _text(raw[col.name].reset_index(drop=True)) if col is not None else pd.Series([None] * n, dtype="str")
+    updated = spec.side(side).updated_at
+    ts = _seconds(raw[updated.name].reset_index(drop=True), updated, f"{side}.updated_at", ctx, day=False)
+    if np.isnan(ts).any():
+        raise ctx.fail(np.isnan(ts), updated.name, f"{side}.updated_at", "no last-update time", raw[updated.name])
+    out[TS] = ts
+    out[SIDE] = np.full(n, 0 if side == "a" else 1, dtype=np.int8)
+    out[ORDER] = (np.int64(piece.number) << np.int64(32)) + np.arange(n, dtype=np.int64)
+    out[HASH] = pd.util.hash_pandas_object(keys, index=False).to_numpy()
+    frame = pd.DataFrame(out)
+    return frame.astype(meta(spec).dtypes.to_dict())

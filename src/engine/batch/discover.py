@@ -1,0 +1,256 @@
+"""`engine discover`: two extracts -> record pairs -> flagged breaks, a summary and a hotspot report.
+
+The Dask graph, the same on a local cluster and on a real one:
+
+```
+extract A pieces ─ canonical.load ─┐
+                                   ├─ concat ─ shuffle on the key hash ─ join.score_partition ─┬─ flagged/part-*.parquet
+extract B pieces ─ canonical.load ─┘   (P partitions)                     (per partition)     └─ PartStats ─┐
+                                                                                                            ▼
+                                    client: add up ─ hotspots ─ summary.json + report.html
+```
+
+Memory is bounded by the partition: pieces of `block_rows`, shuffle partitions of about
+`partition_rows` rows of each side, the shuffle itself Dask's (peer-to-peer on a distributed
+cluster: spilled to the workers' disks). Nothing is written into the inputs.
+
+With `--model isolation-forest`, one pass before: the rows of a hash sample of keys (the same
+keys on both sides) are gathered, joined and featurised on the client, and a forest is fitted
+on them (`engine.batch.models.fit_on_sample`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from engine.batch import canonical, sources
+from engine.batch.errors import UsageError
+from engine.batch.hotspots import rank, top
+from engine.batch.join import CLASS_ORDER, PartStats, join_pairs, pair_columns, score_partition
+from engine.batch.mapping import MappingSpec, mapping_to_json
+from engine.batch.models import PairModelRef, bundle_model, fit_on_sample, sample_mask
+
+Printer = Callable[[str], None]
+FLAGGED_DIR = "flagged"
+SUMMARY = "summary.json"
+REPORT = "report.html"
+DEFAULT_PARTITION_ROWS = 500_000
+DEFAULT_SAMPLE_PAIRS = 200_000
+DEFAULT_CONTAMINATION = 0.03
+MODEL_CHOICES = ("bundle", "isolation-forest")
+HOTSPOTS_IN_SUMMARY = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One extract as the command line gives it: a path or PostgreSQL URL, and a query for the latter."""
+
+    location: str
+    query: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    model: str = "bundle"
+    bundle: str = ""
+    contamination: float = DEFAULT_CONTAMINATION
+    sample_pairs: int = DEFAULT_SAMPLE_PAIRS
+    seed: int = 20261202
+    partition_rows: int = DEFAULT_PARTITION_ROWS
+    block_rows: int = sources.DEFAULT_BLOCK_ROWS
+    block_bytes: int = sources.DEFAULT_BLOCK_BYTES
+    sql_parts: int = sources.DEFAULT_SQL_PARTS
+    report: bool = True
+
+
+def prepare_out(out: Path) -> Path:
+    """The output folder, emptied of a previous discovery's files; refuses one holding anything else."""
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"--out {out}: exists and is not a folder")
+        ours = {FLAGGED_DIR, SUMMARY, REPORT}
+        other = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith("."))
+        if other:
+            raise UsageError(
+                f"--out {out}: holds other files ({', '.join(other[:5])}); give an empty or new folder, "
+                "or a previous discovery's output"
+            )
+        shutil.rmtree(out / FLAGGED_DIR, ignore_errors=True)
+        for name in (SUMMARY, REPORT):
+            (out / name).unlink(missing_ok=True)
+    (out / FLAGGED_DIR).mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _pieces(spec: MappingSpec, side: str, src: Source, opts: Options) -> list[sources.Piece]:
+    keys = [getattr(k, side).name for k in spec.key]
+    pieces = sources.plan(
+        src.location, query=src.query, key_columns=keys, block_rows=opts.block_rows,
+        block_bytes=opts.block_bytes, sql_parts=opts.sql_parts,
+    )  # fmt: skip
+    canonical.check_columns(pieces[0], side, spec)
+    return pieces
+
+
+def _estimated_rows(pieces: list[sources.Piece]) -> int:
+    total = 0
+    for p in pieces:
+        if p.rows is not None:
+            total += p.rows
+        elif p.kind == "csv":
+            total += max(1, (p.byte_range[1] - p.byte_range[0]) // 100)  # ~100 bytes a row: a guess
+        else:
+            total += 0
+    return total
+
+
+def _frame(pieces: list[sources.Piece], side: str, spec: MappingSpec) -> Any:
+    import dask.dataframe as dd
+
+    return dd.from_map(
+        canonical.load, pieces, side=side, spec=spec, meta=canonical.meta(spec), label=f"extract-{side}",
+        enforce_metadata=False,
+    )  # fmt: skip
+
+
+def _fit(both: Any, spec: MappingSpec, rows: int, opts: Options, log: Printer) -> tuple[PairModelRef, dict[str, Any]]:
+    rate = min(1.0, opts.sample_pairs / max(1, rows))
+
+    def keep(part: pd.DataFrame) -> pd.DataFrame:
+        return part[sample_mask(part[canonical.HASH].to_numpy(), rate)]
+
+    t0 = time.perf_counter()
+    sample = both.map_partitions(keep, meta=canonical.meta(spec)).compute()
+    joined = join_pairs(sample, spec)
+    ref, info = fit_on_sample(pair_columns(joined, spec), contamination=opts.contamination, seed=opts.seed)
+    log(
+        f"discover: IsolationForest fitted on {len(joined.frame):,} sampled pairs in "
+        f"{time.perf_counter() - t0:.1f} s; threshold {ref.threshold:.4f} flags the top "
+        f"{opts.contamination:.1%} of them"
+    )
+    return ref, {**info, "sample_rate": rate}
+
+
+def discover(
+    spec: MappingSpec, a: Source, b: Source, out: Path, client: Any, opts: Options, log: Printer
+) -> dict[str, Any]:
+    """Run a discovery on `client`'s cluster; write flagged Parquet, summary.json and report.html."""
+    from distributed import as_completed
+
+    started = time.perf_counter()
+    pieces = {"a": _pieces(spec, "a", a, opts), "b": _pieces(spec, "b", b, opts)}
+    rows = {s: _estimated_rows(p) for s, p in pieces.items()}
+    out = prepare_out(out)
+    unknown = any(p.rows is None for ps in pieces.values() for p in ps)
+    partitions = max(1, math.ceil(max(rows.values()) / opts.partition_rows))
+    if unknown:
+        partitions = max(partitions, len(pieces["a"]), len(pieces["b"]))
+    log(
+        f"discover: A {len(pieces['a'])} piece(s) ({a.location if a.query is None else sources.redact(a.location)}), "
+        f"B {len(pieces['b'])} piece(s) ({b.location if b.query is None else sources.redact(b.location)}); "
+        f"{partitions} shuffle partition(s)"
+    )
+    import dask.dataframe as dd
+
+    both = dd.concat([_frame(pieces["a"], "a", spec), _frame(pieces["b"], "b", spec)])
+    fitted: dict[str, Any] = {}
+    if opts.model == "bundle":
+        ref = bundle_model(opts.bundle)
+    elif opts.model == "isolation-forest":
+        ref, fitted = _fit(both, spec, max(rows.values()), opts, log)
+    else:
+        raise UsageError(f"--model must be one of {', '.join(MODEL_CHOICES)}")
+    import dask
+
+    shuffled = both.shuffle(on=canonical.HASH, npartitions=partitions)
+    flagged_dir = str((out / FLAGGED_DIR).resolve())
+    task = dask.delayed(score_partition, pure=True)
+    tasks = [task(part, spec, ref, flagged_dir, i) for i, part in enumerate(shuffled.to_delayed())]
+    futures = client.compute(tasks)
+    total = PartStats()
+    done, last = 0, time.perf_counter()
+    try:
+        for future in as_completed(futures):
+            part: PartStats = future.result()
+            total.merge(part)
+            done += 1
+            now = time.perf_counter()
+            if now - last >= 2.0 or done == len(futures):
+                last = now
+                log(
+                    f"discover: {done}/{len(futures)} partitions, {total.pairs:,} pairs, "
+                    f"{total.flagged:,} flagged, {now - started:.1f} s"
+                )
+    except BaseException:
+        client.cancel(futures)
+        raise
+    pipeline_s = time.perf_counter() - started
+    summary = _summary(spec, a, b, ref, fitted, total, opts)
+    summary["elapsed_s"] = {"pipeline": round(pipeline_s, 3)}
+    summary["partitions"] = {"a_pieces": len(pieces["a"]), "b_pieces": len(pieces["b"]), "shuffle": partitions}
+    if opts.report:
+        from engine.batch.report import write_report
+
+        t0 = time.perf_counter()
+        write_report(out / REPORT, summary, total, spec)
+        summary["elapsed_s"]["report"] = round(time.perf_counter() - t0, 3)
+    summary["elapsed_s"]["total"] = round(time.perf_counter() - started, 3)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    log(
+        f"discover: {total.pairs:,} pairs: {total.matched:,} matched ({total.matched_equal:,} equal), "
+        f"{total.only_b:,} missing in A, {total.only_a:,} missing in B; {total.flagged:,} flagged; "
+        f"{summary['elapsed_s']['total']:.1f} s -> {out}"
+    )
+    return summary
+
+
+def rankings(total: PartStats) -> dict[str, pd.DataFrame]:
+    return {name: rank(table, total.pairs, total.flagged) for name, table in total.dimensions.items()}
+
+
+def _summary(
+    spec: MappingSpec, a: Source, b: Source, ref: PairModelRef, fitted: dict[str, Any], total: PartStats,
+    opts: Options,
+) -> dict[str, Any]:  # fmt: skip
+    def where(src: Source) -> dict[str, Any]:
+        if src.query is None:
+            return {"location": src.location}
+        return {"location": sources.redact(src.location), "query": src.query}
+
+    return {
+        "sources": {"a": {"name": spec.a.name, **where(a)}, "b": {"name": spec.b.name, **where(b)}},
+        "mapping": mapping_to_json(spec),
+        "model": {**ref.describe(), **({"fitted": fitted} if fitted else {})},
+        "counts": {
+            "rows_a": total.rows_a,
+            "rows_b": total.rows_b,
+            "pairs": total.pairs,
+            "matched": total.matched,
+            "matched_all_fields_equal": total.matched_equal,
+            "matched_with_mismatches": total.matched - total.matched_equal,
+            "missing_in_a": total.only_b,
+            "missing_in_b": total.only_a,
+            "duplicate_key_rows_a": total.duplicates_a,
+            "duplicate_key_rows_b": total.duplicates_b,
+        },
+        "field_mismatches": {
+            f.name: int(n) for f, n in zip(spec.fields, total.field_mismatches.tolist() or [0] * len(spec.fields), strict=True)
+        },
+        "breaks": {
+            "flagged": total.flagged,
+            "flagged_rate": total.flagged / total.pairs if total.pairs else 0.0,
+            "by_class": {c: int(total.classes[i, 1]) for i, c in enumerate(CLASS_ORDER)},
+        },
+        "pairs_by_class": {c: int(total.classes[i, 0]) for i, c in enumerate(CLASS_ORDER)},
+        "hotspots": {name: top(ranked, HOTSPOTS_IN_SUMMARY) for name, ranked in rankings(total).items()},
+        "outputs": {"flagged": f"{FLAGGED_DIR}/part-*.parquet", "report": REPORT if opts.report else None},
+    }
