@@ -5,12 +5,14 @@ Both extracts become frames of the same columns, whatever each system calls and 
 | column | holds |
 | --- | --- |
 | `k0`, `k1`, ... | the key parts, as text |
-| `f0`, `f1`, ... | the compared fields, typed: text (normalised), number (float64, scaled), date and timestamp (float64 unix seconds; a date is its midnight, UTC) |
-| `d0`, `d1`, ... | the dimensions read from a column, as text (a dimension taken from a field has no column here) |
+| `f0`, `f1`, ... | the compared fields, typed: text (normalised), number (float64, scaled), date and |
+| | timestamp (float64 unix seconds; a date is its midnight, UTC) |
+| `d0`, `d1`, ... | the dimensions read from a column, as text (one taken from a field has none) |
 | `_ts` | the record's last update (float64 unix seconds) |
 | `_side` | 0 for system A, 1 for system B |
 | `_order` | the row's place in its extract: piece number << 32 + row (file order; duplicates pair in it) |
-| `_hash` | a stable 64-bit hash of the key (pandas' SipHash of the key parts): the shuffle and the IsolationForest sample use it, the same on every machine |
+| `_hash` | a stable 64-bit hash of the key (pandas' SipHash of the key parts), the same on |
+| | every machine: the shuffle and the IsolationForest sample use it |
 
 Missing values are nulls (text) or NaN (numbers, times). A value the mapping's type cannot
 hold is a `DataError` naming the file, the row, the column, the field and the key; a column
@@ -71,7 +73,11 @@ def _uses(spec: MappingSpec, side: str) -> list[tuple[str, str]]:
     out = [(s.updated_at.name, f"{side}.updated_at")]
     out += [(getattr(k, side).name, f"key part {k.name}") for k in spec.key]
     out += [(getattr(f, side).name, f"field {f.name}") for f in spec.fields]
-    out += [(getattr(d, side).name, f"dimension {d.name}") for d in spec.dimensions if getattr(d, side) is not None]
+    out += [
+        (getattr(d, side).name, f"dimension {d.name}")
+        for d in spec.dimensions
+        if getattr(d, side) is not None
+    ]
     return out
 
 
@@ -95,7 +101,9 @@ class _Context:
         self.piece = piece
         self.keys = keys
 
-    def fail(self, rows: npt.NDArray[np.bool_], column: str, what: str, problem: str, values: pd.Series) -> DataError:
+    def fail(
+        self, rows: npt.NDArray[np.bool_], column: str, what: str, problem: str, values: pd.Series
+    ) -> DataError:
         bad = np.flatnonzero(rows)
         first = int(bad[0])
         key = ""
@@ -121,9 +129,11 @@ def _text(values: pd.Series) -> pd.Series:
         out[integral] = values[integral].astype("int64").astype("str")
         return out
     if kind == "M":
-        return pd.Series(np.datetime_as_string(values.to_numpy(), unit="auto"), index=values.index).where(
-            values.notna()
-        ).astype("str")
+        return (
+            pd.Series(np.datetime_as_string(values.to_numpy(), unit="auto"), index=values.index)
+            .where(values.notna())
+            .astype("str")
+        )
     return values.astype("str")
 
 
@@ -144,7 +154,9 @@ def _number(values: pd.Series, col: Column, what: str, ctx: _Context) -> F64:
     kind = values.dtype.kind
     if kind in "bM" or (kind == "O" and values.map(lambda v: isinstance(v, bool)).any()):
         holds = "booleans" if kind != "M" else "timestamps"
-        raise ctx.fail(values.notna().to_numpy(), col.name, what, f"holds {holds}, the mapping wants numbers", values)
+        raise ctx.fail(
+            values.notna().to_numpy(), col.name, what, f"holds {holds}, the mapping wants numbers", values
+        )
     if kind in "iuf":
         out = values.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
@@ -166,7 +178,9 @@ def _seconds(values: pd.Series, col: Column, what: str, ctx: _Context, day: bool
     """Unix seconds (float64, NaN missing) from timestamps, epoch numbers or text; a day floors."""
     kind = values.dtype.kind
     if kind == "b":
-        raise ctx.fail(values.notna().to_numpy(), col.name, what, "holds booleans, the mapping wants times", values)
+        raise ctx.fail(
+            values.notna().to_numpy(), col.name, what, "holds booleans, the mapping wants times", values
+        )
     if kind in "iuf":
         if col.unit is None:
             raise UsageError(
@@ -214,8 +228,12 @@ def load(piece: Piece, side: str, spec: MappingSpec) -> pd.DataFrame:
     raw = sources.read(piece, spec.columns(side))
     n = len(raw)
     out: dict[str, object] = {}
-    keys = pd.DataFrame({k: _text(raw[getattr(part, side).name]).reset_index(drop=True)
-                         for k, part in zip(key_columns(spec), spec.key, strict=True)})  # fmt: skip
+    keys = pd.DataFrame(
+        {
+            k: _text(raw[getattr(part, side).name]).reset_index(drop=True)
+            for k, part in zip(key_columns(spec), spec.key, strict=True)
+        }
+    )
     ctx = _Context(side, piece, keys)
     for k, part in zip(key_columns(spec), spec.key, strict=True):
         missing = keys[k].isna().to_numpy() | (keys[k].str.strip() == "").to_numpy()
@@ -227,11 +245,17 @@ def load(piece: Piece, side: str, spec: MappingSpec) -> pd.DataFrame:
         out[name] = _field(raw[col.name].reset_index(drop=True), f, col, ctx)
     for name, d in zip(dimension_columns(spec), (d for d in spec.dimensions if d.field is None), strict=True):
         col = getattr(d, side)
-        out[name] = _text(raw[col.name].reset_index(drop=True)) if col is not None else pd.Series([None] * n, dtype="str")
+        out[name] = (
+            _text(raw[col.name].reset_index(drop=True))
+            if col is not None
+            else pd.Series([None] * n, dtype="str")
+        )
     updated = spec.side(side).updated_at
     ts = _seconds(raw[updated.name].reset_index(drop=True), updated, f"{side}.updated_at", ctx, day=False)
     if np.isnan(ts).any():
-        raise ctx.fail(np.isnan(ts), updated.name, f"{side}.updated_at", "no last-update time", raw[updated.name])
+        raise ctx.fail(
+            np.isnan(ts), updated.name, f"{side}.updated_at", "no last-update time", raw[updated.name]
+        )
     out[TS] = ts
     out[SIDE] = np.full(n, 0 if side == "a" else 1, dtype=np.int8)
     out[ORDER] = (np.int64(piece.number) << np.int64(32)) + np.arange(n, dtype=np.int64)

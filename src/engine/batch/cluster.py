@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from engine.batch.errors import UsageError
@@ -40,16 +40,19 @@ def connect(scheduler: str | None, workers: int | None = None, memory_limit: str
         finally:
             client.close()
         return
-    # the local cluster's own logs (worker start/stop) are noise at the terminal
-    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    with LocalCluster(
-        n_workers=workers or default_workers(),
-        threads_per_worker=1,
-        processes=True,
-        memory_limit=memory_limit,
-        dashboard_address=":0",  # a free port: never collide with a dashboard already on 8787
-    ) as cluster, Client(cluster) as client:
+    # the local cluster's own logs (worker start and stop, shuffle bookkeeping, a task's error, which
+    # comes back to the client with its message anyway) are noise at the terminal
+    with (
+        LocalCluster(
+            n_workers=workers or default_workers(),
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory_limit,
+            dashboard_address=":0",  # a free port: never collide with a dashboard already on 8787
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -58,3 +61,37 @@ def describe(client: Any) -> str:
     workers = info.get("workers", {})
     threads = sum(w.get("nthreads", 0) for w in workers.values())
     return f"{client.scheduler.address} ({len(workers)} workers, {threads} threads)"
+
+
+def run_tasks(
+    client: Any, tasks: list[Any], what: str, log: Callable[[str], None], progress: Callable[[Any], str]
+) -> list[Any]:
+    """Compute Dask `tasks` on `client`; log progress at most every 2 s; results in task order.
+
+    `progress(result)` folds one finished task into the caller's running totals and returns the
+    text to show. On the first failure the others are cancelled and its error is raised (errors
+    raised in a worker come back with their type and message).
+    """
+    import time
+
+    from distributed import as_completed
+
+    futures = client.compute(tasks)
+    order = {f.key: i for i, f in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    started = last = time.perf_counter()
+    done = 0
+    try:
+        for future in as_completed(futures):
+            result = future.result()
+            results[order[future.key]] = result
+            done += 1
+            text = progress(result)
+            now = time.perf_counter()
+            if now - last >= 2.0 or done == len(futures):
+                last = now
+                log(f"{what}: {done}/{len(futures)} partitions, {text}, {now - started:.1f} s")
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return results

@@ -4,10 +4,10 @@ The Dask graph, the same on a local cluster and on a real one:
 
 ```
 extract A pieces ─ canonical.load ─┐
-                                   ├─ concat ─ shuffle on the key hash ─ join.score_partition ─┬─ flagged/part-*.parquet
-extract B pieces ─ canonical.load ─┘   (P partitions)                     (per partition)     └─ PartStats ─┐
-                                                                                                            ▼
-                                    client: add up ─ hotspots ─ summary.json + report.html
+                                   ├─ concat ─ shuffle on the key hash ─ join.score_partition ─┐
+extract B pieces ─ canonical.load ─┘   (P partitions)                     (per partition)      │
+      flagged/part-*.parquet (written by each task) + PartStats (counts, back to the client) ◀──┘
+      client: add up ─ hotspots ─ summary.json + report.html
 ```
 
 Memory is bounded by the partition: pieces of `block_rows`, shuffle partitions of about
@@ -33,20 +33,18 @@ from typing import Any
 import pandas as pd
 
 from engine.batch import canonical, sources
+from engine.batch.cluster import run_tasks
 from engine.batch.errors import UsageError
 from engine.batch.hotspots import rank, top
 from engine.batch.join import CLASS_ORDER, PartStats, join_pairs, pair_columns, score_partition
 from engine.batch.mapping import MappingSpec, mapping_to_json
 from engine.batch.models import PairModelRef, bundle_model, fit_on_sample, sample_mask
+from engine.batch.options import MODEL_CHOICES, Options
 
 Printer = Callable[[str], None]
 FLAGGED_DIR = "flagged"
 SUMMARY = "summary.json"
 REPORT = "report.html"
-DEFAULT_PARTITION_ROWS = 500_000
-DEFAULT_SAMPLE_PAIRS = 200_000
-DEFAULT_CONTAMINATION = 0.03
-MODEL_CHOICES = ("bundle", "isolation-forest")
 HOTSPOTS_IN_SUMMARY = 10
 
 
@@ -56,20 +54,6 @@ class Source:
 
     location: str
     query: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    model: str = "bundle"
-    bundle: str = ""
-    contamination: float = DEFAULT_CONTAMINATION
-    sample_pairs: int = DEFAULT_SAMPLE_PAIRS
-    seed: int = 20261202
-    partition_rows: int = DEFAULT_PARTITION_ROWS
-    block_rows: int = sources.DEFAULT_BLOCK_ROWS
-    block_bytes: int = sources.DEFAULT_BLOCK_BYTES
-    sql_parts: int = sources.DEFAULT_SQL_PARTS
-    report: bool = True
 
 
 def prepare_out(out: Path) -> Path:
@@ -94,9 +78,13 @@ def prepare_out(out: Path) -> Path:
 def _pieces(spec: MappingSpec, side: str, src: Source, opts: Options) -> list[sources.Piece]:
     keys = [getattr(k, side).name for k in spec.key]
     pieces = sources.plan(
-        src.location, query=src.query, key_columns=keys, block_rows=opts.block_rows,
-        block_bytes=opts.block_bytes, sql_parts=opts.sql_parts,
-    )  # fmt: skip
+        src.location,
+        query=src.query,
+        key_columns=keys,
+        block_rows=opts.block_rows,
+        block_bytes=opts.block_bytes,
+        sql_parts=opts.sql_parts,
+    )
     canonical.check_columns(pieces[0], side, spec)
     return pieces
 
@@ -117,12 +105,19 @@ def _frame(pieces: list[sources.Piece], side: str, spec: MappingSpec) -> Any:
     import dask.dataframe as dd
 
     return dd.from_map(
-        canonical.load, pieces, side=side, spec=spec, meta=canonical.meta(spec), label=f"extract-{side}",
+        canonical.load,
+        pieces,
+        side=side,
+        spec=spec,
+        meta=canonical.meta(spec),
+        label=f"extract-{side}",
         enforce_metadata=False,
-    )  # fmt: skip
+    )
 
 
-def _fit(both: Any, spec: MappingSpec, rows: int, opts: Options, log: Printer) -> tuple[PairModelRef, dict[str, Any]]:
+def _fit(
+    both: Any, spec: MappingSpec, rows: int, opts: Options, log: Printer
+) -> tuple[PairModelRef, dict[str, Any]]:
     rate = min(1.0, opts.sample_pairs / max(1, rows))
 
     def keep(part: pd.DataFrame) -> pd.DataFrame:
@@ -144,8 +139,6 @@ def discover(
     spec: MappingSpec, a: Source, b: Source, out: Path, client: Any, opts: Options, log: Printer
 ) -> dict[str, Any]:
     """Run a discovery on `client`'s cluster; write flagged Parquet, summary.json and report.html."""
-    from distributed import as_completed
-
     started = time.perf_counter()
     pieces = {"a": _pieces(spec, "a", a, opts), "b": _pieces(spec, "b", b, opts)}
     rows = {s: _estimated_rows(p) for s, p in pieces.items()}
@@ -155,8 +148,8 @@ def discover(
     if unknown:
         partitions = max(partitions, len(pieces["a"]), len(pieces["b"]))
     log(
-        f"discover: A {len(pieces['a'])} piece(s) ({a.location if a.query is None else sources.redact(a.location)}), "
-        f"B {len(pieces['b'])} piece(s) ({b.location if b.query is None else sources.redact(b.location)}); "
+        f"discover: A {len(pieces['a'])} piece(s) ({sources.redact(a.location)}), "
+        f"B {len(pieces['b'])} piece(s) ({sources.redact(b.location)}); "
         f"{partitions} shuffle partition(s)"
     )
     import dask.dataframe as dd
@@ -169,34 +162,27 @@ def discover(
         ref, fitted = _fit(both, spec, max(rows.values()), opts, log)
     else:
         raise UsageError(f"--model must be one of {', '.join(MODEL_CHOICES)}")
-    import dask
+    from dask.delayed import delayed
 
     shuffled = both.shuffle(on=canonical.HASH, npartitions=partitions)
     flagged_dir = str((out / FLAGGED_DIR).resolve())
-    task = dask.delayed(score_partition, pure=True)
+    task = delayed(score_partition, pure=True)
     tasks = [task(part, spec, ref, flagged_dir, i) for i, part in enumerate(shuffled.to_delayed())]
-    futures = client.compute(tasks)
     total = PartStats()
-    done, last = 0, time.perf_counter()
-    try:
-        for future in as_completed(futures):
-            part: PartStats = future.result()
-            total.merge(part)
-            done += 1
-            now = time.perf_counter()
-            if now - last >= 2.0 or done == len(futures):
-                last = now
-                log(
-                    f"discover: {done}/{len(futures)} partitions, {total.pairs:,} pairs, "
-                    f"{total.flagged:,} flagged, {now - started:.1f} s"
-                )
-    except BaseException:
-        client.cancel(futures)
-        raise
+
+    def progress(part: PartStats) -> str:
+        total.merge(part)
+        return f"{total.pairs:,} pairs, {total.flagged:,} flagged"
+
+    run_tasks(client, tasks, "discover", log, progress)
     pipeline_s = time.perf_counter() - started
     summary = _summary(spec, a, b, ref, fitted, total, opts)
     summary["elapsed_s"] = {"pipeline": round(pipeline_s, 3)}
-    summary["partitions"] = {"a_pieces": len(pieces["a"]), "b_pieces": len(pieces["b"]), "shuffle": partitions}
+    summary["partitions"] = {
+        "a_pieces": len(pieces["a"]),
+        "b_pieces": len(pieces["b"]),
+        "shuffle": partitions,
+    }
     if opts.report:
         from engine.batch.report import write_report
 
@@ -218,9 +204,14 @@ def rankings(total: PartStats) -> dict[str, pd.DataFrame]:
 
 
 def _summary(
-    spec: MappingSpec, a: Source, b: Source, ref: PairModelRef, fitted: dict[str, Any], total: PartStats,
+    spec: MappingSpec,
+    a: Source,
+    b: Source,
+    ref: PairModelRef,
+    fitted: dict[str, Any],
+    total: PartStats,
     opts: Options,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     def where(src: Source) -> dict[str, Any]:
         if src.query is None:
             return {"location": src.location}
@@ -243,7 +234,10 @@ def _summary(
             "duplicate_key_rows_b": total.duplicates_b,
         },
         "field_mismatches": {
-            f.name: int(n) for f, n in zip(spec.fields, total.field_mismatches.tolist() or [0] * len(spec.fields), strict=True)
+            f.name: int(n)
+            for f, n in zip(
+                spec.fields, total.field_mismatches.tolist() or [0] * len(spec.fields), strict=True
+            )
         },
         "breaks": {
             "flagged": total.flagged,

@@ -33,14 +33,13 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.batch.errors import UsageError
+from engine.batch.options import DEFAULT_EXTRACTS_SEED, DIMENSIONS
 from engine.training.pairs import BREAK_MIX
 
 Printer = Callable[[str], None]
 Str = npt.NDArray[np.str_]
-DIMENSIONS = ("desk", "counterparty", "instrument", "source_system", "business_date")
 DUPLICATE_KEY_SHARE = 0.002
 CLASSES = ("consistent", *BREAK_MIX, "duplicate_key")
-DEFAULT_HOTSPOTS = ("desk=RATES-NY:4", "counterparty=CP0007:5", "business_date=2026-10-16:4")
 START_DAY = np.datetime64("2026-09-01")
 BUSINESS_DAYS = 60
 
@@ -59,7 +58,8 @@ key:
 fields:
   - {name: status, a: status, b: State, type: text, normalise: [trim, lower], role: status}
   - {name: quantity, a: qty, b: Quantity, type: number, role: quantity}
-  - {name: amount, a: amount, b: {column: AmountMinor, scale: 0.01}, type: number, abs_tol: 0.005, role: amount}
+  - {name: amount, a: amount, b: {column: AmountMinor, scale: 0.01}, type: number, abs_tol: 0.005,
+     role: amount}
   - {name: counterparty_name, a: cpty_name, b: CptyName, type: text, normalise: [trim, collapse_whitespace],
      role: name}
   - {name: counterparty_address, a: cpty_address, b: CptyAddress, type: text,
@@ -74,21 +74,58 @@ dimensions:
 business_date: business_date
 """
 
-_DESKS = ("EQ-LDN", "EQ-NY", "EQ-HK", "RATES-LDN", "RATES-NY", "CREDIT-LDN", "CREDIT-NY", "FX-LDN", "FX-NY",
-          "FX-SG", "EM-LDN", "MUNI-NY")  # fmt: skip
+_DESKS = (
+    "EQ-LDN",
+    "EQ-NY",
+    "EQ-HK",
+    "RATES-LDN",
+    "RATES-NY",
+    "CREDIT-LDN",
+    "CREDIT-NY",
+    "FX-LDN",
+    "FX-NY",
+    "FX-SG",
+    "EM-LDN",
+    "MUNI-NY",
+)
 _SYSTEMS = ("MUREX", "CALYPSO", "SUMMIT", "ORCHESTRADE")
 _STATUSES = ("open", "settled", "pending", "active", "closed", "suspended")
 _STATUS_P = (0.3, 0.3, 0.15, 0.15, 0.07, 0.03)
 _DRIFT = np.array([4, 2, 1, 4, 3, 3])  # index of the drifted status: open->closed, settled->pending, ...
-_FIRST = ("Blue", "River", "North", "Atlas", "Harbor", "Summit", "Granite", "Cedar", "Pioneer", "Beacon",
-          "Crown", "Silver", "Oak", "Meridian", "Falcon", "Union", "Liberty", "Maple")  # fmt: skip
+_FIRST = (
+    "Blue",
+    "River",
+    "North",
+    "Atlas",
+    "Harbor",
+    "Summit",
+    "Granite",
+    "Cedar",
+    "Pioneer",
+    "Beacon",
+    "Crown",
+    "Silver",
+    "Oak",
+    "Meridian",
+    "Falcon",
+    "Union",
+    "Liberty",
+    "Maple",
+)
 _KINDS = ("Capital", "Partners", "Holdings", "Securities", "Asset Management", "Trust", "Fund")
 _FORMS = ("LLC", "Limited", "Inc", "LP", "PLC", "Corporation")
 _STREETS = ("Main", "Market", "Broad", "Water", "Wall", "King", "Queen", "High", "Park", "Church")
 _SUFFIXES = ("Street", "Avenue", "Road", "Square", "Lane")
 _CITIES = ("New York", "London", "Chicago", "Boston", "Frankfurt", "Dublin", "Toronto", "Zurich")
-_SHORT = (("Limited", "Ltd"), ("Corporation", "Corp"), ("Street", "St"), ("Avenue", "Ave"), ("Road", "Rd"),
-          ("Partners", "Ptnrs"), ("Management", "Mgmt"))  # fmt: skip
+_SHORT = (
+    ("Limited", "Ltd"),
+    ("Corporation", "Corp"),
+    ("Street", "St"),
+    ("Avenue", "Ave"),
+    ("Road", "Rd"),
+    ("Partners", "Ptnrs"),
+    ("Management", "Mgmt"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +143,9 @@ class Hotspot:
             value, factor = rest.rsplit(":", 1)
             spot = Hotspot(dim.strip(), value.strip(), float(factor))
         except ValueError:
-            raise UsageError(f"--hotspot {text!r}: write DIMENSION=VALUE:FACTOR, e.g. desk=RATES-NY:4") from None
+            raise UsageError(
+                f"--hotspot {text!r}: write DIMENSION=VALUE:FACTOR, e.g. desk=RATES-NY:4"
+            ) from None
         if spot.dimension not in DIMENSIONS:
             raise UsageError(f"--hotspot {text!r}: dimension must be one of {', '.join(DIMENSIONS)}")
         if not 1.0 <= spot.factor <= 20.0:
@@ -134,11 +173,15 @@ class Universe:
         books = np.array([f"BK{i:03d}" for i in range(1, 121)])
         n_cp = 300
         pick = lambda options, n: np.asarray(options)[rng.integers(len(options), size=n)]  # noqa: E731
-        names = np.char.add(np.char.add(np.char.add(pick(_FIRST, n_cp), " "), np.char.add(pick(_FIRST, n_cp), " ")),
-                            np.char.add(np.char.add(pick(_KINDS, n_cp), " "), pick(_FORMS, n_cp)))  # fmt: skip
+        names = np.char.add(
+            np.char.add(np.char.add(pick(_FIRST, n_cp), " "), np.char.add(pick(_FIRST, n_cp), " ")),
+            np.char.add(np.char.add(pick(_KINDS, n_cp), " "), pick(_FORMS, n_cp)),
+        )
         numbers = rng.integers(1, 999, size=n_cp).astype(str)
         streets = np.char.add(np.char.add(pick(_STREETS, n_cp), " "), pick(_SUFFIXES, n_cp))
-        addresses = np.char.add(np.char.add(np.char.add(numbers, " "), streets), np.char.add(", ", pick(_CITIES, n_cp)))
+        addresses = np.char.add(
+            np.char.add(np.char.add(numbers, " "), streets), np.char.add(", ", pick(_CITIES, n_cp))
+        )
         weight = 1.0 / np.arange(1, n_cp + 1) ** 0.8  # a few counterparties trade most
         all_days = START_DAY + np.arange(BUSINESS_DAYS * 7 // 5 + 7)
         weekdays = (all_days.astype("datetime64[D]").view("int64") - 4) % 7  # 1970-01-01 was a Thursday
@@ -175,7 +218,9 @@ def _labels(rng: np.random.Generator, n: int, boost: npt.NDArray[np.float64]) ->
     return names[which]
 
 
-def _chunk(u: Universe, start: int, n: int, seed: int, chunk: int, hotspots: Sequence[Hotspot]) -> dict[str, object]:
+def _chunk(
+    u: Universe, start: int, n: int, seed: int, chunk: int, hotspots: Sequence[Hotspot]
+) -> dict[str, object]:
     """One chunk of records: A's and B's rows and the truth, as column arrays."""
     rng = np.random.default_rng([seed, 1, chunk])
     ids = np.arange(start, start + n)
@@ -184,9 +229,12 @@ def _chunk(u: Universe, start: int, n: int, seed: int, chunk: int, hotspots: Seq
     inst = rng.integers(len(u.isin), size=n)
     day = rng.integers(len(u.days), size=n)
     values = {
-        "desk": u.book_desk[book], "counterparty": u.cpty[cp], "instrument": u.isin[inst],
-        "source_system": u.book_system[book], "business_date": u.days[day].astype(str),
-    }  # fmt: skip
+        "desk": u.book_desk[book],
+        "counterparty": u.cpty[cp],
+        "instrument": u.isin[inst],
+        "source_system": u.book_system[book],
+        "business_date": u.days[day].astype(str),
+    }
     boost = np.ones(n)
     for spot in hotspots:
         boost[values[spot.dimension] == spot.value] *= spot.factor
@@ -196,7 +244,9 @@ def _chunk(u: Universe, start: int, n: int, seed: int, chunk: int, hotspots: Seq
     price = np.round(rng.lognormal(3.5, 1.0, n), 2).clip(0.01, None)
     amount = np.round(qty * price, 2)
     status = rng.choice(len(_STATUSES), size=n, p=_STATUS_P)
-    t_a = (u.days[day].astype("datetime64[s]").astype(np.int64) + 8 * 3600 + rng.uniform(0, 10 * 3600, n)).round(3)
+    t_a = (
+        u.days[day].astype("datetime64[s]").astype(np.int64) + 8 * 3600 + rng.uniform(0, 10 * 3600, n)
+    ).round(3)
     t_b = t_a + rng.exponential(0.8, n) * rng.choice([-1.0, 1.0], n)
     same = rng.random(n) < 0.2
     t_b[same] = t_a[same]
@@ -216,9 +266,13 @@ def _chunk(u: Universe, start: int, n: int, seed: int, chunk: int, hotspots: Seq
 
     m, s, o = planted("stale_copy")  # the stale side lags by minutes and holds an older amount
     ts[m, s] = ts[m, o] - rng.uniform(30, 900, m.size)
-    amt[m, s] = np.round(amount[m] * (1 + rng.choice([-1.0, 1.0], m.size) * rng.uniform(0.001, 0.05, m.size)), 2)
+    amt[m, s] = np.round(
+        amount[m] * (1 + rng.choice([-1.0, 1.0], m.size) * rng.uniform(0.001, 0.05, m.size)), 2
+    )
     moved = m[rng.random(m.size) < 0.5]
-    q[moved, side[moved]] = np.maximum(1.0, qty[moved] + rng.choice([-1.0, 1.0], moved.size) * np.maximum(1.0, np.round(qty[moved] * 0.1)))
+    q[moved, side[moved]] = np.maximum(
+        1.0, qty[moved] + rng.choice([-1.0, 1.0], moved.size) * np.maximum(1.0, np.round(qty[moved] * 0.1))
+    )
     m, s, _ = planted("partial_fill")  # a fill booked on one side only
     q[m, s] = np.maximum(1.0, np.round(qty[m] * rng.uniform(0.1, 0.9, m.size)))
     amt[m, s] = np.round(amount[m] * q[m, s] / qty[m], 2)
@@ -246,39 +300,62 @@ def _chunk(u: Universe, start: int, n: int, seed: int, chunk: int, hotspots: Seq
     books = u.books[book]
     a_rows = np.concatenate([rows[present[:, 0]], dup[dup_side == 0]])
     b_rows = np.concatenate([rows[present[:, 1]], dup[dup_side == 1]])
-    second = np.concatenate([np.zeros(int(present[:, 0].sum()), bool), np.ones(int((dup_side == 0).sum()), bool)])
-    second_b = np.concatenate([np.zeros(int(present[:, 1].sum()), bool), np.ones(int((dup_side == 1).sum()), bool)])
+    second = np.concatenate(
+        [np.zeros(int(present[:, 0].sum()), bool), np.ones(int((dup_side == 0).sum()), bool)]
+    )
+    second_b = np.concatenate(
+        [np.zeros(int(present[:, 1].sum()), bool), np.ones(int((dup_side == 1).sum()), bool)]
+    )
     a_order, b_order = np.argsort(a_rows, kind="stable"), np.argsort(b_rows, kind="stable")
     a_rows, second = a_rows[a_order], second[a_order]
     b_rows, second_b = b_rows[b_order], second_b[b_order]
     later = 5.0 + rng.uniform(0, 60, n)  # a duplicate row is a later booking of the same record
 
     a = {
-        "trade_ref": trade_ref[a_rows], "book": books[a_rows], "desk": values["desk"][a_rows],
-        "counterparty_id": values["counterparty"][a_rows], "instrument_id": values["instrument"][a_rows],
-        "trade_date": values["business_date"][a_rows], "qty": q[a_rows, 0], "amount": amt[a_rows, 0],
-        "status": np.asarray(_STATUSES)[st[a_rows, 0]], "cpty_name": name[a_rows, 0].astype(str),
+        "trade_ref": trade_ref[a_rows],
+        "book": books[a_rows],
+        "desk": values["desk"][a_rows],
+        "counterparty_id": values["counterparty"][a_rows],
+        "instrument_id": values["instrument"][a_rows],
+        "trade_date": values["business_date"][a_rows],
+        "qty": q[a_rows, 0],
+        "amount": amt[a_rows, 0],
+        "status": np.asarray(_STATUSES)[st[a_rows, 0]],
+        "cpty_name": name[a_rows, 0].astype(str),
         "cpty_address": addr[a_rows, 0].astype(str),
         "updated_at": ((ts[a_rows, 0] + np.where(second, later[a_rows], 0.0)) * 1e6).astype("int64"),
-    }  # fmt: skip
+    }
     b = {
-        "TradeId": trade_ref[b_rows], "BookCode": books[b_rows], "SourceSystem": values["source_system"][b_rows],
-        "CptyId": values["counterparty"][b_rows], "Isin": values["instrument"][b_rows],
+        "TradeId": trade_ref[b_rows],
+        "BookCode": books[b_rows],
+        "SourceSystem": values["source_system"][b_rows],
+        "CptyId": values["counterparty"][b_rows],
+        "Isin": values["instrument"][b_rows],
         "TradeDate": np.char.add(values["business_date"][b_rows], " 00:00:00"),
-        "Quantity": q[b_rows, 1].astype(np.int64), "AmountMinor": np.round(amt[b_rows, 1] * 100).astype(np.int64),
+        "Quantity": q[b_rows, 1].astype(np.int64),
+        "AmountMinor": np.round(amt[b_rows, 1] * 100).astype(np.int64),
         "State": np.char.add(np.char.upper(np.asarray(_STATUSES)[st[b_rows, 1]]), " "),
-        "CptyName": name[b_rows, 1].astype(str), "CptyAddress": addr[b_rows, 1].astype(str),
-        "LastModified": np.round((ts[b_rows, 1] + np.where(second_b, later[b_rows], 0.0)) * 1000).astype(np.int64),
-    }  # fmt: skip
+        "CptyName": name[b_rows, 1].astype(str),
+        "CptyAddress": addr[b_rows, 1].astype(str),
+        "LastModified": np.round((ts[b_rows, 1] + np.where(second_b, later[b_rows], 0.0)) * 1000).astype(
+            np.int64
+        ),
+    }
     truth = {
         "book": np.concatenate([books, books[dup]]),
         "trade_ref": np.concatenate([trade_ref, trade_ref[dup]]),
         "occurrence": np.concatenate([np.zeros(n, np.int64), np.ones(dup.size, np.int64)]),
-        "label": np.concatenate([np.where(label == "duplicate_key", "consistent", label), np.full(dup.size, "duplicate_key")]),
-        "broken_side": np.concatenate([np.where(label == "consistent", "", np.where(side == 0, "A", "B")),
-                                       np.where(dup_side == 0, "A", "B")]),
+        "label": np.concatenate(
+            [np.where(label == "duplicate_key", "consistent", label), np.full(dup.size, "duplicate_key")]
+        ),
+        "broken_side": np.concatenate(
+            [
+                np.where(label == "consistent", "", np.where(side == 0, "A", "B")),
+                np.where(dup_side == 0, "A", "B"),
+            ]
+        ),
         **{dim: np.concatenate([v, v[dup]]) for dim, v in values.items()},
-    }  # fmt: skip
+    }
     truth["broken_side"] = np.where(truth["label"] == "consistent", "", truth["broken_side"])
     return {"a": a, "b": b, "truth": truth}
 
@@ -305,7 +382,7 @@ def generate_extracts(
     out: Path | str,
     rows: int,
     *,
-    seed: int = 20261202,
+    seed: int = DEFAULT_EXTRACTS_SEED,
     hotspots: Sequence[Hotspot] = (),
     b_format: str = "csv",
     chunk_rows: int = 500_000,
@@ -321,10 +398,18 @@ def generate_extracts(
         (root / sub).mkdir(parents=True, exist_ok=True)
     u = Universe.make(seed)
     for spot in hotspots:
-        known = {"desk": u.book_desk, "counterparty": u.cpty, "instrument": u.isin,
-                 "source_system": u.book_system, "business_date": u.days.astype(str)}[spot.dimension]  # fmt: skip
+        known = {
+            "desk": u.book_desk,
+            "counterparty": u.cpty,
+            "instrument": u.isin,
+            "source_system": u.book_system,
+            "business_date": u.days.astype(str),
+        }[spot.dimension]
         if spot.value not in set(known.tolist()):
-            raise UsageError(f"--hotspot {spot.dimension}={spot.value}: no such {spot.dimension} in the generator's universe")
+            raise UsageError(
+                f"--hotspot {spot.dimension}={spot.value}: no such {spot.dimension} in the generator's "
+                "universe"
+            )
     t0 = time.perf_counter()
     counts = {c: 0 for c in CLASSES}
     for c, start in enumerate(range(0, rows, chunk_rows)):

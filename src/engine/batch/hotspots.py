@@ -9,6 +9,9 @@ p0 = K / N:
 - the ranking: by the excess at the interval's lower bound, n * (low - p0): a value ranks high
   when it has many more breaks than its share *and* that is unlikely to be chance. A value with
   3 pairs and 2 breaks (rate 67 %, interval 21-94 %) ranks below one with 400 pairs and 60.
+
+Pairs without a value (`(none)`: a record missing from the only system that carries the dimension)
+are counted in the totals but not ranked.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import numpy.typing as npt
 import pandas as pd
 
 Z95 = 1.959963984540054
+#: the value of a pair that has none on either side (engine.batch.join writes it)
+NO_VALUE = "(none)"
 F64 = npt.NDArray[np.float64]
 
 
@@ -39,6 +44,7 @@ def rank(table: pd.DataFrame, total_pairs: int, total_flagged: int) -> pd.DataFr
     at the interval's lower bound) and `rank` (1 = the strongest hotspot).
     """
     p0 = total_flagged / total_pairs if total_pairs else 0.0
+    table = table[table.index != NO_VALUE]
     n = table["pairs"].to_numpy(dtype=np.float64)
     k = table["flagged"].to_numpy(dtype=np.float64)
     safe = np.maximum(n, 1.0)
@@ -51,7 +57,9 @@ def rank(table: pd.DataFrame, total_pairs: int, total_flagged: int) -> pd.DataFr
     out["expected"] = n * p0
     out["excess"] = k - n * p0
     out["score"] = n * (low - p0)
-    out = out.reset_index().sort_values(["score", "flagged", "value"], ascending=[False, False, True], kind="stable")
+    out = out.reset_index().sort_values(
+        ["score", "flagged", "value"], ascending=[False, False, True], kind="stable"
+    )
     out["rank"] = np.arange(1, len(out) + 1)
     return out.reset_index(drop=True)
 

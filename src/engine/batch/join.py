@@ -25,7 +25,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from engine.batch.canonical import HASH, ORDER, SIDE, TS, dimension_columns, field_columns, key_columns
+from engine.batch.canonical import ORDER, SIDE, TS, dimension_columns, field_columns, key_columns
+from engine.batch.hotspots import NO_VALUE
 from engine.batch.mapping import Field, MappingSpec
 from engine.batch.models import PairModelRef
 from engine.features.pairs import (
@@ -50,14 +51,17 @@ B = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
 OCC = "_occ"
 #: break classes by their BreakClass number, as the proto and the metrics name them
-CLASS_NAMES = {CLASS_NONE: "NONE", CLASS_MISSING: "MISSING", CLASS_STATUS: "STATUS", CLASS_VALUE: "VALUE",
-               CLASS_STATIC: "STATIC_DATA"}  # fmt: skip
+CLASS_NAMES = {
+    CLASS_NONE: "NONE",
+    CLASS_MISSING: "MISSING",
+    CLASS_STATUS: "STATUS",
+    CLASS_VALUE: "VALUE",
+    CLASS_STATIC: "STATIC_DATA",
+}
 CLASS_ORDER = ("MISSING", "STATUS", "VALUE", "STATIC_DATA", "NONE")
 SIDE_NAMES = {0: "NONE", SIDE_A: "A", SIDE_B: "B"}
 REASONS_PER_BREAK = 3
 SCORE_BINS = 50
-#: a dimension value of a pair that has none on either side
-NO_VALUE = "(none)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +107,9 @@ def join_pairs(part: pd.DataFrame, spec: MappingSpec) -> Joined:
     b = _prepared(part[part[SIDE] == 1], keys)
     frame = pd.merge(a, b, on=[*keys, OCC], how="outer", suffixes=("_a", "_b"), sort=False)
     frame = frame.sort_values([*keys, OCC], kind="stable").reset_index(drop=True)
-    present = np.stack([frame[f"{ORDER}_a"].notna().to_numpy(), frame[f"{ORDER}_b"].notna().to_numpy()], axis=1)
+    present = np.stack(
+        [frame[f"{ORDER}_a"].notna().to_numpy(), frame[f"{ORDER}_b"].notna().to_numpy()], axis=1
+    )
     both = present[:, 0] & present[:, 1]
     n, fields = len(frame), field_columns(spec)
     equal = np.ones((n, len(fields)), dtype=np.bool_)
@@ -140,18 +146,25 @@ def pair_columns(joined: Joined, spec: MappingSpec) -> PairColumns:
     for role in ("quantity", "amount"):
         if role in names:
             col, j = names[role]
-            values = np.stack([frame[f"{col}_a"].to_numpy(dtype=np.float64), frame[f"{col}_b"].to_numpy(dtype=np.float64)], axis=1)
+            values = np.stack(
+                [frame[f"{col}_a"].to_numpy(dtype=np.float64), frame[f"{col}_b"].to_numpy(dtype=np.float64)],
+                axis=1,
+            )
             snap = joined.equal[:, j] & present[:, 0] & present[:, 1] & ~np.isnan(values).any(axis=1)
             values[snap, 1] = values[snap, 0]
         else:
             values = np.full((n, 2), np.nan)
         values[~present] = np.nan
         numbers[role] = values
-    updated = np.stack([frame[f"{TS}_a"].to_numpy(dtype=np.float64), frame[f"{TS}_b"].to_numpy(dtype=np.float64)], axis=1)
+    updated = np.stack(
+        [frame[f"{TS}_a"].to_numpy(dtype=np.float64), frame[f"{TS}_b"].to_numpy(dtype=np.float64)], axis=1
+    )
     key_text = frame[key_columns(spec)[0]].astype("str")
     for k in key_columns(spec)[1:]:
         key_text = key_text + "|" + frame[k].astype("str")
-    sources = tuple([spec.side(s).name if p else "" for p in present[:, i].tolist()] for i, s in enumerate("ab"))
+    sources = tuple(
+        [spec.side(s).name if p else "" for p in present[:, i].tolist()] for i, s in enumerate("ab")
+    )
     return PairColumns(
         keys=key_text.tolist(),
         present=present,
@@ -188,7 +201,11 @@ def _display(values: pd.Series, type_: str) -> pd.Series:
         seconds = values.to_numpy(dtype=np.float64)
         stamps = pd.to_datetime(seconds, unit="s")
         text = stamps.strftime("%Y-%m-%d" if type_ == "date" else "%Y-%m-%dT%H:%M:%S")
-        return pd.Series(np.asarray(text, dtype=object), index=values.index).where(~np.isnan(seconds)).astype("str")
+        return (
+            pd.Series(np.asarray(text, dtype=object), index=values.index)
+            .where(~np.isnan(seconds))
+            .astype("str")
+        )
     if type_ == "number":
         return values.astype("float64").map(repr).where(values.notna()).astype("str")
     return values.astype("str")
@@ -213,19 +230,35 @@ class PartStats:
     flagged: int = 0
     field_mismatches: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     #: [class, 2]: pairs of each CLASS_ORDER class (by what differs), all and flagged
-    classes: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((len(CLASS_ORDER), 2), dtype=np.int64))
+    classes: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros((len(CLASS_ORDER), 2), dtype=np.int64)
+    )
     #: [class, bins]: break scores of every pair, by class
-    scores: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((len(CLASS_ORDER), SCORE_BINS), dtype=np.int64))
+    scores: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros((len(CLASS_ORDER), SCORE_BINS), dtype=np.int64)
+    )
     #: per dimension: pairs, flagged, differing and per-field mismatches, by value
     dimensions: dict[str, pd.DataFrame] = field(default_factory=dict)
     seconds: float = 0.0
 
     def merge(self, other: PartStats) -> None:
-        for name in ("rows_a", "rows_b", "pairs", "matched", "matched_equal", "only_a", "only_b",
-                     "duplicates_a", "duplicates_b", "flagged"):  # fmt: skip
+        for name in (
+            "rows_a",
+            "rows_b",
+            "pairs",
+            "matched",
+            "matched_equal",
+            "only_a",
+            "only_b",
+            "duplicates_a",
+            "duplicates_b",
+            "flagged",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.field_mismatches = other.field_mismatches if self.field_mismatches.size == 0 else (
-            self.field_mismatches + other.field_mismatches
+        self.field_mismatches = (
+            other.field_mismatches
+            if self.field_mismatches.size == 0
+            else (self.field_mismatches + other.field_mismatches)
         )
         self.classes = self.classes + other.classes
         self.scores = self.scores + other.scores
@@ -235,7 +268,13 @@ class PartStats:
         self.seconds += other.seconds
 
 
-def _counts(joined: Joined, spec: MappingSpec, flagged: B, classes: npt.NDArray[np.int32], scores: npt.NDArray[np.float32]) -> PartStats:
+def _counts(
+    joined: Joined,
+    spec: MappingSpec,
+    flagged: B,
+    classes: npt.NDArray[np.int32],
+    scores: npt.NDArray[np.float32],
+) -> PartStats:
     present, frame = joined.present, joined.frame
     both = present[:, 0] & present[:, 1]
     occ = frame[OCC].to_numpy()
@@ -259,8 +298,14 @@ def _counts(joined: Joined, spec: MappingSpec, flagged: B, classes: npt.NDArray[
         stats.classes[c] = (int(mine.sum()), int((mine & flagged).sum()))
         stats.scores[c] = np.bincount(bins[mine], minlength=SCORE_BINS)
     differing = ~both | joined.mismatch.any(axis=1)
-    base = pd.DataFrame({"pairs": np.ones(len(frame), dtype=np.int64), "flagged": flagged.astype(np.int64),
-                         "differing": differing.astype(np.int64), "missing": (~both).astype(np.int64)})  # fmt: skip
+    base = pd.DataFrame(
+        {
+            "pairs": np.ones(len(frame), dtype=np.int64),
+            "flagged": flagged.astype(np.int64),
+            "differing": differing.astype(np.int64),
+            "missing": (~both).astype(np.int64),
+        }
+    )
     for j, f in enumerate(spec.fields):
         base[f"mismatch:{f.name}"] = joined.mismatch[:, j].astype(np.int64)
     for name, values in dimension_values(joined, spec).items():
@@ -271,7 +316,9 @@ def _counts(joined: Joined, spec: MappingSpec, flagged: B, classes: npt.NDArray[
 # -- the flagged pairs ---------------------------------------------------------------------------
 
 
-def _list_column(mask: B, columns: Sequence[tuple[str, npt.NDArray[np.object_] | npt.NDArray[np.float64]]]) -> object:
+def _list_column(
+    mask: B, columns: Sequence[tuple[str, npt.NDArray[np.object_] | npt.NDArray[np.float64]]]
+) -> object:
     """A Parquet list<struct> column: per row, the entries where `mask` holds ([rows, k] each)."""
     import pyarrow as pa
 
@@ -286,7 +333,9 @@ def _value_text(frame: pd.DataFrame, j: int, f: Field, side: int) -> npt.NDArray
     return _display(frame[_suffixed(f"f{j}", side)], f.type).fillna("").to_numpy(dtype=object)
 
 
-def score_partition(part: pd.DataFrame, spec: MappingSpec, model_ref: PairModelRef, out_dir: str, index: int) -> PartStats:
+def score_partition(
+    part: pd.DataFrame, spec: MappingSpec, model_ref: PairModelRef, out_dir: str, index: int
+) -> PartStats:
     """Join, featurise, score one shuffle partition; write its flagged pairs; return its counts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -299,7 +348,9 @@ def score_partition(part: pd.DataFrame, spec: MappingSpec, model_ref: PairModelR
     scores = model.predict(features.matrix) if len(cols) else np.zeros(0, dtype=np.float32)
     flagged = scores >= model.threshold
     classes = break_classes(features.differs)
-    sides, confidence = likely_right(features.matrix, features.differs, features.quantities, model.stats.log_amount_std)
+    sides, confidence = likely_right(
+        features.matrix, features.differs, features.quantities, model.stats.log_amount_std
+    )
     reason_idx, reason_strength = top_reasons(features.matrix, model.stats, REASONS_PER_BREAK)
     dims = dimension_values(joined, spec)
     stats = _counts(joined, spec, flagged, classes, scores)
@@ -337,9 +388,13 @@ def score_partition(part: pd.DataFrame, spec: MappingSpec, model_ref: PairModelR
     values[:, -1] = "present"
     corrects = differ & (side != 0)[:, None]
     columns["corrections"] = _list_column(
-        corrects, [("field", np.asarray(name_grid, dtype=object)), ("value", values),
-                   ("source", np.broadcast_to(source_names[side][:, None], differ.shape))]
-    )  # fmt: skip
+        corrects,
+        [
+            ("field", np.asarray(name_grid, dtype=object)),
+            ("value", values),
+            ("source", np.broadcast_to(source_names[side][:, None], differ.shape)),
+        ],
+    )
     idx, strength = reason_idx[rows], reason_strength[rows]
     codes = np.array([REASON_CODES[f] for f in PAIR_FEATURES], dtype=object)
     reason_values = np.take_along_axis(features.matrix[rows].astype(np.float64), idx, axis=1)
@@ -354,4 +409,3 @@ def score_partition(part: pd.DataFrame, spec: MappingSpec, model_ref: PairModelR
     pq.write_table(table, path, compression="zstd")
     stats.seconds = time.perf_counter() - started
     return stats
-

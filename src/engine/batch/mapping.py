@@ -137,12 +137,16 @@ class _Reader:
     def fail(self, where: str, message: str) -> MappingError:
         return MappingError(f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}")
 
-    def mapping(self, raw: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
+    def mapping(
+        self, raw: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...]
+    ) -> dict[str, Any]:
         if not isinstance(raw, dict):
             raise self.fail(where, f"must be a mapping with keys {', '.join(allowed)}, got {_kind(raw)}")
         unknown = [k for k in raw if k not in allowed]
         if unknown:
-            raise self.fail(where, f"unknown key(s) {', '.join(map(str, unknown))} (allowed: {', '.join(allowed)})")
+            raise self.fail(
+                where, f"unknown key(s) {', '.join(map(str, unknown))} (allowed: {', '.join(allowed)})"
+            )
         missing = [k for k in required if k not in raw]
         if missing:
             raise self.fail(where, f"missing required key(s) {', '.join(missing)}")
@@ -232,7 +236,9 @@ def parse_mapping(raw: Any, path: str) -> MappingSpec:
     for i, entry in enumerate(r.entries(top["key"], "key", required=True)):
         where = f"key[{i}]"
         spec = r.mapping(entry, where, ("name", "a", "b"), ("name", "a", "b"))
-        part = KeyPart(r.text(spec["name"], f"{where}.name"), *(r.column(spec[s], f"{where}.{s}") for s in SIDES))
+        part = KeyPart(
+            r.text(spec["name"], f"{where}.name"), *(r.column(spec[s], f"{where}.{s}") for s in SIDES)
+        )
         for s in SIDES:
             col = getattr(part, s)
             if col.scale is not None or col.unit is not None or col.format is not None:
@@ -244,9 +250,11 @@ def parse_mapping(raw: Any, path: str) -> MappingSpec:
     for i, entry in enumerate(r.entries(top["fields"], "fields", required=True)):
         where = f"fields[{i}]"
         spec = r.mapping(
-            entry, where, ("name", "a", "b", "type", "abs_tol", "rel_tol", "normalise", "role"),
+            entry,
+            where,
+            ("name", "a", "b", "type", "abs_tol", "rel_tol", "normalise", "role"),
             ("name", "a", "b", "type"),
-        )  # fmt: skip
+        )
         type_ = r.choice(spec["type"], f"{where}.type", TYPES)
         cols = [r.column(spec[s], f"{where}.{s}") for s in SIDES]
         for s, col in zip(SIDES, cols, strict=True):
@@ -262,16 +270,27 @@ def parse_mapping(raw: Any, path: str) -> MappingSpec:
             if type_ != "text":
                 raise r.fail(f"{where}.normalise", f"applies to text fields, this one is {type_}")
             steps = r.entries(spec["normalise"], f"{where}.normalise", required=True)
-            normalise = tuple(r.choice(n, f"{where}.normalise[{j}]", NORMALISERS) for j, n in enumerate(steps))
+            normalise = tuple(
+                r.choice(n, f"{where}.normalise[{j}]", NORMALISERS) for j, n in enumerate(steps)
+            )
         role = None
         if "role" in spec:
             role = r.choice(spec["role"], f"{where}.role", tuple(ROLES))
             if ROLES[role] != type_:
-                raise r.fail(f"{where}.role", f"the model's {role} is a {ROLES[role]} field, this one is {type_}")
+                raise r.fail(
+                    f"{where}.role", f"the model's {role} is a {ROLES[role]} field, this one is {type_}"
+                )
         fields.append(
-            Field(r.text(spec["name"], f"{where}.name"), type_, cols[0], cols[1], normalise=normalise, role=role,
-                  **tolerances)
-        )  # fmt: skip
+            Field(
+                r.text(spec["name"], f"{where}.name"),
+                type_,
+                cols[0],
+                cols[1],
+                normalise=normalise,
+                role=role,
+                **tolerances,
+            )
+        )
     _unique(r, [(f"fields[{i}].name", f.name) for i, f in enumerate(fields)], "field")
     _unique(r, [(f"fields[{i}].role", f.role) for i, f in enumerate(fields) if f.role], "role")
 

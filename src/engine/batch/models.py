@@ -66,8 +66,9 @@ class PairModelRef:
             return loaded
         stats = PairStats.from_json(json.loads(self.stats))
         session = onnx_session(self.onnx)
-        return PairModel(self.version, stats, self.threshold, {}, session, INPUT_NAME, OUTPUT_NAME, 0,
-                         "isolation_forest")  # fmt: skip
+        return PairModel(
+            self.version, stats, self.threshold, {}, session, INPUT_NAME, OUTPUT_NAME, 0, "isolation_forest"
+        )
 
     def describe(self) -> dict[str, Any]:
         model = self.load()
@@ -96,7 +97,9 @@ def fit_on_sample(
     from engine.training.pairs import amount_baseline, forest_to_onnx, onnx_scores
 
     if len(sample) < 16:
-        raise UsageError(f"only {len(sample)} pairs in the sample: too few to fit a model; use --model bundle")
+        raise UsageError(
+            f"only {len(sample)} pairs in the sample: too few to fit a model; use --model bundle"
+        )
     mean, std = amount_baseline(sample)
     placeholder = PairStats(mean, std, {f: (0.0, 1.0) for f in PAIR_FEATURES})
     x = pair_features(sample, placeholder).matrix
@@ -109,8 +112,9 @@ def fit_on_sample(
     threshold = float(np.quantile(scores, 1.0 - contamination, method="higher"))
     threshold = min(max(threshold, 1e-6), 1.0)
     version = "fitted+" + hashlib.sha256(model).hexdigest()[:8]
-    ref = PairModelRef("fitted", onnx=model, stats=json.dumps(stats.to_json()), threshold=threshold,
-                       version=version)  # fmt: skip
+    ref = PairModelRef(
+        "fitted", onnx=model, stats=json.dumps(stats.to_json()), threshold=threshold, version=version
+    )
     info = {"sample_pairs": float(len(sample)), "contamination": contamination, "threshold": threshold}
     return ref, info
 

@@ -21,10 +21,12 @@ import numpy as np
 import pandas as pd
 
 from engine.batch.hotspots import rank
-from engine.batch.join import CLASS_ORDER, SCORE_BINS, PartStats
+from engine.batch.join import CLASS_ORDER, NO_VALUE, SCORE_BINS, PartStats
 from engine.batch.mapping import MappingSpec
 
 TOP_VALUES = 12
+#: values per dimension in the plots
+PLOT_VALUES = 8
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
 color:#1d2330;padding:0 1em}
@@ -41,7 +43,7 @@ def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -51,11 +53,14 @@ def _img(data_url: str, alt: str) -> str:
 
 
 def _table(headers: list[str], rows: list[list[Any]], text_columns: int = 1) -> str:
-    head = "".join(f'<th class="{"t" if i < text_columns else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers))
+    head = "".join(
+        f'<th class="{"t" if i < text_columns else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers)
+    )
     body = []
     for row in rows:
         cells = "".join(
-            f'<td class="{"t" if i < text_columns else ""}">{html.escape(_fmt(v))}</td>' for i, v in enumerate(row)
+            f'<td class="{"t" if i < text_columns else ""}">{html.escape(_fmt(v))}</td>'
+            for i, v in enumerate(row)
         )
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -71,41 +76,57 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _hotspot_plot(ranked: pd.DataFrame, name: str, p0: float) -> str:
+def _panels(count: int, height: float) -> tuple[Any, list[Any]]:
     import matplotlib.pyplot as plt
 
-    head = ranked.head(TOP_VALUES).iloc[::-1]
-    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(head) + 1.2))
-    y = np.arange(len(head))
-    rate = head["rate"].to_numpy()
-    err = np.vstack([rate - head["ci_low"].to_numpy(), head["ci_high"].to_numpy() - rate])
-    ax.barh(y, rate, xerr=err, color="#d9534f", alpha=0.8, ecolor="#333", capsize=3)
-    ax.axvline(p0, color="#2b6cb0", linestyle="--", label=f"overall {p0:.2%}")
-    ax.set_yticks(y, [str(v)[:28] for v in head["value"]])
-    ax.set_xlabel("flagged rate (95 % Wilson interval)")
-    ax.set_title(f"{name}: top values by excess breaks")
-    ax.legend(loc="lower right")
+    cols = 2 if count > 1 else 1
+    rows = (count + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(11, height * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def _hotspots_plot(ranked: dict[str, pd.DataFrame], p0: float) -> str:
+    """One panel per dimension: its top values' flagged rates with their intervals, and the overall rate."""
+    fig, axes = _panels(len(ranked), 0.3 * PLOT_VALUES + 1.4)
+    for ax, (name, table) in zip(axes, ranked.items(), strict=True):
+        head = table.head(PLOT_VALUES).iloc[::-1]
+        y = np.arange(len(head))
+        rate = head["rate"].to_numpy()
+        err = np.vstack([rate - head["ci_low"].to_numpy(), head["ci_high"].to_numpy() - rate])
+        ax.barh(y, rate, xerr=err, color="#d9534f", alpha=0.8, ecolor="#333", capsize=3)
+        ax.axvline(p0, color="#2b6cb0", linestyle="--", label=f"overall {p0:.2%}")
+        ax.set_yticks(y, [str(v)[:22] for v in head["value"]])
+        ax.set_title(name)
+        ax.set_xlabel("flagged rate, 95 % Wilson interval")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
     return _png(fig)
 
 
-def _heatmap(table: pd.DataFrame, ranked: pd.DataFrame, spec: MappingSpec, name: str) -> str:
-    import matplotlib.pyplot as plt
-
-    values = ranked.head(TOP_VALUES)["value"].tolist()
-    rows = table.loc[values]
-    cols = [f"mismatch:{f.name}" for f in spec.fields]
-    pairs = np.maximum(rows["pairs"].to_numpy(dtype=np.float64), 1.0)
-    rates = np.column_stack([rows[c].to_numpy(dtype=np.float64) / pairs for c in cols] + [rows["missing"].to_numpy() / pairs])
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * rates.shape[1] + 3), 0.38 * len(values) + 1.6))
-    im = ax.imshow(rates, aspect="auto", cmap="Reds", vmin=0.0)
-    ax.set_xticks(np.arange(rates.shape[1]), [f.name for f in spec.fields] + ["missing"], rotation=30, ha="right")
-    ax.set_yticks(np.arange(len(values)), [str(v)[:28] for v in values])
-    for i in range(rates.shape[0]):
-        for j in range(rates.shape[1]):
-            if rates[i, j] > 0:
-                ax.text(j, i, f"{rates[i, j]:.1%}", ha="center", va="center", fontsize=7)
-    fig.colorbar(im, ax=ax, label="share of pairs")
-    ax.set_title(f"mismatch rate per field, top {name} values")
+def _heatmap(total: PartStats, ranked: dict[str, pd.DataFrame], spec: MappingSpec) -> str:
+    """One panel per dimension: mismatch rate of each field (and missing records) over its top values."""
+    fields = [f.name for f in spec.fields] + ["missing"]
+    fig, axes = _panels(len(ranked), 0.3 * PLOT_VALUES + 2.0)
+    image = None
+    for ax, (name, table) in zip(axes, ranked.items(), strict=True):
+        values = table.head(PLOT_VALUES)["value"].tolist()
+        rows = total.dimensions[name].loc[values]
+        pairs = np.maximum(rows["pairs"].to_numpy(dtype=np.float64), 1.0)
+        cols = [rows[f"mismatch:{f.name}"].to_numpy(dtype=np.float64) for f in spec.fields] + [
+            rows["missing"].to_numpy(dtype=np.float64)
+        ]
+        rates = np.column_stack(cols) / pairs[:, None]
+        image = ax.imshow(
+            rates, aspect="auto", cmap="Reds", vmin=0.0, vmax=max(0.05, float(rates.max(initial=0.0)))
+        )
+        ax.set_xticks(np.arange(len(fields)), fields, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(np.arange(len(values)), [str(v)[:22] for v in values], fontsize=8)
+        ax.set_title(name)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -114,7 +135,7 @@ def _dates_plot(table: pd.DataFrame) -> str:
 
     from engine.batch.hotspots import wilson
 
-    t = table[table.index != "(none)"].sort_index()
+    t = table[table.index != NO_VALUE].sort_index()
     dates = pd.to_datetime(pd.Series(t.index), errors="coerce")
     n = t["pairs"].to_numpy(dtype=np.float64)
     k = t["flagged"].to_numpy(dtype=np.float64)
@@ -126,6 +147,7 @@ def _dates_plot(table: pd.DataFrame) -> str:
     ax.set_title("breaks over business dates")
     ax.legend(loc="upper left")
     fig.autofmt_xdate()
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -140,8 +162,15 @@ def _scores_plot(total: PartStats, threshold: float) -> str:
         counts = total.scores[i].astype(np.float64)
         if counts.sum() == 0:
             continue
-        ax.bar(edges[:-1], counts, width=edges[1] - edges[0], bottom=bottom, align="edge", label=cls,
-               color=colours[i % len(colours)])  # fmt: skip
+        ax.bar(
+            edges[:-1],
+            counts,
+            width=edges[1] - edges[0],
+            bottom=bottom,
+            align="edge",
+            label=cls,
+            color=colours[i % len(colours)],
+        )
         bottom += counts
     ax.axvline(threshold, color="#1d2330", linestyle="--", label=f"threshold {threshold:.3f}")
     ax.set_yscale("log")
@@ -149,6 +178,7 @@ def _scores_plot(total: PartStats, threshold: float) -> str:
     ax.set_ylabel("pairs")
     ax.set_title("break score distribution, by what differs")
     ax.legend(fontsize=8)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -168,9 +198,9 @@ def write_report(path: Path, summary: dict[str, Any], total: PartStats, spec: Ma
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Sync-break discovery: {html.escape(spec.a.name)} vs {html.escape(spec.b.name)}</h1>",
         f'<p class="muted">A: {html.escape(str(src["a"]["location"]))} &middot; B: '
-        f'{html.escape(str(src["b"]["location"]))} &middot; mapping {html.escape(spec.path)} &middot; '
-        f'model {html.escape(str(model["kind"]))} {html.escape(str(model["version"]))} '
-        f'(threshold {float(model["threshold"]):.4f}; {html.escape(str(model["source"]))})</p>',
+        f"{html.escape(str(src['b']['location']))} &middot; mapping {html.escape(spec.path)} &middot; "
+        f"model {html.escape(str(model['kind']))} {html.escape(str(model['version']))} "
+        f"(threshold {float(model['threshold']):.4f}; {html.escape(str(model['source']))})</p>",
         '<div class="grid">',
     ]
     cards = [
@@ -187,34 +217,68 @@ def write_report(path: Path, summary: dict[str, Any], total: PartStats, spec: Ma
     parts.append(_table(["count", "value"], [[k.replace("_", " "), v] for k, v in counts.items()]))
     parts.append("<h2>Fields that disagree (matched records)</h2>")
     matched = max(counts["matched"], 1)
-    parts.append(_table(
-        ["field", "type", "tolerance", "mismatches", "share of matched"],
-        [[f.name, f.type, _tolerance(f.abs_tol, f.rel_tol, f.type), n, n / matched]
-         for f, n in zip(spec.fields, summary["field_mismatches"].values(), strict=True)],
-        text_columns=3,
-    ))  # fmt: skip
+    parts.append(
+        _table(
+            ["field", "type", "tolerance", "mismatches", "share of matched"],
+            [
+                [f.name, f.type, _tolerance(f.abs_tol, f.rel_tol, f.type), n, n / matched]
+                for f, n in zip(spec.fields, summary["field_mismatches"].values(), strict=True)
+            ],
+            text_columns=3,
+        )
+    )
     parts.append("<h2>Breaks flagged by the model, by class</h2>")
-    parts.append(_table(
-        ["class", "pairs (by what differs)", "flagged", "flagged share"],
-        [[c, summary["pairs_by_class"][c], summary["breaks"]["by_class"][c],
-          summary["breaks"]["by_class"][c] / max(total.flagged, 1)] for c in CLASS_ORDER],
-    ))  # fmt: skip
+    parts.append(
+        _table(
+            ["class", "pairs (by what differs)", "flagged", "flagged share"],
+            [
+                [
+                    c,
+                    summary["pairs_by_class"][c],
+                    summary["breaks"]["by_class"][c],
+                    summary["breaks"]["by_class"][c] / max(total.flagged, 1),
+                ]
+                for c in CLASS_ORDER
+            ],
+        )
+    )
     parts.append(
         "<h2>Hotspots</h2><p>Dimension values ranked by excess breaks at the lower bound of the 95 % Wilson "
         f"interval of their flagged rate, against the overall rate {p0:.2%}.</p>"
     )
-    for name, table in total.dimensions.items():
-        ranked = rank(table, total.pairs, total.flagged)
-        parts.append(f"<h3>{html.escape(name)} ({len(ranked):,} values)</h3>")
-        parts.append(_table(
-            ["rank", "value", "pairs", "flagged", "rate", "95 % interval", "expected", "excess"],
-            [[int(r["rank"]), r["value"], int(r["pairs"]), int(r["flagged"]), r["rate"],
-              f"{r['ci_low']:.2%} – {r['ci_high']:.2%}", r["expected"], r["excess"]]
-             for r in ranked.head(TOP_VALUES).to_dict(orient="records")],
-            text_columns=2,
-        ))  # fmt: skip
-        parts.append(_img(_hotspot_plot(ranked, name, p0), f"{name}: top values by excess breaks"))
-        parts.append(_img(_heatmap(table, ranked, spec, name), f"mismatch rate per field by {name}"))
+    ranked = {name: rank(table, total.pairs, total.flagged) for name, table in total.dimensions.items()}
+    for name, table in ranked.items():
+        parts.append(f"<h3>{html.escape(name)} ({len(table):,} values)</h3>")
+        parts.append(
+            _table(
+                ["rank", "value", "pairs", "flagged", "rate", "95 % interval", "expected", "excess"],
+                [
+                    [
+                        int(r["rank"]),
+                        r["value"],
+                        int(r["pairs"]),
+                        int(r["flagged"]),
+                        r["rate"],
+                        f"{r['ci_low']:.2%} – {r['ci_high']:.2%}",
+                        r["expected"],
+                        r["excess"],
+                    ]
+                    for r in table.head(TOP_VALUES).to_dict(orient="records")
+                ],
+                text_columns=2,
+            )
+        )
+        unvalued = total.dimensions[name]
+        if NO_VALUE in unvalued.index:
+            n = int(unvalued.loc[NO_VALUE, "pairs"])
+            parts.append(
+                f'<p class="muted">{n:,} pair(s) have no {html.escape(name)} (records missing from the '
+                "system that carries it); they are counted above, not ranked.</p>"
+            )
+    if ranked:
+        parts.append(_img(_hotspots_plot(ranked, p0), "top values of each dimension by excess breaks"))
+        parts.append("<h2>Mismatch rates per field</h2>")
+        parts.append(_img(_heatmap(total, ranked, spec), "mismatch rate per field by dimension value"))
     if spec.business_date is not None and spec.business_date in total.dimensions:
         parts.append("<h2>Breaks over business dates</h2>")
         parts.append(_img(_dates_plot(total.dimensions[spec.business_date]), "flagged rate by business date"))
@@ -231,4 +295,6 @@ def _tolerance(abs_tol: float, rel_tol: float, type_: str) -> str:
         return "exact"
     if abs_tol == 0 and rel_tol == 0:
         return "exact"
-    return " + ".join(x for x in (f"{abs_tol:g}" if abs_tol else "", f"{rel_tol:g} × |b|" if rel_tol else "") if x)
+    return " + ".join(
+        x for x in (f"{abs_tol:g}" if abs_tol else "", f"{rel_tol:g} × |b|" if rel_tol else "") if x
+    )

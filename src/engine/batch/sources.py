@@ -19,9 +19,9 @@ path). Each piece knows where its rows come from, so an error names the file and
 from __future__ import annotations
 
 import io
-from decimal import Decimal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -29,10 +29,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from engine.batch.errors import DataError, UsageError
+from engine.batch.options import DEFAULT_BLOCK_BYTES, DEFAULT_BLOCK_ROWS, DEFAULT_SQL_PARTS
 
-DEFAULT_BLOCK_ROWS = 500_000
-DEFAULT_BLOCK_BYTES = 64 << 20
-DEFAULT_SQL_PARTS = 8
 SUFFIXES = (".parquet", ".csv")
 
 
@@ -100,7 +98,10 @@ def _files(root: Path) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise UsageError(f"{root}: no such file or folder")
-    found = {s: sorted(p for p in root.rglob(f"*{s}") if p.is_file() and not p.name.startswith(".")) for s in SUFFIXES}
+    found = {
+        s: sorted(p for p in root.rglob(f"*{s}") if p.is_file() and not p.name.startswith("."))
+        for s in SUFFIXES
+    }
     kinds = [s for s, files in found.items() if files]
     if not kinds:
         raise UsageError(f"{root}: no .parquet or .csv files in this folder")
@@ -138,7 +139,9 @@ def _csv_pieces(files: Sequence[Path], block_bytes: int, start: int) -> list[Pie
     for f in files:
         size = f.stat().st_size
         for lo in range(0, max(size, 1), block_bytes):
-            pieces.append(Piece("csv", str(f), start + len(pieces), byte_range=(lo, min(size, lo + block_bytes))))
+            pieces.append(
+                Piece("csv", str(f), start + len(pieces), byte_range=(lo, min(size, lo + block_bytes)))
+            )
     return pieces
 
 
@@ -156,10 +159,18 @@ def plan(
         if not query:
             raise UsageError(f"{redact(location)}: a PostgreSQL source needs a query (--a-query / --b-query)")
         return [
-            Piece("sql", redact(location), i, url=location, query=query, key_columns=tuple(key_columns),
-                  part=i, parts=sql_parts)
+            Piece(
+                "sql",
+                redact(location),
+                i,
+                url=location,
+                query=query,
+                key_columns=tuple(key_columns),
+                part=i,
+                parts=sql_parts,
+            )
             for i in range(sql_parts)
-        ]  # fmt: skip
+        ]
     if query:
         raise UsageError(f"{location}: a query applies to a postgresql:// source, not to files")
     files = _files(Path(location))
@@ -265,7 +276,8 @@ def _read_sql(piece: Piece, columns: Sequence[str]) -> pd.DataFrame:
     key = ", ".join(f"{_quote(k)}::text" for k in piece.key_columns)
     sql = (
         f"SELECT {cols} FROM ({piece.query}) AS q "
-        f"WHERE ((hashtext(concat_ws(chr(31), {key}))::bigint % %(parts)s) + %(parts)s) % %(parts)s = %(part)s "
+        f"WHERE ((hashtext(concat_ws(chr(31), {key}))::bigint % %(parts)s) + %(parts)s) % %(parts)s "
+        "= %(part)s "
         f"ORDER BY {cols}"
     )
     with _connect(piece) as conn:
