@@ -11,7 +11,7 @@ Both extracts become frames of the same columns, whatever each system calls and 
 | `_ts` | the record's last update (float64 unix seconds) |
 | `_side` | 0 for system A, 1 for system B |
 | `_order` | the row's place in its extract: piece number << 32 + row (file order; duplicates pair in it) |
-| `_hash` | a stable 64-bit hash of the key (pandas' SipHash of the key parts), the same on |
+| `_hash` | a stable 64-bit hash of the key (`key_hash`: FNV-1a of the parts, mixed), the same on |
 | | every machine: the shuffle and the IsolationForest sample use it |
 
 Missing values are nulls (text) or NaN (numbers, times). A value the mapping's type cannot
@@ -23,7 +23,9 @@ before any task runs).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -223,42 +225,213 @@ def _field(values: pd.Series, f: Field, col: Column, ctx: _Context) -> pd.Series
     return _seconds(values, col, what, ctx, day=f.type == "date")
 
 
+# -- the fast path: Arrow compute on whole columns; anything unusual (and every error) goes to the
+# -- pandas functions above, which handle every input type and name the bad row
+
+
+def _arrow_text(column: Any) -> Any:
+    """A column as an Arrow string array, or None when it is not text or integers (pandas path)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        return arr.cast(pa.string())
+    if pa.types.is_integer(arr.type):
+        return pc.cast(arr, pa.string())
+    return None
+
+
+def _arrow_normalised(arr: Any, steps: Sequence[str]) -> Any:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    for step in steps:
+        if step == "trim":
+            arr = pc.utf8_trim_whitespace(arr)
+        elif step == "lower":
+            arr = pc.utf8_lower(arr)
+        elif step == "upper":
+            arr = pc.utf8_upper(arr)
+        elif step == "collapse_whitespace":
+            # the regex only where a run of spaces or another whitespace character occurs (rare)
+            odd = pc.or_(pc.match_substring(arr, "  "), pc.match_substring_regex(arr, "[\t\n\r\f\v]"))
+            rows = np.flatnonzero(odd.fill_null(False).to_numpy(zero_copy_only=False))
+            if rows.size:
+                fixed = pc.replace_substring_regex(arr.take(rows), "\\s+", " ")
+                arr = pc.replace_with_mask(arr, odd.fill_null(False), fixed)
+    return arr
+
+
+def _arrow_number(column: Any, scale: float | None) -> F64 | None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+        if not pa.types.is_string(arr.type):
+            return None
+        try:
+            arr = pc.cast(pc.utf8_trim_whitespace(arr), pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+    out = np.asarray(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if scale is not None:
+        out = out * scale
+    return None if np.isinf(out).any() else out
+
+
+def _arrow_seconds(column: Any, col: Column, day: bool) -> F64 | None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if col.unit is not None or col.format is not None:
+        return None
+    if pa.types.is_string(arr.type):
+        present = pc.and_(pc.is_valid(arr), pc.not_equal(pc.utf8_length(arr), 0))
+        try:
+            arr = pc.cast(arr, pa.timestamp("us"))
+        except pa.ArrowInvalid:
+            try:
+                arr = pc.cast(column, pa.timestamp("us", tz="UTC"))
+            except pa.ArrowInvalid:
+                return None
+        if not pc.all(pc.or_(pc.invert(present), pc.is_valid(arr))).as_py():
+            return None
+    elif pa.types.is_date(arr.type):
+        arr = pc.cast(pc.cast(arr, pa.date32()), pa.timestamp("s"))
+    elif not pa.types.is_timestamp(arr.type):
+        return None
+    micros = pc.cast(pc.cast(arr, pa.timestamp("us", tz=getattr(arr.type, "tz", None))), pa.int64())
+    out = np.asarray(pc.cast(micros, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64) / 1e6
+    return np.floor(out / DAY) * DAY if day else out
+
+
+def _series(column: Any) -> pd.Series:
+    return column.to_pandas().reset_index(drop=True)
+
+
 def load(piece: Piece, side: str, spec: MappingSpec) -> pd.DataFrame:
-    """Read one piece of side `side` ("a" or "b") into the canonical frame."""
-    raw = sources.read(piece, spec.columns(side))
-    n = len(raw)
-    out: dict[str, object] = {}
-    keys = pd.DataFrame(
-        {
-            k: _text(raw[getattr(part, side).name]).reset_index(drop=True)
-            for k, part in zip(key_columns(spec), spec.key, strict=True)
-        }
-    )
-    ctx = _Context(side, piece, keys)
-    for k, part in zip(key_columns(spec), spec.key, strict=True):
-        missing = keys[k].isna().to_numpy() | (keys[k].str.strip() == "").to_numpy()
+    """Read one piece of side `side` ("a" or "b") into the canonical frame, as pandas."""
+    frame: pd.DataFrame = load_arrow(piece, side, spec).to_pandas()
+    return frame
+
+
+def load_arrow(piece: Piece, side: str, spec: MappingSpec) -> Any:
+    """Read one piece of side `side` ("a" or "b") into the canonical frame, as an Arrow table."""
+    import pyarrow as pa
+
+    raw = sources.read_arrow(piece, spec.columns(side))
+    n = raw.num_rows
+    out: dict[str, Any] = {}
+    keys: list[Any] = []
+    for part in spec.key:
+        col = raw.column(getattr(part, side).name)
+        text = _arrow_text(col)
+        keys.append(text if text is not None else pa.array(_text(_series(col)).tolist(), pa.string()))
+    key_frame = pd.DataFrame({f"k{i}": k.to_pandas() for i, k in enumerate(keys)})
+    ctx = _Context(side, piece, key_frame)
+    for k, part, arr in zip(key_columns(spec), spec.key, keys, strict=True):
+        import pyarrow.compute as pc
+
+        empty = pc.or_(pc.is_null(arr), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0))
+        missing = empty.fill_null(True).to_numpy(zero_copy_only=False)
         if missing.any():
-            raise ctx.fail(missing, getattr(part, side).name, f"key part {part.name}", "empty key", keys[k])
-        out[k] = keys[k]
+            raise ctx.fail(
+                missing, getattr(part, side).name, f"key part {part.name}", "empty key", key_frame[k]
+            )
+        out[k] = arr
     for name, f in zip(field_columns(spec), spec.fields, strict=True):
         col = getattr(f, side)
-        out[name] = _field(raw[col.name].reset_index(drop=True), f, col, ctx)
+        column = raw.column(col.name)
+        value: Any = None
+        if f.type == "text":
+            text = _arrow_text(column)
+            value = _arrow_normalised(text, f.normalise) if text is not None else None
+        elif f.type == "number":
+            value = _arrow_number(column, col.scale)
+        else:
+            value = _arrow_seconds(column, col, day=f.type == "date")
+        out[name] = value if value is not None else _field(_series(column), f, col, ctx)
     for name, d in zip(dimension_columns(spec), (d for d in spec.dimensions if d.field is None), strict=True):
-        col = getattr(d, side)
-        out[name] = (
-            _text(raw[col.name].reset_index(drop=True))
-            if col is not None
-            else pd.Series([None] * n, dtype="str")
-        )
+        col_ = getattr(d, side)
+        if col_ is None:
+            out[name] = pa.nulls(n, pa.string())
+            continue
+        column = raw.column(col_.name)
+        text = _arrow_text(column)
+        out[name] = text if text is not None else _text(_series(column))
     updated = spec.side(side).updated_at
-    ts = _seconds(raw[updated.name].reset_index(drop=True), updated, f"{side}.updated_at", ctx, day=False)
+    column = raw.column(updated.name)
+    ts = _arrow_seconds(column, updated, day=False)
+    if ts is None:
+        ts = _seconds(_series(column), updated, f"{side}.updated_at", ctx, day=False)
     if np.isnan(ts).any():
         raise ctx.fail(
-            np.isnan(ts), updated.name, f"{side}.updated_at", "no last-update time", raw[updated.name]
+            np.isnan(ts), updated.name, f"{side}.updated_at", "no last-update time", _series(column)
         )
     out[TS] = ts
     out[SIDE] = np.full(n, 0 if side == "a" else 1, dtype=np.int8)
     out[ORDER] = (np.int64(piece.number) << np.int64(32)) + np.arange(n, dtype=np.int64)
-    out[HASH] = pd.util.hash_pandas_object(keys, index=False).to_numpy()
-    frame = pd.DataFrame(out)
-    return frame.astype(meta(spec).dtypes.to_dict())
+    out[HASH] = key_hash(keys)
+    types = arrow_types(spec)
+    columns = {}
+    for name, value in out.items():
+        if isinstance(value, pa.Array | pa.ChunkedArray):
+            columns[name] = value.cast(types[name])
+        elif isinstance(value, pd.Series):
+            columns[name] = pa.array(value.to_numpy(dtype=object), type=types[name], from_pandas=True)
+        else:
+            columns[name] = pa.array(value, type=types[name])
+    return pa.table(columns)
+
+
+def arrow_types(spec: MappingSpec) -> dict[str, Any]:
+    import pyarrow as pa
+
+    types: dict[str, Any] = {k: pa.string() for k in key_columns(spec)}
+    for name, f in zip(field_columns(spec), spec.fields, strict=True):
+        types[name] = pa.string() if f.type == "text" else pa.float64()
+    types.update({d: pa.string() for d in dimension_columns(spec)})
+    types.update({TS: pa.float64(), SIDE: pa.int8(), ORDER: pa.int64(), HASH: pa.uint64()})
+    return types
+
+
+@numba.njit(cache=True, nogil=True)
+def _fnv_update(
+    hashes: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64], data: npt.NDArray[np.uint8]
+) -> None:
+    prime = np.uint64(1099511628211)
+    for i in range(hashes.shape[0]):
+        h = hashes[i]
+        for j in range(offsets[i], offsets[i + 1]):
+            h = (h ^ np.uint64(data[j])) * prime
+        hashes[i] = (h ^ np.uint64(0x1F)) * prime  # a unit separator between key parts
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish(hashes: npt.NDArray[np.uint64]) -> None:
+    for i in range(hashes.shape[0]):  # splitmix64's finaliser: every input bit moves the top bits too
+        z = hashes[i]
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        hashes[i] = z ^ (z >> np.uint64(31))
+
+
+def key_hash(parts: Sequence[Any]) -> npt.NDArray[np.uint64]:
+    """A stable 64-bit hash per row of the key parts (Arrow string arrays): FNV-1a over their UTF-8
+    bytes, parts separated, then mixed; the same on every machine and in every process."""
+    import pyarrow as pa
+
+    n = len(parts[0]) if parts else 0
+    hashes = np.full(n, np.uint64(14695981039346656037), dtype=np.uint64)
+    for part in parts:
+        arr = part.combine_chunks() if isinstance(part, pa.ChunkedArray) else part
+        arr = arr.cast(pa.large_string())
+        buffers = arr.buffers()
+        offsets = np.frombuffer(buffers[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+        data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+        _fnv_update(hashes, np.ascontiguousarray(offsets), data)
+    _finish(hashes)
+    return hashes

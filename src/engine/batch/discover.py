@@ -1,22 +1,22 @@
 """`engine discover`: two extracts -> record pairs -> flagged breaks, a summary and a hotspot report.
 
-The Dask graph, the same on a local cluster and on a real one:
+The Dask graph, the same on a local cluster and on a real one, in two steps:
 
 ```
-extract A pieces ─ canonical.load ─┐
-                                   ├─ concat ─ shuffle on the key hash ─ join.score_partition ─┐
-extract B pieces ─ canonical.load ─┘   (P partitions)                     (per partition)      │
-      flagged/part-*.parquet (written by each task) + PartStats (counts, back to the client) ◀──┘
-      client: add up ─ hotspots ─ summary.json + report.html
+read:   extract A piece ─ canonical.load_arrow ─ split by key hash ─┐  OUT/.scratch/bucket-NNNNN/*.arrow
+        extract B piece ─ canonical.load_arrow ─ split by key hash ─┘  (engine.batch.buckets)
+pairs:  bucket i ─ join.score_partition ─┬─ OUT/flagged/part-NNNNN.parquet
+                                         └─ PartStats (counts) ─▶ client: add up ─ hotspots
+                                                                   ─ summary.json + report.html
 ```
 
-Memory is bounded by the partition: pieces of `block_rows`, shuffle partitions of about
-`partition_rows` rows of each side, the shuffle itself Dask's (peer-to-peer on a distributed
-cluster: spilled to the workers' disks). Nothing is written into the inputs.
+Memory is bounded by the piece and the partition: pieces of `block_rows`, partitions of about
+`partition_rows` rows of each side; the shuffle goes through files (`engine.batch.buckets`).
+Nothing is written into the inputs; the scratch files are removed at the end.
 
-With `--model isolation-forest`, one pass before: the rows of a hash sample of keys (the same
-keys on both sides) are gathered, joined and featurised on the client, and a forest is fitted
-on them (`engine.batch.models.fit_on_sample`).
+With `--model isolation-forest`, the read step also returns the rows of a hash sample of keys
+(the same keys on both sides); they are joined and featurised on the client and a forest is
+fitted on them (`engine.batch.models.fit_on_sample`) before the pairs step.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,16 +34,19 @@ from typing import Any
 import pandas as pd
 
 from engine.batch import canonical, sources
+from engine.batch.buckets import read_bucket, split_piece
 from engine.batch.cluster import run_tasks
 from engine.batch.errors import UsageError
 from engine.batch.hotspots import rank, top
 from engine.batch.join import CLASS_ORDER, PartStats, join_pairs, pair_columns, score_partition
 from engine.batch.mapping import MappingSpec, mapping_to_json
-from engine.batch.models import PairModelRef, bundle_model, fit_on_sample, sample_mask
+from engine.batch.models import PairModelRef, bundle_model, fit_on_sample
 from engine.batch.options import MODEL_CHOICES, Options
 
 Printer = Callable[[str], None]
 FLAGGED_DIR = "flagged"
+#: the shuffle's files, inside the output folder while a discovery runs
+SCRATCH = ".scratch"
 SUMMARY = "summary.json"
 REPORT = "report.html"
 HOTSPOTS_IN_SUMMARY = 10
@@ -101,31 +105,15 @@ def _estimated_rows(pieces: list[sources.Piece]) -> int:
     return total
 
 
-def _frame(pieces: list[sources.Piece], side: str, spec: MappingSpec) -> Any:
-    import dask.dataframe as dd
-
-    return dd.from_map(
-        canonical.load,
-        pieces,
-        side=side,
-        spec=spec,
-        meta=canonical.meta(spec),
-        label=f"extract-{side}",
-        enforce_metadata=False,
-    )
-
-
 def _fit(
-    both: Any, spec: MappingSpec, rows: int, opts: Options, log: Printer
+    samples: list[Any], spec: MappingSpec, rate: float, opts: Options, log: Printer
 ) -> tuple[PairModelRef, dict[str, Any]]:
-    rate = min(1.0, opts.sample_pairs / max(1, rows))
-
-    def keep(part: pd.DataFrame) -> pd.DataFrame:
-        return part[sample_mask(part[canonical.HASH].to_numpy(), rate)]
+    """The IsolationForest of `--model isolation-forest`, on the hash-sampled rows of both extracts."""
+    import pyarrow as pa
 
     t0 = time.perf_counter()
-    sample = both.map_partitions(keep, meta=canonical.meta(spec)).compute()
-    joined = join_pairs(sample, spec)
+    table = pa.concat_tables(samples) if samples else read_bucket("", -1, spec)
+    joined = join_pairs(table, spec)
     ref, info = fit_on_sample(pair_columns(joined, spec), contamination=opts.contamination, seed=opts.seed)
     log(
         f"discover: IsolationForest fitted on {len(joined.frame):,} sampled pairs in "
@@ -140,6 +128,8 @@ def discover(
 ) -> dict[str, Any]:
     """Run a discovery on `client`'s cluster; write flagged Parquet, summary.json and report.html."""
     started = time.perf_counter()
+    if opts.report:  # import the plotting library while the cluster works (a second of imports)
+        threading.Thread(target=_import_plotting, name="import-matplotlib", daemon=True).start()
     pieces = {"a": _pieces(spec, "a", a, opts), "b": _pieces(spec, "b", b, opts)}
     rows = {s: _estimated_rows(p) for s, p in pieces.items()}
     out = prepare_out(out)
@@ -152,36 +142,51 @@ def discover(
         f"B {len(pieces['b'])} piece(s) ({sources.redact(b.location)}); "
         f"{partitions} shuffle partition(s)"
     )
-    import dask.dataframe as dd
-
-    both = dd.concat([_frame(pieces["a"], "a", spec), _frame(pieces["b"], "b", spec)])
-    fitted: dict[str, Any] = {}
-    if opts.model == "bundle":
-        ref = bundle_model(opts.bundle)
-    elif opts.model == "isolation-forest":
-        ref, fitted = _fit(both, spec, max(rows.values()), opts, log)
-    else:
-        raise UsageError(f"--model must be one of {', '.join(MODEL_CHOICES)}")
     from dask.delayed import delayed
 
-    shuffled = both.shuffle(on=canonical.HASH, npartitions=partitions)
-    flagged_dir = str((out / FLAGGED_DIR).resolve())
-    task = delayed(score_partition, pure=True)
-    tasks = [task(part, spec, ref, flagged_dir, i) for i, part in enumerate(shuffled.to_delayed())]
-    total = PartStats()
+    scratch = str((out / SCRATCH).resolve())
+    shutil.rmtree(scratch, ignore_errors=True)
+    rate = 0.0
+    if opts.model == "isolation-forest":
+        rate = min(1.0, opts.sample_pairs / max(1, max(rows.values())))
+    elif opts.model != "bundle":
+        raise UsageError(f"--model must be one of {', '.join(MODEL_CHOICES)}")
+    try:
+        ref = bundle_model(opts.bundle) if opts.model == "bundle" else None
+        split = delayed(split_piece, pure=True)
+        splits = [split(p, side, spec, scratch, partitions, rate) for side in "ab" for p in pieces[side]]
+        read = {"rows": 0}
+        samples: list[Any] = []
 
-    def progress(part: PartStats) -> str:
-        total.merge(part)
-        return f"{total.pairs:,} pairs, {total.flagged:,} flagged"
+        def split_progress(result: tuple[int, Any]) -> str:
+            read["rows"] += result[0]
+            if result[1] is not None:
+                samples.append(result[1])
+            return f"{read['rows']:,} rows read"
 
-    run_tasks(client, tasks, "discover", log, progress)
+        run_tasks(client, splits, "discover: read", log, split_progress)
+        fitted: dict[str, Any] = {}
+        if ref is None:
+            ref, fitted = _fit(samples, spec, rate, opts, log)
+        score = delayed(score_partition, pure=True)
+        flagged_dir = str((out / FLAGGED_DIR).resolve())
+        tasks = [score(scratch, i, spec, ref, flagged_dir) for i in range(partitions)]
+        total = PartStats()
+
+        def progress(part: PartStats) -> str:
+            total.merge(part)
+            return f"{total.pairs:,} pairs, {total.flagged:,} flagged"
+
+        run_tasks(client, tasks, "discover: pairs", log, progress)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     pipeline_s = time.perf_counter() - started
     summary = _summary(spec, a, b, ref, fitted, total, opts)
     summary["elapsed_s"] = {"pipeline": round(pipeline_s, 3)}
     summary["partitions"] = {
         "a_pieces": len(pieces["a"]),
         "b_pieces": len(pieces["b"]),
-        "shuffle": partitions,
+        "shuffle": partitions,  # partitions of the key-hash shuffle
     }
     if opts.report:
         from engine.batch.report import write_report
@@ -197,6 +202,13 @@ def discover(
         f"{summary['elapsed_s']['total']:.1f} s -> {out}"
     )
     return summary
+
+
+def _import_plotting() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
 
 
 def rankings(total: PartStats) -> dict[str, pd.DataFrame]:

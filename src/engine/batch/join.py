@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -80,12 +81,6 @@ def _suffixed(name: str, side: int) -> str:
     return f"{name}_{'ab'[side]}"
 
 
-def _prepared(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    rows = rows.sort_values([*keys, ORDER], kind="stable")
-    rows = rows.assign(**{OCC: rows.groupby(keys, sort=False).cumcount().to_numpy()})
-    return rows.drop(columns=[SIDE])
-
-
 def _equal(f: Field, a: pd.Series, b: pd.Series) -> B:
     both_missing = (a.isna() & b.isna()).to_numpy()
     if f.type == "text":
@@ -100,27 +95,89 @@ def _equal(f: Field, a: pd.Series, b: pd.Series) -> B:
     return np.asarray(same | both_missing, dtype=np.bool_)
 
 
-def join_pairs(part: pd.DataFrame, spec: MappingSpec) -> Joined:
-    """Full outer join of a partition's A and B rows on key + occurrence, sorted by key."""
+def _key_codes(part: Any, keys: list[str]) -> npt.NDArray[np.int64]:
+    """One integer per row, equal for equal keys and ordered as the keys sort (part by part, as text)."""
+    codes: npt.NDArray[np.int64] = np.zeros(part.num_rows, dtype=np.int64)
+    for k in keys:
+        c, uniques = pd.factorize(part.column(k).to_pandas(), sort=True)
+        codes = codes * len(uniques) + c
+        if len(uniques) and codes.max(initial=0) > 2**40:  # keep room for the next part
+            codes = np.unique(codes, return_inverse=True)[1].astype(np.int64)
+    return codes
+
+
+def _pairing(
+    codes: npt.NDArray[np.int64], side: npt.NDArray[np.int8], order: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Rows of A and of B (-1: none) of each pair, and its occurrence, pairs in key order.
+
+    Rows of one key on one side are numbered in extract order; occurrence n of A pairs with
+    occurrence n of B. Sorting integers only: no string comparison, no hash table."""
+    n = codes.shape[0]
+    by_side = np.lexsort((order, side, codes))
+    k, s = codes[by_side], side[by_side]
+    pos = np.arange(n)
+    first = np.ones(n, dtype=np.bool_)
+    first[1:] = (k[1:] != k[:-1]) | (s[1:] != s[:-1])
+    occ = np.empty(n, dtype=np.int64)
+    occ[by_side] = pos - np.maximum.accumulate(np.where(first, pos, 0))
+    by_pair = np.lexsort((side, occ, codes))
+    k2, o2, s2 = codes[by_pair], occ[by_pair], side[by_pair]
+    new = np.ones(n, dtype=np.bool_)
+    new[1:] = (k2[1:] != k2[:-1]) | (o2[1:] != o2[:-1])
+    pair = np.cumsum(new) - 1
+    m = int(pair[-1]) + 1 if n else 0
+    rows = (np.full(m, -1, dtype=np.int64), np.full(m, -1, dtype=np.int64))
+    for sd in (0, 1):
+        mine = s2 == sd
+        rows[sd][pair[mine]] = by_pair[mine]
+    return rows[0], rows[1], o2[new]
+
+
+def join_pairs(part: Any, spec: MappingSpec) -> Joined:
+    """Full outer join of a partition's A and B rows (an Arrow table or a pandas frame of canonical
+    rows) on key + occurrence, sorted by key."""
+    import pyarrow as pa
+
     keys = key_columns(spec)
-    a = _prepared(part[part[SIDE] == 0], keys)
-    b = _prepared(part[part[SIDE] == 1], keys)
-    frame = pd.merge(a, b, on=[*keys, OCC], how="outer", suffixes=("_a", "_b"), sort=False)
-    frame = frame.sort_values([*keys, OCC], kind="stable").reset_index(drop=True)
-    present = np.stack(
-        [frame[f"{ORDER}_a"].notna().to_numpy(), frame[f"{ORDER}_b"].notna().to_numpy()], axis=1
+    if isinstance(part, pd.DataFrame):
+        part = pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False)
+    a_row, b_row, occ = _pairing(
+        _key_codes(part, keys),
+        part.column(SIDE).to_numpy().astype(np.int8),
+        part.column(ORDER).to_numpy().astype(np.int64),
+    )
+    table = part.drop_columns([SIDE])
+    taken = [table.take(pa.array(rows, mask=rows < 0)) for rows in (a_row, b_row)]
+    present = np.stack([a_row >= 0, b_row >= 0], axis=1)
+    columns: dict[str, object] = {}
+    for k in keys:  # the key: A's, else B's (the same text where both have it)
+        columns[k] = pa.compute.coalesce(taken[0].column(k), taken[1].column(k))
+    columns[OCC] = occ
+    for sd in (0, 1):
+        for name in table.column_names:
+            if name not in keys:
+                columns[_suffixed(name, sd)] = taken[sd].column(name)
+    frame = pd.DataFrame(
+        {name: v.to_pandas() if hasattr(v, "to_pandas") else v for name, v in columns.items()}
     )
     both = present[:, 0] & present[:, 1]
-    n, fields = len(frame), field_columns(spec)
-    equal = np.ones((n, len(fields)), dtype=np.bool_)
+    fields = field_columns(spec)
+    equal = np.ones((len(frame), len(fields)), dtype=np.bool_)
     for j, (name, f) in enumerate(zip(fields, spec.fields, strict=True)):
         equal[:, j] = _equal(f, frame[f"{name}_a"], frame[f"{name}_b"])
     mismatch = both[:, None] & ~equal
     return Joined(frame, present, mismatch, equal)
 
 
-def _texts(values: pd.Series) -> list[str]:
-    return values.fillna("").astype("str").tolist()
+def _texts(values: pd.Series, status: bool = False) -> list[str]:
+    """Text values as Python strings ("" for missing); a status stripped and in lower case, as
+    `PairColumns` holds it (done on the Arrow column, not string by string)."""
+    text = values.fillna("").astype("str")
+    if status:
+        text = text.str.strip().str.lower()
+    out: list[str] = text.tolist()
+    return out
 
 
 def pair_columns(joined: Joined, spec: MappingSpec) -> PairColumns:
@@ -136,9 +193,7 @@ def pair_columns(joined: Joined, spec: MappingSpec) -> PairColumns:
     for role in ("status", "name", "address"):
         if role in names:
             col, _ = names[role]
-            pair = (_texts(frame[f"{col}_a"]), _texts(frame[f"{col}_b"]))
-            if role == "status":
-                pair = ([s.strip().lower() for s in pair[0]], [s.strip().lower() for s in pair[1]])
+            pair = (_texts(frame[f"{col}_a"], role == "status"), _texts(frame[f"{col}_b"], role == "status"))
         else:
             pair = ([""] * n, [""] * n)
         texts[role] = pair
@@ -162,9 +217,7 @@ def pair_columns(joined: Joined, spec: MappingSpec) -> PairColumns:
     key_text = frame[key_columns(spec)[0]].astype("str")
     for k in key_columns(spec)[1:]:
         key_text = key_text + "|" + frame[k].astype("str")
-    sources = tuple(
-        [spec.side(s).name if p else "" for p in present[:, i].tolist()] for i, s in enumerate("ab")
-    )
+    sources = tuple(np.where(present[:, i], spec.side(s).name, "").tolist() for i, s in enumerate("ab"))
     return PairColumns(
         keys=key_text.tolist(),
         present=present,
@@ -178,20 +231,26 @@ def pair_columns(joined: Joined, spec: MappingSpec) -> PairColumns:
     )
 
 
-def dimension_values(joined: Joined, spec: MappingSpec) -> dict[str, pd.Series]:
-    """Each dimension's value per pair: side A's, else side B's; dates as YYYY-MM-DD."""
+Factorized = tuple[npt.NDArray[np.intp], npt.NDArray[np.object_]]
+
+
+def dimension_values(joined: Joined, spec: MappingSpec) -> dict[str, Factorized]:
+    """Each dimension's value per pair, factorized (codes, sorted values): side A's value, else
+    side B's; dates as YYYY-MM-DD; NO_VALUE where neither side has one."""
     frame, out = joined.frame, {}
     column_dims = iter(dimension_columns(spec))
     for d in spec.dimensions:
         if d.field is None:
             col = next(column_dims)
-            value = frame[f"{col}_a"].fillna(frame[f"{col}_b"])
-        else:
-            j = [f.name for f in spec.fields].index(d.field)
-            f = spec.fields[j]
-            raw = frame[f"f{j}_a"].fillna(frame[f"f{j}_b"])
-            value = _display(raw, f.type)
-        out[d.name] = value.fillna(NO_VALUE).astype("str")
+            value = frame[f"{col}_a"].fillna(frame[f"{col}_b"]).fillna(NO_VALUE)
+            codes, uniques = pd.factorize(value, sort=True)
+            out[d.name] = (codes, np.asarray(uniques, dtype=object))
+            continue
+        j = [f.name for f in spec.fields].index(d.field)
+        raw = frame[f"f{j}_a"].fillna(frame[f"f{j}_b"])
+        codes, uniques = pd.factorize(raw, sort=True, use_na_sentinel=False)
+        text = _display(pd.Series(uniques), spec.fields[j].type).fillna(NO_VALUE)
+        out[d.name] = (codes, text.to_numpy(dtype=object))
     return out
 
 
@@ -199,13 +258,12 @@ def _display(values: pd.Series, type_: str) -> pd.Series:
     """Field values as text: dates YYYY-MM-DD, timestamps ISO 8601 (UTC), numbers as Python prints them."""
     if type_ in ("date", "timestamp"):
         seconds = values.to_numpy(dtype=np.float64)
-        stamps = pd.to_datetime(seconds, unit="s")
-        text = stamps.strftime("%Y-%m-%d" if type_ == "date" else "%Y-%m-%dT%H:%M:%S")
-        return (
-            pd.Series(np.asarray(text, dtype=object), index=values.index)
-            .where(~np.isnan(seconds))
-            .astype("str")
-        )
+        known = ~np.isnan(seconds)
+        unit = "D" if type_ == "date" else "s"
+        stamps = np.floor(np.where(known, seconds, 0.0) / (86_400.0 if unit == "D" else 1.0)).astype(np.int64)
+        text = np.datetime_as_string(stamps.astype(f"datetime64[{unit}]"), unit=unit).astype(object)
+        text[~known] = None
+        return pd.Series(text, index=values.index, dtype="str")
     if type_ == "number":
         return values.astype("float64").map(repr).where(values.notna()).astype("str")
     return values.astype("str")
@@ -270,6 +328,7 @@ class PartStats:
 
 def _counts(
     joined: Joined,
+    dims: dict[str, Factorized],
     spec: MappingSpec,
     flagged: B,
     classes: npt.NDArray[np.int32],
@@ -298,18 +357,17 @@ def _counts(
         stats.classes[c] = (int(mine.sum()), int((mine & flagged).sum()))
         stats.scores[c] = np.bincount(bins[mine], minlength=SCORE_BINS)
     differing = ~both | joined.mismatch.any(axis=1)
-    base = pd.DataFrame(
-        {
-            "pairs": np.ones(len(frame), dtype=np.int64),
-            "flagged": flagged.astype(np.int64),
-            "differing": differing.astype(np.int64),
-            "missing": (~both).astype(np.int64),
-        }
-    )
+    counted = {"pairs": np.ones(len(frame)), "flagged": flagged, "differing": differing, "missing": ~both}
     for j, f in enumerate(spec.fields):
-        base[f"mismatch:{f.name}"] = joined.mismatch[:, j].astype(np.int64)
-    for name, values in dimension_values(joined, spec).items():
-        stats.dimensions[name] = base.groupby(values.to_numpy(), sort=True).sum()
+        counted[f"mismatch:{f.name}"] = joined.mismatch[:, j]
+    for name, (codes, uniques) in dims.items():
+        table = {
+            c: np.bincount(codes, weights=v, minlength=len(uniques)).astype(np.int64)
+            for c, v in counted.items()
+        }
+        stats.dimensions[name] = pd.DataFrame(
+            table, index=pd.Index(np.asarray(uniques, dtype=object), name=name)
+        )
     return stats
 
 
@@ -334,15 +392,18 @@ def _value_text(frame: pd.DataFrame, j: int, f: Field, side: int) -> npt.NDArray
 
 
 def score_partition(
-    part: pd.DataFrame, spec: MappingSpec, model_ref: PairModelRef, out_dir: str, index: int
+    scratch: str, index: int, spec: MappingSpec, model_ref: PairModelRef, out_dir: str
 ) -> PartStats:
-    """Join, featurise, score one shuffle partition; write its flagged pairs; return its counts."""
+    """Join, featurise, score one partition (its rows from `scratch`); write its flagged pairs; return
+    its counts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from engine.batch.buckets import read_bucket
+
     started = time.perf_counter()
     model = model_ref.load()
-    joined = join_pairs(part, spec)
+    joined = join_pairs(read_bucket(scratch, index, spec), spec)
     cols = pair_columns(joined, spec)
     features = pair_features(cols, model.stats)
     scores = model.predict(features.matrix) if len(cols) else np.zeros(0, dtype=np.float32)
@@ -353,7 +414,7 @@ def score_partition(
     )
     reason_idx, reason_strength = top_reasons(features.matrix, model.stats, REASONS_PER_BREAK)
     dims = dimension_values(joined, spec)
-    stats = _counts(joined, spec, flagged, classes, scores)
+    stats = _counts(joined, dims, spec, flagged, classes, scores)
 
     rows = np.flatnonzero(flagged)
     frame = joined.frame.iloc[rows].reset_index(drop=True)
@@ -402,8 +463,8 @@ def score_partition(
         strength >= REASON_MIN_STRENGTH,
         [("code", codes[idx]), ("value", reason_values), ("strength", strength)],
     )
-    for name, values_ in dims.items():
-        columns[name] = pa.array(values_.to_numpy()[rows].tolist(), type=pa.string())
+    for name, (codes, uniques) in dims.items():
+        columns[name] = pa.array(uniques[codes[rows]].tolist(), type=pa.string())
     table = pa.table(columns)
     path = Path(out_dir) / f"part-{index:05d}.parquet"
     pq.write_table(table, path, compression="zstd")

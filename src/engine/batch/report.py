@@ -82,6 +82,8 @@ def _panels(count: int, height: float) -> tuple[Any, list[Any]]:
     cols = 2 if count > 1 else 1
     rows = (count + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(11, height * rows), squeeze=False)
+    # fixed margins, room for the value labels on the left: tight_layout costs a second a figure
+    fig.subplots_adjust(left=0.14, right=0.97, wspace=0.55, hspace=0.55, bottom=0.08, top=0.95)
     flat = list(axes.ravel())
     for ax in flat[count:]:
         ax.set_visible(False)
@@ -96,13 +98,13 @@ def _hotspots_plot(ranked: dict[str, pd.DataFrame], p0: float) -> str:
         y = np.arange(len(head))
         rate = head["rate"].to_numpy()
         err = np.vstack([rate - head["ci_low"].to_numpy(), head["ci_high"].to_numpy() - rate])
-        ax.barh(y, rate, xerr=err, color="#d9534f", alpha=0.8, ecolor="#333", capsize=3)
+        ax.barh(y, rate, color="#d9534f", alpha=0.8)
+        ax.hlines(y, rate - err[0], rate + err[1], color="#333")  # one collection: cheap to draw
         ax.axvline(p0, color="#2b6cb0", linestyle="--", label=f"overall {p0:.2%}")
         ax.set_yticks(y, [str(v)[:22] for v in head["value"]])
         ax.set_title(name)
         ax.set_xlabel("flagged rate, 95 % Wilson interval")
         ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -126,7 +128,6 @@ def _heatmap(total: PartStats, ranked: dict[str, pd.DataFrame], spec: MappingSpe
         ax.set_yticks(np.arange(len(values)), [str(v)[:22] for v in values], fontsize=8)
         ax.set_title(name)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -141,13 +142,13 @@ def _dates_plot(table: pd.DataFrame) -> str:
     k = t["flagged"].to_numpy(dtype=np.float64)
     low, high = wilson(k, np.maximum(n, 1.0))
     fig, ax = plt.subplots(figsize=(9, 3.4))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.9)
     ax.plot(dates, k / np.maximum(n, 1.0), marker=".", color="#d9534f", label="flagged rate")
     ax.fill_between(dates, low, high, color="#d9534f", alpha=0.2, label="95 % Wilson interval")
     ax.set_ylabel("flagged rate")
     ax.set_title("breaks over business dates")
     ax.legend(loc="upper left")
     fig.autofmt_xdate()
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -156,29 +157,29 @@ def _scores_plot(total: PartStats, threshold: float) -> str:
 
     edges = np.linspace(0.0, 1.0, SCORE_BINS + 1)
     fig, ax = plt.subplots(figsize=(9, 3.4))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.9)
     bottom = np.zeros(SCORE_BINS)
     colours = ("#6c757d", "#d9534f", "#f0ad4e", "#5bc0de", "#5cb85c")
     for i, cls in enumerate(CLASS_ORDER):
         counts = total.scores[i].astype(np.float64)
         if counts.sum() == 0:
             continue
-        ax.bar(
-            edges[:-1],
-            counts,
-            width=edges[1] - edges[0],
-            bottom=bottom,
-            align="edge",
+        # one filled step artist per class (a bar per bin costs seconds to lay out)
+        ax.stairs(
+            bottom + counts,
+            edges,
+            baseline=bottom.copy(),
+            fill=True,
             label=cls,
             color=colours[i % len(colours)],
         )
         bottom += counts
     ax.axvline(threshold, color="#1d2330", linestyle="--", label=f"threshold {threshold:.3f}")
-    ax.set_yscale("log")
+    ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("break score")
     ax.set_ylabel("pairs")
     ax.set_title("break score distribution, by what differs")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return _png(fig)
 
 

@@ -204,7 +204,13 @@ def _csv_header(line: bytes, path: str) -> list[str]:
 
 
 def read(piece: Piece, columns: Sequence[str]) -> pd.DataFrame:
-    """The piece's rows, `columns` only (Parquet and SQL typed as stored, CSV all text, empty = null)."""
+    """The piece's rows, `columns` only, as pandas (see `read_arrow`)."""
+    return read_arrow(piece, columns).to_pandas()
+
+
+def read_arrow(piece: Piece, columns: Sequence[str]) -> Any:
+    """The piece's rows, `columns` only, as an Arrow table (Parquet and SQL typed as stored, CSV all
+    text, empty = null); DataError naming the piece when it cannot be read."""
     try:
         if piece.kind == "parquet":
             return _read_parquet(piece, columns)
@@ -217,14 +223,13 @@ def read(piece: Piece, columns: Sequence[str]) -> pd.DataFrame:
         raise DataError(f"{piece.where()}: cannot read: {type(exc).__name__}: {exc}") from exc
 
 
-def _read_parquet(piece: Piece, columns: Sequence[str]) -> pd.DataFrame:
+def _read_parquet(piece: Piece, columns: Sequence[str]) -> Any:
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(piece.path).read_row_groups(list(piece.row_groups), columns=list(columns))
-    return table.to_pandas()
+    return pq.ParquetFile(piece.path).read_row_groups(list(piece.row_groups), columns=list(columns))
 
 
-def _read_csv(piece: Piece, columns: Sequence[str]) -> pd.DataFrame:
+def _read_csv(piece: Piece, columns: Sequence[str]) -> Any:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -243,17 +248,16 @@ def _read_csv(piece: Piece, columns: Sequence[str]) -> pd.DataFrame:
         if body and not body.endswith(b"\n"):
             body += fh.readline()
     if not body.strip():
-        return pd.DataFrame({c: pd.Series([], dtype="str") for c in columns})
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
     options = pacsv.ConvertOptions(
         column_types={c: pa.string() for c in names},
         include_columns=list(columns),
         strings_can_be_null=True,
         null_values=[""],
     )
-    table = pacsv.read_csv(
+    return pacsv.read_csv(
         io.BytesIO(header + body), read_options=pacsv.ReadOptions(use_threads=False), convert_options=options
     )
-    return table.to_pandas()
 
 
 def _connect(piece: Piece) -> Any:
@@ -269,7 +273,7 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _read_sql(piece: Piece, columns: Sequence[str]) -> pd.DataFrame:
+def _read_sql(piece: Piece, columns: Sequence[str]) -> Any:
     import psycopg
 
     cols = ", ".join(_quote(c) for c in columns)
@@ -291,4 +295,6 @@ def _read_sql(piece: Piece, columns: Sequence[str]) -> pd.DataFrame:
         values = frame[c].dropna()
         if frame[c].dtype == object and len(values) and isinstance(values.iloc[0], Decimal):
             frame[c] = frame[c].astype("float64")
-    return frame
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False)

@@ -176,8 +176,8 @@ def heldout(client: Any, prepared: Prepared, which: int) -> tuple[F32, F64]:
 
 def train_arrays(client: Any, prepared: Prepared) -> tuple[Any, Any]:
     """The training rows as Dask arrays, one chunk per partition, where the partitions are."""
-    from dask.delayed import delayed
     import dask.array as da
+    from dask.delayed import delayed
 
     chunks = [delayed(_select)(f, TRAIN) for f in prepared.parts]
     counts = client.gather(client.compute([delayed(lambda c: len(c[1]))(c) for c in chunks]))
