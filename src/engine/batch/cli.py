@@ -207,7 +207,7 @@ def add_discover_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _discover(args: argparse.Namespace, log: Printer) -> int:
     from engine.batch.cluster import connect, describe
-    from engine.batch.discover import REPORT, SUMMARY, Source, discover
+    from engine.batch.discover import REPORT, SUMMARY, Source, discover, plan_sources, prepare_out
     from engine.batch.mapping import load_mapping
     from engine.batch.options import Options
     from engine.models.bundle import DEFAULT_BUNDLE
@@ -225,11 +225,12 @@ def _discover(args: argparse.Namespace, log: Printer) -> int:
         sql_parts=args.sql_partitions,
         report=not args.no_report,
     )
+    a, b = Source(args.a, args.a_query), Source(args.b, args.b_query)
+    pieces = plan_sources(spec, a, b, opts)  # usage errors before a cluster starts
+    prepare_out(args.out)
     with connect(args.scheduler, args.workers) as client:
         log(f"discover: cluster {describe(client)}")
-        discover(
-            spec, Source(args.a, args.a_query), Source(args.b, args.b_query), args.out, client, opts, log
-        )
+        discover(spec, a, b, args.out, client, opts, log, pieces)
     print(args.out / SUMMARY)
     if opts.report:
         print(args.out / REPORT)

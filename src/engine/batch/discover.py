@@ -123,14 +123,27 @@ def _fit(
     return ref, {**info, "sample_rate": rate}
 
 
+def plan_sources(spec: MappingSpec, a: Source, b: Source, opts: Options) -> dict[str, list[sources.Piece]]:
+    """Both extracts' pieces, their columns checked against the mapping (UsageError naming the source and
+    every column it lacks), before any cluster is started."""
+    return {"a": _pieces(spec, "a", a, opts), "b": _pieces(spec, "b", b, opts)}
+
+
 def discover(
-    spec: MappingSpec, a: Source, b: Source, out: Path, client: Any, opts: Options, log: Printer
+    spec: MappingSpec,
+    a: Source,
+    b: Source,
+    out: Path,
+    client: Any,
+    opts: Options,
+    log: Printer,
+    pieces: dict[str, list[sources.Piece]] | None = None,
 ) -> dict[str, Any]:
     """Run a discovery on `client`'s cluster; write flagged Parquet, summary.json and report.html."""
     started = time.perf_counter()
     if opts.report:  # import the plotting library while the cluster works (a second of imports)
         threading.Thread(target=_import_plotting, name="import-matplotlib", daemon=True).start()
-    pieces = {"a": _pieces(spec, "a", a, opts), "b": _pieces(spec, "b", b, opts)}
+    pieces = pieces or plan_sources(spec, a, b, opts)
     rows = {s: _estimated_rows(p) for s, p in pieces.items()}
     out = prepare_out(out)
     unknown = any(p.rows is None for ps in pieces.values() for p in ps)

@@ -278,15 +278,15 @@ def _read_sql(piece: Piece, columns: Sequence[str]) -> Any:
 
     cols = ", ".join(_quote(c) for c in columns)
     key = ", ".join(f"{_quote(k)}::text" for k in piece.key_columns)
+    # no parameters: the query's own % signs (LIKE 'x%') must stay as written; the part numbers are ints
     sql = (
         f"SELECT {cols} FROM ({piece.query}) AS q "
-        f"WHERE ((hashtext(concat_ws(chr(31), {key}))::bigint % %(parts)s) + %(parts)s) % %(parts)s "
-        "= %(part)s "
-        f"ORDER BY {cols}"
+        f"WHERE mod(mod(hashtext(concat_ws(chr(31), {key}))::bigint, {int(piece.parts)}) + {int(piece.parts)}, "
+        f"{int(piece.parts)}) = {int(piece.part)} ORDER BY {cols}"
     )
     with _connect(piece) as conn:
         try:
-            cur = conn.execute(sql, {"parts": piece.parts, "part": piece.part})  # type: ignore[arg-type]
+            cur = conn.execute(sql.encode())
             rows = cur.fetchall()
         except psycopg.Error as exc:
             raise DataError(f"{piece.where()}: the query failed: {str(exc).strip()}") from exc
