@@ -79,6 +79,12 @@ def _arrow_to_numpy(table: Any) -> Table:
     return out
 
 
+def arrow_columns(table: Any) -> Table:
+    """Columns of an Arrow table as `read_table` gives them (text nulls as ""): for readers of other
+    sources (engine.batch reads files piece by piece)."""
+    return _arrow_to_numpy(table)
+
+
 def read_table(path: Path | str) -> Table:
     """Columns of a .csv, .parquet, .json or .jsonl file."""
     p = Path(path)

@@ -109,14 +109,18 @@ def run_discovery(client: Any, extracts: Path, out: Path, **options: Any) -> Dis
 
     spec = load_mapping(extracts / "mapping.yaml")
     opts = Options(bundle=str(DEFAULT_BUNDLE), **options)
-    summary = discover(spec, Source(str(extracts / "a")), Source(str(extracts / "b")), out, client, opts, quiet)
+    summary = discover(
+        spec, Source(str(extracts / "a")), Source(str(extracts / "b")), out, client, opts, quiet
+    )
     return Discovery(out, summary)
 
 
 @pytest.fixture(scope="session")
 def discovery(cluster: Any, extracts: Path, tmp_path_factory: pytest.TempPathFactory) -> Discovery:
     """One discovery of the extracts on the two-worker cluster, with the bundle's pair model."""
-    return run_discovery(cluster, extracts, tmp_path_factory.mktemp("discovery") / "out", partition_rows=5_000)
+    return run_discovery(
+        cluster, extracts, tmp_path_factory.mktemp("discovery") / "out", partition_rows=5_000
+    )
 
 
 def engine(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

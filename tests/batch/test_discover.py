@@ -27,7 +27,8 @@ def _oracle_frames(extracts: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     pandas alone: datacompy then joins and compares them."""
     a = pd.read_parquet(extracts / "a")
     b = pd.concat(
-        pd.read_csv(f, dtype=str, keep_default_na=False) for f in sorted(glob.glob(str(extracts / "b" / "*.csv")))
+        pd.read_csv(f, dtype=str, keep_default_na=False)
+        for f in sorted(glob.glob(str(extracts / "b" / "*.csv")))
     )
 
     def spaces(s: pd.Series) -> pd.Series:
@@ -54,7 +55,9 @@ def _datacompy_counts(compare: Any) -> dict[str, Any]:
         "missing_in_b": len(compare.df1_unq_rows),
         "missing_in_a": len(compare.df2_unq_rows),
         "all_equal": compare.count_matching_rows(),
-        "columns": {s["column"]: int(s["unequal_cnt"]) for s in compare.column_stats if s["column"] in FIELDS},
+        "columns": {
+            s["column"]: int(s["unequal_cnt"]) for s in compare.column_stats if s["column"] in FIELDS
+        },
     }
 
 
@@ -93,8 +96,12 @@ def test_planted_hotspots_rank_in_the_top_three(discovery: Discovery) -> None:
         assert value in top, f"{spot}: top three of {dimension} are {top}"
         row = next(h for h in ranked[dimension] if h["value"] == value)
         low, high = wilson(np.array([row["flagged"]], dtype=float), np.array([row["pairs"]], dtype=float))
-        assert row["ci_low"] == pytest.approx(low[0], abs=1e-6) and row["ci_high"] == pytest.approx(high[0], abs=1e-6)
-        assert row["ci_low"] > discovery.summary["breaks"]["flagged_rate"]  # significantly above the base rate
+        assert row["ci_low"] == pytest.approx(low[0], abs=1e-6) and row["ci_high"] == pytest.approx(
+            high[0], abs=1e-6
+        )
+        assert (
+            row["ci_low"] > discovery.summary["breaks"]["flagged_rate"]
+        )  # significantly above the base rate
 
 
 def _flagged(out: Path) -> pd.DataFrame:
@@ -137,8 +144,8 @@ def test_same_flagged_pairs_on_dask_scheduler_and_worker_processes(
     out = tmp_path / "out"
     run = engine(
         "discover", "--mapping", str(extracts / "mapping.yaml"), "--a", str(extracts / "a"), "--b",
-        str(extracts / "b"), "--out", str(out), "--scheduler", dask_processes.address, "--partition-rows", "3000",
-        "--no-report",
+        str(extracts / "b"), "--out", str(out), "--scheduler", dask_processes.address,
+        "--partition-rows", "3000", "--no-report",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert str(out / "summary.json") in run.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,7 +24,12 @@ def test_the_generators_mapping_reads_as_documented(tmp_path: Path) -> None:
     assert (spec.a.name, spec.b.name) == ("trading", "risk")
     assert [k.name for k in spec.key] == ["book", "trade_ref"]
     amount = next(f for f in spec.fields if f.name == "amount")
-    assert (amount.b.name, amount.b.scale, amount.abs_tol, amount.role) == ("AmountMinor", 0.01, 0.005, "amount")
+    assert (amount.b.name, amount.b.scale, amount.abs_tol, amount.role) == (
+        "AmountMinor",
+        0.01,
+        0.005,
+        "amount",
+    )
     assert spec.b.updated_at.unit == "ms"
     assert spec.role("status") is not None and spec.role("status").normalise == ("trim", "lower")  # type: ignore[union-attr]
     assert spec.business_date == "business_date"
@@ -31,9 +37,9 @@ def test_the_generators_mapping_reads_as_documented(tmp_path: Path) -> None:
 
 
 def _broken(change: str, value: object) -> dict[str, object]:
-    raw = yaml.safe_load(MAPPING_YAML)
+    raw: dict[str, object] = yaml.safe_load(MAPPING_YAML)
     where, _, key = change.rpartition(".")
-    target = raw
+    target: Any = raw
     for part in where.split("."):
         if part:
             target = target[int(part)] if part.isdigit() else target[part]
@@ -57,9 +63,17 @@ def _broken(change: str, value: object) -> dict[str, object]:
         ("fields.3.role", "status", "fields[3].role: role 'status' appears twice"),
         ("key.0.b", None, "key[0]: missing required key(s) b"),
         ("b.name", "trading", "b.name: the two systems need different names"),
-        ("b.updated_at", {"column": "LastModified", "unit": "days"}, "b.updated_at.unit: must be one of s, ms"),
+        (
+            "b.updated_at",
+            {"column": "LastModified", "unit": "days"},
+            "b.updated_at.unit: must be one of s, ms",
+        ),
         ("dimensions.4.field", "nowhere", "dimensions[4].field: no field named 'nowhere'"),
-        ("business_date", "desk", "business_date: dimension 'desk' must be a date or timestamp field's value"),
+        (
+            "business_date",
+            "desk",
+            "business_date: dimension 'desk' must be a date or timestamp field's value",
+        ),
         ("key", [], "key: must be a non-empty list"),
     ],
 )

@@ -1,4 +1,4 @@
-"""The discovery report in a real browser (Debian's headless chromium): no console error, every image loaded."""
+"""The discovery report in a real browser (Debian's headless chromium): no console error, images loaded."""
 
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ def test_the_report_renders_with_images_and_no_console_errors(discovery: Discove
             returnByValue=True,
             expression="""({
                 title: document.title,
-                images: Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]),
+                images: Array.from(document.images).map(
+                    i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]),
                 tables: document.querySelectorAll('table').length,
                 text: document.body.innerText,
             })""",

@@ -173,7 +173,7 @@ def _number(values: pd.Series, col: Column, what: str, ctx: _Context) -> F64:
     bad = np.isinf(out)
     if bad.any():
         raise ctx.fail(bad, col.name, what, "not a finite number", values)
-    return out
+    return np.asarray(out, dtype=np.float64)
 
 
 def _seconds(values: pd.Series, col: Column, what: str, ctx: _Context, day: bool) -> F64:

@@ -250,7 +250,7 @@ def add_score_batch_parser(sub: Any) -> argparse.ArgumentParser:
         "score-batch",
         help="score a trades dataset (files or partitions) into Parquet, partition-parallel on Dask",
         description="Score every trade of a dataset with the serving bundle: the same validation rules, "
-        "features and ONNX model as Score, one Dask task per partition. Writes OUT/part-NNNNN.parquet "
+        "features and ONNX model as Score, one Dask task per partition. Writes OUT/scores/part-NNNNN.parquet "
         "(trade_id, fail_probability, risk_band, model_version, and with --reasons the reasons) and "
         "OUT/summary.json. Progress goes to stderr.",
         epilog="Exit codes: 0 done; 1 an invalid trade or unreadable partition (file, line or row, field, "

@@ -150,6 +150,9 @@ def discover(
     partitions = max(1, math.ceil(max(rows.values()) / opts.partition_rows))
     if unknown:
         partitions = max(partitions, len(pieces["a"]), len(pieces["b"]))
+    # at least one partition per worker thread: a small pair still uses the whole cluster
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
+    partitions = max(partitions, threads)
     log(
         f"discover: A {len(pieces['a'])} piece(s) ({sources.redact(a.location)}), "
         f"B {len(pieces['b'])} piece(s) ({sources.redact(b.location)}); "

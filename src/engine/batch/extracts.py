@@ -172,7 +172,11 @@ class Universe:
         rng = np.random.default_rng([seed, 0])
         books = np.array([f"BK{i:03d}" for i in range(1, 121)])
         n_cp = 300
-        pick = lambda options, n: np.asarray(options)[rng.integers(len(options), size=n)]  # noqa: E731
+
+        def pick(options: Sequence[str], n: int) -> Str:
+            chosen: Str = np.asarray(options)[rng.integers(len(options), size=n)]
+            return chosen
+
         names = np.char.add(
             np.char.add(np.char.add(pick(_FIRST, n_cp), " "), np.char.add(pick(_FIRST, n_cp), " ")),
             np.char.add(np.char.add(pick(_KINDS, n_cp), " "), pick(_FORMS, n_cp)),
@@ -215,12 +219,13 @@ def _labels(rng: np.random.Generator, n: int, boost: npt.NDArray[np.float64]) ->
     u = rng.random(n)
     which = (u[:, None] >= cum).sum(axis=1)  # 0..len(shares): index among breaks, len = consistent
     names = np.array([*BREAK_MIX, "duplicate_key", "consistent"])
-    return names[which]
+    labels: Str = names[which]
+    return labels
 
 
 def _chunk(
     u: Universe, start: int, n: int, seed: int, chunk: int, hotspots: Sequence[Hotspot]
-) -> dict[str, object]:
+) -> dict[str, dict[str, np.ndarray]]:
     """One chunk of records: A's and B's rows and the truth, as column arrays."""
     rng = np.random.default_rng([seed, 1, chunk])
     ids = np.arange(start, start + n)
@@ -415,10 +420,11 @@ def generate_extracts(
     for c, start in enumerate(range(0, rows, chunk_rows)):
         n = min(chunk_rows, rows - start)
         part = _chunk(u, start, n, seed, c, hotspots)
-        _write(part["a"], root / "a" / f"part-{c:05d}.parquet", timestamp_us="updated_at")  # type: ignore[arg-type]
-        _write(part["b"], root / "b" / f"part-{c:05d}.{b_format}")  # type: ignore[arg-type]
-        _write(part["truth"], root / "truth" / f"part-{c:05d}.parquet")  # type: ignore[arg-type]
-        for cls, k in zip(*np.unique(part["truth"]["label"], return_counts=True), strict=True):  # type: ignore[index]
+        _write(part["a"], root / "a" / f"part-{c:05d}.parquet", timestamp_us="updated_at")
+        _write(part["b"], root / "b" / f"part-{c:05d}.{b_format}")
+        _write(part["truth"], root / "truth" / f"part-{c:05d}.parquet")
+        classes, found = np.unique(np.asarray(part["truth"]["label"], dtype=str), return_counts=True)
+        for cls, k in zip(classes.tolist(), found.tolist(), strict=True):
             counts[str(cls)] += int(k)
         if start + n < rows:
             log(f"generate-extracts: {start + n:,}/{rows:,} records, {time.perf_counter() - t0:.1f} s")

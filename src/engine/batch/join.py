@@ -259,9 +259,12 @@ def _display(values: pd.Series, type_: str) -> pd.Series:
     if type_ in ("date", "timestamp"):
         seconds = values.to_numpy(dtype=np.float64)
         known = ~np.isnan(seconds)
-        unit = "D" if type_ == "date" else "s"
-        stamps = np.floor(np.where(known, seconds, 0.0) / (86_400.0 if unit == "D" else 1.0)).astype(np.int64)
-        text = np.datetime_as_string(stamps.astype(f"datetime64[{unit}]"), unit=unit).astype(object)
+        if type_ == "date":
+            days = np.floor(np.where(known, seconds, 0.0) / 86_400.0).astype(np.int64)
+            text = np.datetime_as_string(days.astype("datetime64[D]"), unit="D").astype(object)
+        else:
+            whole = np.floor(np.where(known, seconds, 0.0)).astype(np.int64)
+            text = np.datetime_as_string(whole.astype("datetime64[s]"), unit="s").astype(object)
         text[~known] = None
         return pd.Series(text, index=values.index, dtype="str")
     if type_ == "number":
@@ -388,7 +391,9 @@ def _list_column(
 
 
 def _value_text(frame: pd.DataFrame, j: int, f: Field, side: int) -> npt.NDArray[np.object_]:
-    return _display(frame[_suffixed(f"f{j}", side)], f.type).fillna("").to_numpy(dtype=object)
+    shown = _display(frame[_suffixed(f"f{j}", side)], f.type)
+    text: npt.NDArray[np.object_] = shown.fillna("").to_numpy(dtype=object)
+    return text
 
 
 def score_partition(

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.batch.hotspots import rank
-from engine.batch.join import CLASS_ORDER, NO_VALUE, SCORE_BINS, PartStats
+from engine.batch.hotspots import NO_VALUE, rank
+from engine.batch.join import CLASS_ORDER, SCORE_BINS, PartStats
 from engine.batch.mapping import MappingSpec
 
 TOP_VALUES = 12
@@ -83,7 +83,7 @@ def _panels(count: int, height: float) -> tuple[Any, list[Any]]:
     rows = (count + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(11, height * rows), squeeze=False)
     # fixed margins, room for the value labels on the left: tight_layout costs a second a figure
-    fig.subplots_adjust(left=0.14, right=0.97, wspace=0.55, hspace=0.55, bottom=0.08, top=0.95)
+    fig.subplots_adjust(left=0.14, right=0.93, wspace=0.6, hspace=0.55, bottom=0.08, top=0.95)
     flat = list(axes.ravel())
     for ax in flat[count:]:
         ax.set_visible(False)
@@ -214,6 +214,22 @@ def write_report(path: Path, summary: dict[str, Any], total: PartStats, spec: Ma
     ]
     parts += [f'<div class="card">{html.escape(label)}<b>{_fmt(v)}</b></div>' for label, v in cards]
     parts.append("</div>")
+    ranked = {name: rank(table, total.pairs, total.flagged) for name, table in total.dimensions.items()}
+    # the pictures first: where the breaks are, which fields, when; the tables with every figure after
+    if ranked:
+        parts.append(
+            "<h2>Where the breaks concentrate</h2><p>The values of each dimension with the most excess "
+            "breaks (ranked at the lower bound of the 95 % Wilson interval of their flagged rate), against "
+            f"the overall rate {p0:.2%}; the tables below give every figure.</p>"
+        )
+        parts.append(_img(_hotspots_plot(ranked, p0), "top values of each dimension by excess breaks"))
+        parts.append("<h2>Which fields disagree, where</h2>")
+        parts.append(_img(_heatmap(total, ranked, spec), "mismatch rate per field by dimension value"))
+    if spec.business_date is not None and spec.business_date in total.dimensions:
+        parts.append("<h2>Breaks over business dates</h2>")
+        parts.append(_img(_dates_plot(total.dimensions[spec.business_date]), "flagged rate by business date"))
+    parts.append("<h2>Break scores</h2>")
+    parts.append(_img(_scores_plot(total, float(model["threshold"])), "break score distribution by class"))
     parts.append("<h2>Match counts</h2>")
     parts.append(_table(["count", "value"], [[k.replace("_", " "), v] for k, v in counts.items()]))
     parts.append("<h2>Fields that disagree (matched records)</h2>")
@@ -222,7 +238,7 @@ def write_report(path: Path, summary: dict[str, Any], total: PartStats, spec: Ma
         _table(
             ["field", "type", "tolerance", "mismatches", "share of matched"],
             [
-                [f.name, f.type, _tolerance(f.abs_tol, f.rel_tol, f.type), n, n / matched]
+                [f.name, f.type, _tolerance(f.abs_tol, f.rel_tol, f.type), n, f"{n / matched:.2%}"]
                 for f, n in zip(spec.fields, summary["field_mismatches"].values(), strict=True)
             ],
             text_columns=3,
@@ -231,23 +247,19 @@ def write_report(path: Path, summary: dict[str, Any], total: PartStats, spec: Ma
     parts.append("<h2>Breaks flagged by the model, by class</h2>")
     parts.append(
         _table(
-            ["class", "pairs (by what differs)", "flagged", "flagged share"],
+            ["class", "pairs (by what differs)", "flagged", "share of flagged"],
             [
                 [
                     c,
                     summary["pairs_by_class"][c],
                     summary["breaks"]["by_class"][c],
-                    summary["breaks"]["by_class"][c] / max(total.flagged, 1),
+                    f"{summary['breaks']['by_class'][c] / max(total.flagged, 1):.1%}",
                 ]
                 for c in CLASS_ORDER
             ],
         )
     )
-    parts.append(
-        "<h2>Hotspots</h2><p>Dimension values ranked by excess breaks at the lower bound of the 95 % Wilson "
-        f"interval of their flagged rate, against the overall rate {p0:.2%}.</p>"
-    )
-    ranked = {name: rank(table, total.pairs, total.flagged) for name, table in total.dimensions.items()}
+    parts.append(f"<h2>Hotspots</h2><p>Overall flagged rate {p0:.2%}.</p>")
     for name, table in ranked.items():
         parts.append(f"<h3>{html.escape(name)} ({len(table):,} values)</h3>")
         parts.append(
@@ -259,7 +271,7 @@ def write_report(path: Path, summary: dict[str, Any], total: PartStats, spec: Ma
                         r["value"],
                         int(r["pairs"]),
                         int(r["flagged"]),
-                        r["rate"],
+                        f"{r['rate']:.2%}",
                         f"{r['ci_low']:.2%} – {r['ci_high']:.2%}",
                         r["expected"],
                         r["excess"],
@@ -276,15 +288,6 @@ def write_report(path: Path, summary: dict[str, Any], total: PartStats, spec: Ma
                 f'<p class="muted">{n:,} pair(s) have no {html.escape(name)} (records missing from the '
                 "system that carries it); they are counted above, not ranked.</p>"
             )
-    if ranked:
-        parts.append(_img(_hotspots_plot(ranked, p0), "top values of each dimension by excess breaks"))
-        parts.append("<h2>Mismatch rates per field</h2>")
-        parts.append(_img(_heatmap(total, ranked, spec), "mismatch rate per field by dimension value"))
-    if spec.business_date is not None and spec.business_date in total.dimensions:
-        parts.append("<h2>Breaks over business dates</h2>")
-        parts.append(_img(_dates_plot(total.dimensions[spec.business_date]), "flagged rate by business date"))
-    parts.append("<h2>Break scores</h2>")
-    parts.append(_img(_scores_plot(total, float(model["threshold"])), "break score distribution by class"))
     parts.append('<p class="muted">Written by engine discover. Nothing was changed in either system.</p>')
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -10,12 +10,13 @@ most, by the bundle's TreeSHAP explainer (as `ScoreResponse.reasons`).
 
 An invalid trade stops the job with its file, line or row, field and reason (as `engine train
 --data` does), unless `drop_invalid`: then it is left out and counted per reason.
-Output: `part-NNNNN.parquet` per piece (in input order), and `summary.json`.
+Output: `scores/part-NNNNN.parquet`, one per piece (in input order), and `summary.json`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from engine.models.spec import BAND_NAMES
 
 Printer = Callable[[str], None]
 SUMMARY = "summary.json"
+#: the scores' Parquet files, inside the output folder
+SCORES_DIR = "scores"
 REASONS_PER_TRADE = 3
 _MODELS: dict[str, Any] = {}
 
@@ -77,14 +80,10 @@ def serving_model(bundle: str) -> Any:
 
 
 def _table(piece: sources.Piece) -> dict[str, np.ndarray]:
-    """The piece as the column mapping `from_table` reads: text as objects with None for missing."""
-    frame = sources.read(piece, sources.columns_of(piece))
-    out: dict[str, np.ndarray] = {}
-    for name in frame.columns:
-        column = frame[name]
-        text = column.dtype == object or str(column.dtype) == "str"
-        out[str(name)] = column.to_numpy(dtype=object, na_value=None) if text else column.to_numpy()
-    return out
+    """The piece as the column mapping `from_table` reads, converted as `engine.tables.read_table` does."""
+    from engine.tables import arrow_columns
+
+    return arrow_columns(sources.read_arrow(piece, sources.columns_of(piece)))
 
 
 def _reasons(model: Any, features: npt.NDArray[np.float32], rows: npt.NDArray[np.intp], n: int) -> Any:
@@ -181,16 +180,16 @@ def score_piece(piece: sources.Piece, job: ScoreJob) -> ScoreStats:
 
 
 def prepare_out(out: Path) -> None:
+    """The output folder, emptied of a previous score-batch's files; refuses one holding anything else."""
     if out.exists():
-        other = [p.name for p in out.iterdir() if not (p.name.startswith("part-") or p.name == SUMMARY)]
+        other = [p.name for p in out.iterdir() if p.name not in (SCORES_DIR, SUMMARY)]
         if other:
             raise UsageError(
                 f"--out {out}: holds other files ({', '.join(sorted(other)[:5])}); give an empty folder"
             )
-        for p in out.glob("part-*.parquet"):
-            p.unlink()
+        shutil.rmtree(out / SCORES_DIR, ignore_errors=True)
         (out / SUMMARY).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / SCORES_DIR).mkdir(parents=True, exist_ok=True)
 
 
 def score_batch(
@@ -214,7 +213,7 @@ def score_batch(
     model = serving_model(bundle)  # refuse a bad bundle here, before any task runs
     pieces = sources.plan(data, block_rows=block_rows, block_bytes=block_bytes)
     prepare_out(out)
-    job = ScoreJob(bundle, str(out.resolve()), reasons, drop_invalid)
+    job = ScoreJob(bundle, str((out / SCORES_DIR).resolve()), reasons, drop_invalid)
     log(f"score-batch: {len(pieces)} piece(s) of {data}, bundle {model.name} {model.version}")
     task = delayed(score_piece, pure=True)
     total = ScoreStats()

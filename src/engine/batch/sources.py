@@ -190,7 +190,7 @@ def columns_of(piece: Piece) -> list[str]:
             header = fh.readline()
         return _csv_header(header, piece.path)
     with _connect(piece) as conn:
-        cur = conn.execute(f"SELECT * FROM ({piece.query}) AS q LIMIT 0")  # type: ignore[arg-type]
+        cur = conn.execute(f"SELECT * FROM ({piece.query}) AS q LIMIT 0".encode())
         return [d.name for d in cur.description or ()]
 
 
@@ -281,8 +281,8 @@ def _read_sql(piece: Piece, columns: Sequence[str]) -> Any:
     # no parameters: the query's own % signs (LIKE 'x%') must stay as written; the part numbers are ints
     sql = (
         f"SELECT {cols} FROM ({piece.query}) AS q "
-        f"WHERE mod(mod(hashtext(concat_ws(chr(31), {key}))::bigint, {int(piece.parts)}) + {int(piece.parts)}, "
-        f"{int(piece.parts)}) = {int(piece.part)} ORDER BY {cols}"
+        f"WHERE mod(mod(hashtext(concat_ws(chr(31), {key}))::bigint, {int(piece.parts)}) "
+        f"+ {int(piece.parts)}, {int(piece.parts)}) = {int(piece.part)} ORDER BY {cols}"
     )
     with _connect(piece) as conn:
         try:

@@ -22,6 +22,7 @@ The same model, features and bundle as `engine train`, with the data spread over
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -217,19 +218,20 @@ def fit(client: Any, prepared: Prepared, config: TrainConfig, log: Printer) -> t
     from lightgbm.dask import DaskLGBMClassifier
 
     x, y = train_arrays(client, prepared)
-    params = {
-        k: v for k, v in config.lgb_params().items() if k not in ("objective", "metric", "first_metric_only")
-    }
-    params["num_threads"] = config.threads
+    # lightgbm.dask sets the objective, and each worker's threads from its Dask threads
+    dropped = ("objective", "metric", "first_metric_only", "num_threads")
+    params = {k: v for k, v in config.lgb_params().items() if k not in dropped}
     workers = len(client.scheduler_info()["workers"])
     log(
         f"LightGBM {lgb.__version__} on {workers} Dask worker(s): {config.num_boost_round} rounds, "
-        f"learning rate "
-        f"{config.learning_rate}, {config.num_leaves} leaves, {config.threads} thread(s) per worker"
+        f"learning rate {config.learning_rate}, {config.num_leaves} leaves, each worker's Dask threads"
     )
     t0 = time.perf_counter()
     model = DaskLGBMClassifier(client=client, n_estimators=config.num_boost_round, **params)
-    model.fit(x, y)
+    with warnings.catch_warnings():
+        # the sklearn wrapper's own n_jobs: lightgbm.dask uses each worker's threads and says so
+        warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored", category=UserWarning)
+        model.fit(x, y)
     return model.booster_, {
         **params,
         "objective": "binary",

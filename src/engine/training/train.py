@@ -225,10 +225,8 @@ def train_model(
     )
 
     rows = {**split.sizes(), "total": n}
-    return finish_training(
-        booster, best, spec, references, config, (x[split.valid], y[split.valid]), (x[split.test], y[split.test]),
-        params, rows, timings, log,
-    )  # fmt: skip
+    valid, test = (x[split.valid], y[split.valid]), (x[split.test], y[split.test])
+    return finish_training(booster, best, spec, references, config, valid, test, params, rows, timings, log)
 
 
 def finish_training(
@@ -247,7 +245,7 @@ def finish_training(
     """From a fitted booster to a `TrainedModel`: thresholds rounded down to float32 (and checked),
     risk bands from the valid rows, metrics on the test rows. Shared by `train_model` and the
     distributed training (`engine.batch.train`), so both write the same bundle."""
-    (x_valid, y_valid), (x_test, y_test) = valid, test
+    (x_valid, _), (x_test, y_test) = valid, test
     # float32-exact thresholds; on float32 inputs the rewritten booster must be the same function
     rewritten, text, rewrite = round_thresholds_down(booster, num_iteration=best)
     heldout = np.ascontiguousarray(np.concatenate([x_valid, x_test]))
