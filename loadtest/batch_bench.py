@@ -157,16 +157,25 @@ def datacompy_run(x: Path, backend: str) -> dict[str, Any]:
             return pl.col(c).str.strip_chars().str.replace_all(r"\s+", " ")
 
         left = a.select(
-            book="book", trade_ref="trade_ref", status=pl.col("status").str.strip_chars().str.to_lowercase(),
-            quantity=pl.col("qty").cast(pl.Float64), amount="amount", counterparty_name=ws("cpty_name"),
-            counterparty_address=ws("cpty_address"), trade_date=pl.col("trade_date").str.to_date(),
-        )  # fmt: skip
+            book="book",
+            trade_ref="trade_ref",
+            status=pl.col("status").str.strip_chars().str.to_lowercase(),
+            quantity=pl.col("qty").cast(pl.Float64),
+            amount="amount",
+            counterparty_name=ws("cpty_name"),
+            counterparty_address=ws("cpty_address"),
+            trade_date=pl.col("trade_date").str.to_date(),
+        )
         right = b.select(
-            book="BookCode", trade_ref="TradeId", status=pl.col("State").str.strip_chars().str.to_lowercase(),
-            quantity=pl.col("Quantity").cast(pl.Float64), amount=pl.col("AmountMinor") * 0.01,
-            counterparty_name=ws("CptyName"), counterparty_address=ws("CptyAddress"),
+            book="BookCode",
+            trade_ref="TradeId",
+            status=pl.col("State").str.strip_chars().str.to_lowercase(),
+            quantity=pl.col("Quantity").cast(pl.Float64),
+            amount=pl.col("AmountMinor") * 0.01,
+            counterparty_name=ws("CptyName"),
+            counterparty_address=ws("CptyAddress"),
             trade_date=pl.col("TradeDate").str.to_datetime().dt.date(),
-        )  # fmt: skip
+        )
         t1 = time.perf_counter()
         cmp: Any = datacompy.PolarsCompare(
             left, right, join_columns=["book", "trade_ref"], abs_tol={"amount": 0.005}
@@ -179,17 +188,30 @@ def datacompy_run(x: Path, backend: str) -> dict[str, Any]:
         def ws_(s: Any) -> Any:
             return s.str.strip().str.replace(r"\s+", " ", regex=True)
 
-        left = pd.DataFrame({
-            "book": a["book"], "trade_ref": a["trade_ref"], "status": a["status"].str.strip().str.lower(),
-            "quantity": a["qty"].astype(float), "amount": a["amount"], "counterparty_name": ws_(a["cpty_name"]),
-            "counterparty_address": ws_(a["cpty_address"]), "trade_date": pd.to_datetime(a["trade_date"]),
-        })  # fmt: skip
-        right = pd.DataFrame({
-            "book": b["BookCode"], "trade_ref": b["TradeId"], "status": b["State"].str.strip().str.lower(),
-            "quantity": b["Quantity"].astype(float), "amount": b["AmountMinor"] * 0.01,
-            "counterparty_name": ws_(b["CptyName"]), "counterparty_address": ws_(b["CptyAddress"]),
-            "trade_date": pd.to_datetime(b["TradeDate"]).dt.normalize(),
-        })  # fmt: skip
+        left = pd.DataFrame(
+            {
+                "book": a["book"],
+                "trade_ref": a["trade_ref"],
+                "status": a["status"].str.strip().str.lower(),
+                "quantity": a["qty"].astype(float),
+                "amount": a["amount"],
+                "counterparty_name": ws_(a["cpty_name"]),
+                "counterparty_address": ws_(a["cpty_address"]),
+                "trade_date": pd.to_datetime(a["trade_date"]),
+            }
+        )
+        right = pd.DataFrame(
+            {
+                "book": b["BookCode"],
+                "trade_ref": b["TradeId"],
+                "status": b["State"].str.strip().str.lower(),
+                "quantity": b["Quantity"].astype(float),
+                "amount": b["AmountMinor"] * 0.01,
+                "counterparty_name": ws_(b["CptyName"]),
+                "counterparty_address": ws_(b["CptyAddress"]),
+                "trade_date": pd.to_datetime(b["TradeDate"]).dt.normalize(),
+            }
+        )
         t1 = time.perf_counter()
         cmp = datacompy.PandasCompare(
             left, right, join_columns=["book", "trade_ref"], abs_tol={"amount": 0.005}
@@ -218,9 +240,17 @@ def our_counts(summary: dict[str, Any]) -> dict[str, Any]:
 
 def discover(x: Path, out: Path, *extra: str) -> dict[str, Any]:
     run = run_engine(
-        "discover", "--mapping", str(x / "mapping.yaml"), "--a", str(x / "a"), "--b", str(x / "b"), "--out",
-        str(out), *extra,
-    )  # fmt: skip
+        "discover",
+        "--mapping",
+        str(x / "mapping.yaml"),
+        "--a",
+        str(x / "a"),
+        "--b",
+        str(x / "b"),
+        "--out",
+        str(out),
+        *extra,
+    )
     run["summary"] = json.loads((out / "summary.json").read_text())
     return run
 
@@ -240,19 +270,45 @@ class DaskProcesses:
 
     def __init__(self, workdir: Path, workers: int = 2) -> None:
         scheduler_file = workdir / "scheduler.json"
-        self.procs = [subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
-             "--scheduler-file", str(scheduler_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )]  # fmt: skip
+        self.procs = [
+            subprocess.Popen(
+                [
+                    DASK,
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--dashboard-address",
+                    ":0",
+                    "--scheduler-file",
+                    str(scheduler_file),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        ]
         deadline = time.monotonic() + 60
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         self.address = json.loads(scheduler_file.read_text())["address"]
         for i in range(workers):
-            self.procs.append(subprocess.Popen(
-                [DASK, "worker", self.address, "--nthreads", "1", "--no-dashboard", "--local-directory",
-                 str(workdir / f"w{i}")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))  # fmt: skip
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        DASK,
+                        "worker",
+                        self.address,
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--local-directory",
+                        str(workdir / f"w{i}"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         from distributed import Client
 
         with Client(self.address, timeout="30s") as client:
@@ -404,10 +460,18 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "sizes": {"rows": args.rows, "big_rows": args.big_rows, "score_rows": args.score_rows,
-                  "train_rows": args.train_rows},
-    }  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "sizes": {
+            "rows": args.rows,
+            "big_rows": args.big_rows,
+            "score_rows": args.score_rows,
+            "train_rows": args.train_rows,
+        },
+    }
     try:
         small, big = work / "pair", work / "big"
         if not small.exists():
@@ -435,8 +499,14 @@ def main(argv: list[str] | None = None) -> int:
             log("engine discover on dask scheduler + 2 dask worker processes")
             procs = DaskProcesses(work / "dask")
             try:
-                remote = discover(small, work / "d-cluster", "--scheduler", procs.address, "--partition-rows",
-                                  str(max(1, args.rows // 3)))  # fmt: skip
+                remote = discover(
+                    small,
+                    work / "d-cluster",
+                    "--scheduler",
+                    procs.address,
+                    "--partition-rows",
+                    str(max(1, args.rows // 3)),
+                )
             finally:
                 procs.close()
             remote_hash = canonical_flagged(work / "d-cluster")
@@ -484,12 +554,18 @@ def report(res: dict[str, Any]) -> None:
 
     pol, pan, small = res["datacompy_polars"], res["datacompy_pandas"], res["discover_small"]
     print(f"\n== discovery vs datacompy, {res['sizes']['rows']:,}-record pair (same Parquet files)")
-    print(f"datacompy polars : {f(pol['total_s'])} s (read+prepare {f(pol['read_prepare_s'])}, compare "
-          f"{f(pol['compare_s'])})")  # fmt: skip
-    print(f"datacompy pandas : {f(pan['total_s'])} s (read+prepare {f(pan['read_prepare_s'])}, compare "
-          f"{f(pan['compare_s'])})")  # fmt: skip
-    print(f"engine discover  : {f(small['wall_s'])} s end to end (inside: {small['elapsed_s']}), peak RSS "
-          f"{f(small['peak_rss_mib'], 0)} MiB")  # fmt: skip
+    print(
+        f"datacompy polars : {f(pol['total_s'])} s (read+prepare {f(pol['read_prepare_s'])}, compare "
+        f"{f(pol['compare_s'])})"
+    )
+    print(
+        f"datacompy pandas : {f(pan['total_s'])} s (read+prepare {f(pan['read_prepare_s'])}, compare "
+        f"{f(pan['compare_s'])})"
+    )
+    print(
+        f"engine discover  : {f(small['wall_s'])} s end to end (inside: {small['elapsed_s']}), peak RSS "
+        f"{f(small['peak_rss_mib'], 0)} MiB"
+    )
     print(f"ratio discover / polars: {f(res['ratio_discover_vs_polars'])}  (target <= 2)")
     print(f"counts identical (ours, polars, pandas): {res['counts']['identical']}  {res['counts']['ours']}")
     hs = res["hotspots"]
@@ -497,27 +573,40 @@ def report(res: dict[str, Any]) -> None:
     print(f"recall per class: {hs['recall']}; all {hs['recall_all']}, precision {hs['precision']}")
     if "cluster" in res:
         c = res["cluster"]
-        print(f"local default vs dask scheduler + 2 workers: flagged {c['flagged_rows']:,} rows, byte-identical "
-              f"after sorting by key: {c['byte_identical']} ({c['sha256_local'][:16]})")  # fmt: skip
+        print(
+            f"local default vs dask scheduler + 2 workers: flagged {c['flagged_rows']:,} rows, "
+            f"byte-identical "
+            f"after sorting by key: {c['byte_identical']} ({c['sha256_local'][:16]})"
+        )
     if "discover_big" in res:
         b = res["discover_big"]
         print(f"\n== discovery, {res['sizes']['big_rows']:,}-record pair, local default")
-        print(f"time {f(b['wall_s'])} s, {f(b['pairs_per_s'], 0)} pairs/s, peak RSS {f(b['peak_rss_mib'], 0)} MiB; "
-              f"RSS big / small {f(res['rss_ratio_big_vs_small'])}  (target <= 1.3)")  # fmt: skip
+        print(
+            f"time {f(b['wall_s'])} s, {f(b['pairs_per_s'], 0)} pairs/s, "
+            f"peak RSS {f(b['peak_rss_mib'], 0)} MiB; "
+            f"RSS big / small {f(res['rss_ratio_big_vs_small'])}  (target <= 1.3)"
+        )
     if "score_batch" in res:
         s = res["score_batch"]
         print(f"\n== score-batch, {s['rows']:,} trades, 2 workers")
-        print(f"score-batch {f(s['score_batch_rows_per_s'], 0)} rows/s ({f(s['score_batch_rows_per_s_per_core'], 0)} "
-              f"per core, {f(s['score_batch_rows_per_task_s'], 0)} per task second); in-process ORT alone "
-              f"{f(s['ort_rows_per_s_one_thread'], 0)} rows/s on one thread")  # fmt: skip
-        print(f"ratio per core {f(s['ratio_end_to_end'])} end to end, {f(s['ratio_per_task_second'])} per task "
-              "second  (target >= 0.7)")  # fmt: skip
+        print(
+            f"score-batch {f(s['score_batch_rows_per_s'], 0)} rows/s "
+            f"({f(s['score_batch_rows_per_s_per_core'], 0)} "
+            f"per core, {f(s['score_batch_rows_per_task_s'], 0)} per task second); in-process ORT alone "
+            f"{f(s['ort_rows_per_s_one_thread'], 0)} rows/s on one thread"
+        )
+        print(
+            f"ratio per core {f(s['ratio_end_to_end'])} end to end, {f(s['ratio_per_task_second'])} per task "
+            "second  (target >= 0.7)"
+        )
     if "train" in res:
         t = res["train"]
         print(f"\n== lightgbm.dask (2 workers) vs single machine, {t['rows']:,} trades, same split")
-        print(f"ROC-AUC dask {t['dask_roc_auc']:.4f} (best iteration {t['dask_best_iteration']}), single "
-              f"{t['single_roc_auc']:.4f} ({t['single_best_iteration']}); diff {t['roc_auc_diff']:+.4f}  "
-              "(target within 0.005)")  # fmt: skip
+        print(
+            f"ROC-AUC dask {t['dask_roc_auc']:.4f} (best iteration {t['dask_best_iteration']}), single "
+            f"{t['single_roc_auc']:.4f} ({t['single_best_iteration']}); diff {t['roc_auc_diff']:+.4f}  "
+            "(target within 0.005)"
+        )
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ Dask, pandas and the rest of the `[batch]` extra are imported inside the command
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# the training commands' option parsers and progress printer: one definition for both CLIs
+from engine.training.cli import _fraction, _positive_int, _printer
 
 Printer = Callable[[str], None]
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARITY = 0, 1, 2, 3
@@ -28,27 +30,6 @@ _SCHEDULER_HELP = (
     "DaskCluster's scheduler Service, a Dask Gateway cluster's address); every worker needs this package "
     "and the input and output paths. Default: a local cluster of --workers processes on this machine"
 )
-
-
-def _printer() -> Printer:
-    def emit(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    return emit
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be inside (0, 1), got {value}")
-    return value
 
 
 def _guarded(name: str, body: Callable[[argparse.Namespace, Printer], int]) -> Callable[..., int]:
@@ -430,25 +411,14 @@ def _train_distributed(args: argparse.Namespace, log: Printer) -> int:
     from engine.batch import sources
     from engine.batch.cluster import connect, describe
     from engine.batch.errors import UsageError
-    from engine.batch.train import read_part, train_distributed
+    from engine.batch.train import Part, read_part, train_distributed
     from engine.models.bundle import sha256_file
     from engine.models.reference import ReferenceTables
-    from engine.training.cli import DEFAULT_SYNTHETIC_ROWS
-    from engine.training.package import package
+    from engine.training.cli import DEFAULT_SYNTHETIC_ROWS, train_config, write_trained
     from engine.training.synthetic import generate_trades
-    from engine.training.train import TrainConfig
 
     started = time.perf_counter()
-    config = TrainConfig(
-        seed=args.seed,
-        num_boost_round=args.num_boost_round,
-        learning_rate=args.learning_rate,
-        num_leaves=args.num_leaves,
-        early_stopping_rounds=args.early_stopping_rounds,
-        valid_fraction=args.valid_fraction,
-        parity_rows=args.parity_rows,
-        threads=1,
-    )
+    config = train_config(args, threads=1)  # a worker trains with its own Dask threads
     scheduler = None if args.scheduler == "local" else args.scheduler
     with connect(scheduler, args.workers) as client:
         workers = len(client.scheduler_info()["workers"])
@@ -475,17 +445,16 @@ def _train_distributed(args: argparse.Namespace, log: Printer) -> int:
                 raise UsageError(
                     "--reference-from applies to --data; synthetic trades bring their own tables"
                 )
-            from engine.batch.train import Part
-
             rows = args.synthetic_rows or DEFAULT_SYNTHETIC_ROWS
             trades, labels, references = generate_trades(rows, args.seed)
             count = args.partitions or 2 * workers
             bounds = [round(i * rows / count) for i in range(count + 1)]
-            chunks = [
-                Part(trades.take(slice(lo, hi)), labels[lo:hi])
-                for lo, hi in zip(bounds, bounds[1:], strict=False)
-            ]
-            parts = client.scatter(chunks)
+            parts = client.scatter(
+                [
+                    Part(trades.take(slice(lo, hi)), labels[lo:hi])
+                    for lo, hi in zip(bounds, bounds[1:], strict=False)
+                ]
+            )
             source = {
                 "kind": "synthetic",
                 "generator": "engine.training.synthetic.generate_trades",
@@ -494,36 +463,13 @@ def _train_distributed(args: argparse.Namespace, log: Printer) -> int:
                 "partitions": count,
             }
         trained = train_distributed(client, parts, references, config, log)
-    training = {
-        "source": source,
-        "seed": config.seed,
-        "rows": trained.rows,
-        "split": "by a hash of trade_id; valid = early stopping + risk bands, test = metrics",
-        "params": trained.params,
-        "num_boost_round": config.num_boost_round,
-        "early_stopping_rounds": config.early_stopping_rounds,
-        "best_iteration": trained.best_iteration,
-        "risk_band_rule": config.band_rule.describe(),
-        "distributed": {"scheduler": args.scheduler, "workers": workers, "library": "lightgbm.dask"},
-        "elapsed_s": {"before_export": round(time.perf_counter() - started, 2)},
+    elapsed = {
+        **{k.removesuffix("_s"): round(v, 2) for k, v in trained.timings.items()},
+        "before_export": round(time.perf_counter() - started, 2),
     }
-    package(
-        args.out,
-        booster=trained.booster,
-        booster_text=trained.booster_text,
-        rewrite=trained.rewrite,
-        spec=trained.spec,
-        references=trained.references,
-        bands=trained.bands,
-        metrics=trained.metrics,
-        heldout=trained.heldout,
-        training=training,
-        name=args.name,
-        version=args.version,
-        parity_rows=args.parity_rows,
-        threads=args.threads,
-        log=log,
-    )
+    split = "by a hash of trade_id; valid = early stopping + risk bands, test = metrics"
+    distributed = {"scheduler": args.scheduler, "workers": workers, "library": "lightgbm.dask"}
+    write_trained(args, trained, config, source, split, elapsed, log, distributed=distributed)
     log(f"done in {time.perf_counter() - started:.1f} s")
     return EXIT_OK
 

@@ -34,7 +34,9 @@ import numpy.typing as npt
 
 from engine.batch.errors import UsageError
 from engine.batch.options import DEFAULT_EXTRACTS_SEED, DIMENSIONS
-from engine.training.pairs import BREAK_MIX
+
+# the names and addresses of the pair model's synthetic history: the same vocabulary
+from engine.training.pairs import _CITIES, _FORMS, _KINDS, _STREETS, _SUFFIXES, _WORDS, BREAK_MIX
 
 Printer = Callable[[str], None]
 Str = npt.NDArray[np.str_]
@@ -92,31 +94,6 @@ _SYSTEMS = ("MUREX", "CALYPSO", "SUMMIT", "ORCHESTRADE")
 _STATUSES = ("open", "settled", "pending", "active", "closed", "suspended")
 _STATUS_P = (0.3, 0.3, 0.15, 0.15, 0.07, 0.03)
 _DRIFT = np.array([4, 2, 1, 4, 3, 3])  # index of the drifted status: open->closed, settled->pending, ...
-_FIRST = (
-    "Blue",
-    "River",
-    "North",
-    "Atlas",
-    "Harbor",
-    "Summit",
-    "Granite",
-    "Cedar",
-    "Pioneer",
-    "Beacon",
-    "Crown",
-    "Silver",
-    "Oak",
-    "Meridian",
-    "Falcon",
-    "Union",
-    "Liberty",
-    "Maple",
-)
-_KINDS = ("Capital", "Partners", "Holdings", "Securities", "Asset Management", "Trust", "Fund")
-_FORMS = ("LLC", "Limited", "Inc", "LP", "PLC", "Corporation")
-_STREETS = ("Main", "Market", "Broad", "Water", "Wall", "King", "Queen", "High", "Park", "Church")
-_SUFFIXES = ("Street", "Avenue", "Road", "Square", "Lane")
-_CITIES = ("New York", "London", "Chicago", "Boston", "Frankfurt", "Dublin", "Toronto", "Zurich")
 _SHORT = (
     ("Limited", "Ltd"),
     ("Corporation", "Corp"),
@@ -178,7 +155,7 @@ class Universe:
             return chosen
 
         names = np.char.add(
-            np.char.add(np.char.add(pick(_FIRST, n_cp), " "), np.char.add(pick(_FIRST, n_cp), " ")),
+            np.char.add(np.char.add(pick(_WORDS, n_cp), " "), np.char.add(pick(_WORDS, n_cp), " ")),
             np.char.add(np.char.add(pick(_KINDS, n_cp), " "), pick(_FORMS, n_cp)),
         )
         numbers = rng.integers(1, 999, size=n_cp).astype(str)

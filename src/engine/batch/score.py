@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from engine.batch import sources
 from engine.batch.cluster import run_tasks
-from engine.batch.errors import DataError, UsageError
+from engine.batch.errors import UsageError
 from engine.batch.options import DEFAULT_BLOCK_BYTES, DEFAULT_BLOCK_ROWS, REASON_CHOICES
 from engine.models.spec import BAND_NAMES
 
@@ -79,13 +79,6 @@ def serving_model(bundle: str) -> Any:
     return model
 
 
-def _table(piece: sources.Piece) -> dict[str, np.ndarray]:
-    """The piece as the column mapping `from_table` reads, converted as `engine.tables.read_table` does."""
-    from engine.tables import arrow_columns
-
-    return arrow_columns(sources.read_arrow(piece, sources.columns_of(piece)))
-
-
 def _reasons(model: Any, features: npt.NDArray[np.float32], rows: npt.NDArray[np.intp], n: int) -> Any:
     """list<struct<code, value, category, contribution>> per trade (empty for trades not explained)."""
     import pyarrow as pa
@@ -127,31 +120,13 @@ def score_piece(piece: sources.Piece, job: ScoreJob) -> ScoreStats:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from engine.errors import InvalidInput
-    from engine.features.columns import from_table
-    from engine.features.validate import problems
+    from engine.batch.trades import read_trades
 
     started = time.perf_counter()
     model = serving_model(job.bundle)
-    table = _table(piece)
-    try:
-        trades = from_table(table)
-    except KeyError as exc:
-        raise UsageError(f"{piece.where()}: {exc.args[0]}") from None
-    except InvalidInput as exc:
-        raise DataError(f"{piece.where(exc.index)}: {exc.field}: {exc.reason}") from None
-    stats = ScoreStats(rows=len(trades))
-    bad, found = problems(trades)
-    if found:
-        if not job.drop_invalid:
-            first = found[0]
-            raise DataError(
-                f"{piece.where(first.index)}: {first.field}: {first.reason}; {int(bad.sum())} invalid "
-                "row(s) in "
-                "this partition (fix them, or pass --drop-invalid to leave them out and count them)"
-            )
-        stats.dropped.update({f"{e.field}: {e.reason}": e.count for e in found})
-        trades = trades.take(np.flatnonzero(~bad))
+    piece_ = read_trades(piece, job.drop_invalid)
+    trades = piece_.trades
+    stats = ScoreStats(rows=piece_.rows, dropped=piece_.dropped)
     features = model.plan.compute(trades)
     probabilities = model.predict(features)
     bands = model.bundle.manifest.risk_bands.assign(probabilities)

@@ -64,39 +64,20 @@ class Part:
 
 def read_part(piece: sources.Piece, drop_invalid: bool) -> Part:
     """A piece of a labelled trades dataset, validated as `engine train --data` validates a file."""
-    from engine.batch.score import _table
-    from engine.errors import InvalidInput
-    from engine.features.columns import from_table
-    from engine.features.validate import problems
+    from engine.batch.trades import read_trades
     from engine.training.data import LABEL_COLUMN, parse_labels
     from engine.training.errors import DataError as LabelError
 
-    table = _table(piece)
-    try:
-        trades = from_table(table)
-    except KeyError as exc:
-        raise UsageError(f"{piece.where()}: {exc.args[0]}") from None
-    except InvalidInput as exc:
-        raise DataError(f"{piece.where(exc.index)}: {exc.field}: {exc.reason}") from None
-    if LABEL_COLUMN not in table:
+    read = read_trades(piece, drop_invalid)
+    if LABEL_COLUMN not in read.table:
         raise UsageError(
             f"{piece.where()}: no label column {LABEL_COLUMN!r} (1 = failed to settle, 0 = settled)"
         )
     try:
-        labels = parse_labels(table[LABEL_COLUMN])
+        labels = parse_labels(read.table[LABEL_COLUMN])
     except LabelError as exc:
         raise DataError(f"{piece.where()}: {exc}") from None
-    bad, found = problems(trades)
-    if found:
-        if not drop_invalid:
-            first = found[0]
-            raise DataError(
-                f"{piece.where(first.index)}: {first.field}: {first.reason}; {int(bad.sum())} invalid row(s) "
-                "in this partition (fix them, or pass --drop-invalid)"
-            )
-        keep = np.flatnonzero(~bad)
-        trades, labels = trades.take(keep), labels[keep]
-    return Part(trades, labels)
+    return Part(read.trades, labels[read.kept])
 
 
 def _vocabulary(part: Part, valid_fraction: float, seed: int) -> tuple[set[str], set[str]]:
