@@ -85,6 +85,17 @@ def test_counts_match_datacompy_pandas_and_polars(extracts: Path, discovery: Dis
     assert counts["missing_in_a"] > 0 and counts["missing_in_b"] > 0
     assert counts["duplicate_key_rows_a"] + counts["duplicate_key_rows_b"] > 0
     assert all(ours["columns"][f] > 0 for f in FIELDS if f != "trade_date")
+    # by how much: every compared mismatch in one size bucket; fat fingers (x10 .. x1000) above 100 %
+    left_ix, right_ix = left.set_index(keys), right.set_index(keys)
+    shared = left_ix.index.intersection(right_ix.index).drop_duplicates(keep=False)
+    a, b = left_ix.loc[shared, "amount"], right_ix.loc[shared, "amount"]
+    differ = (a - b).abs() > 0.005
+    amount = discovery.summary["field_differences"]["amount"]
+    assert sum(amount["by_size"].values()) == amount["compared"] == int(differ.sum())
+    assert amount["max_abs_difference"] == pytest.approx(float((a - b).abs().max()), rel=1e-9)
+    assert (
+        amount["by_size"]["> 100%"] > 0 and "counterparty_name" not in discovery.summary["field_differences"]
+    )
 
 
 def test_planted_hotspots_rank_in_the_top_three(discovery: Discovery) -> None:

@@ -220,6 +220,31 @@ def discover(
     return summary
 
 
+def _differences(spec: MappingSpec, total: PartStats) -> dict[str, Any]:
+    """By how much the mismatched number, date and timestamp fields differ (both sides having a value)."""
+    from engine.batch.join import DELTA_BUCKETS
+
+    out: dict[str, Any] = {}
+    for j, f in enumerate(spec.fields):
+        if f.type == "text" or total.field_deltas.size == 0 or total.field_deltas[j, 0] == 0:
+            continue
+        row = total.field_deltas[j]
+        if f.type == "number":
+            names = [f"<= {e:.1%}" for e in DELTA_BUCKETS] + [f"> {DELTA_BUCKETS[-1]:.0%}"]
+            unit = "|a - b| relative to the smaller value"
+        else:
+            names = ["<= 1 minute", "<= 1 hour", "<= 1 day", "<= 1 week", "> 1 week"]
+            unit = "seconds apart"
+        out[f.name] = {
+            "compared": int(row[0]),
+            "mean_abs_difference": round(float(row[1] / row[0]), 6),
+            "max_abs_difference": round(float(row[2]), 6),
+            "by_size": dict(zip(names, (int(v) for v in row[3:]), strict=True)),
+            "size": unit,
+        }
+    return out
+
+
 def _import_plotting() -> None:
     import matplotlib
 
@@ -267,6 +292,7 @@ def _summary(
                 spec.fields, total.field_mismatches.tolist() or [0] * len(spec.fields), strict=True
             )
         },
+        "field_differences": _differences(spec, total),
         "breaks": {
             "flagged": total.flagged,
             "flagged_rate": total.flagged / total.pairs if total.pairs else 0.0,

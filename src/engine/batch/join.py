@@ -290,6 +290,10 @@ class PartStats:
     duplicates_b: int = 0
     flagged: int = 0
     field_mismatches: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: [field, 3 + len(DELTA_BUCKETS)] for number, date and timestamp fields, over their mismatches:
+    #: count, sum of |a - b|, max |a - b|, then counts by |a - b| / min(|a|, |b|) (numbers; times by
+    #: the difference in seconds) in DELTA_BUCKETS
+    field_deltas: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
     #: [class, 2]: pairs of each CLASS_ORDER class (by what differs), all and flagged
     classes: npt.NDArray[np.int64] = field(
         default_factory=lambda: np.zeros((len(CLASS_ORDER), 2), dtype=np.int64)
@@ -321,12 +325,48 @@ class PartStats:
             if self.field_mismatches.size == 0
             else (self.field_mismatches + other.field_mismatches)
         )
+        if self.field_deltas.size == 0:
+            self.field_deltas = other.field_deltas.copy()
+        elif other.field_deltas.size:
+            maximum = np.maximum(self.field_deltas[:, 2], other.field_deltas[:, 2])
+            self.field_deltas = self.field_deltas + other.field_deltas
+            self.field_deltas[:, 2] = maximum
         self.classes = self.classes + other.classes
         self.scores = self.scores + other.scores
         for name, table in other.dimensions.items():
             mine = self.dimensions.get(name)
             self.dimensions[name] = table if mine is None else mine.add(table, fill_value=0).astype("int64")
         self.seconds += other.seconds
+
+
+#: upper bounds of the relative difference buckets of number fields (the last is open)
+DELTA_BUCKETS = (0.001, 0.01, 0.1, 1.0)
+#: and of the difference in seconds of date and timestamp fields: a minute, an hour, a day, a week
+TIME_BUCKETS = (60.0, 3_600.0, 86_400.0, 604_800.0)
+
+
+def _deltas(joined: Joined, spec: MappingSpec) -> npt.NDArray[np.float64]:
+    """By how much the mismatched values of each number, date and timestamp field differ."""
+    out = np.zeros((len(spec.fields), 3 + len(DELTA_BUCKETS) + 1))
+    for j, f in enumerate(spec.fields):
+        rows = joined.mismatch[:, j]
+        if f.type == "text" or not rows.any():
+            continue
+        a = joined.frame[f"f{j}_a"].to_numpy(dtype=np.float64)[rows]
+        b = joined.frame[f"f{j}_b"].to_numpy(dtype=np.float64)[rows]
+        both = ~(np.isnan(a) | np.isnan(b))  # one side empty: a mismatch with no size
+        d = np.abs(a[both] - b[both])
+        if f.type == "number":
+            scale = np.fmin(np.abs(a[both]), np.abs(b[both]))
+            size = np.divide(d, scale, out=np.zeros_like(d), where=scale > 0)
+            edges = DELTA_BUCKETS
+        else:
+            size, edges = d, TIME_BUCKETS
+        out[j, 0] = d.size
+        out[j, 1] = d.sum()
+        out[j, 2] = d.max(initial=0.0)
+        out[j, 3:] = np.bincount(np.searchsorted(edges, size, side="left"), minlength=len(edges) + 1)
+    return out
 
 
 def _counts(
@@ -352,6 +392,7 @@ def _counts(
         duplicates_b=int((present[:, 1] & (occ > 0)).sum()),
         flagged=int(flagged.sum()),
         field_mismatches=joined.mismatch.sum(axis=0).astype(np.int64),
+        field_deltas=_deltas(joined, spec),
     )
     bins = np.minimum((np.asarray(scores, dtype=np.float64) * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
     for c, name in enumerate(CLASS_ORDER):

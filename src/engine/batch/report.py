@@ -234,11 +234,36 @@ def write_report(path: Path, summary: dict[str, Any], total: PartStats, spec: Ma
     parts.append(_table(["count", "value"], [[k.replace("_", " "), v] for k, v in counts.items()]))
     parts.append("<h2>Fields that disagree (matched records)</h2>")
     matched = max(counts["matched"], 1)
+    sizes = summary.get("field_differences", {})
+
+    def by_how_much(name: str) -> list[Any]:
+        d = sizes.get(name)
+        if d is None:
+            return ["", "", ""]
+        buckets = ", ".join(f"{k}: {v:,}" for k, v in d["by_size"].items() if v)
+        return [d["mean_abs_difference"], d["max_abs_difference"], f"{buckets} ({d['size']})"]
+
     parts.append(
         _table(
-            ["field", "type", "tolerance", "mismatches", "share of matched"],
             [
-                [f.name, f.type, _tolerance(f.abs_tol, f.rel_tol, f.type), n, f"{n / matched:.2%}"]
+                "field",
+                "type",
+                "tolerance",
+                "mismatches",
+                "share of matched",
+                "mean |a − b|",
+                "max |a − b|",
+                "by how much",
+            ],
+            [
+                [
+                    f.name,
+                    f.type,
+                    _tolerance(f.abs_tol, f.rel_tol, f.type),
+                    n,
+                    f"{n / matched:.2%}",
+                    *by_how_much(f.name),
+                ]
                 for f, n in zip(spec.fields, summary["field_mismatches"].values(), strict=True)
             ],
             text_columns=3,
