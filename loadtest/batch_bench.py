@@ -269,6 +269,7 @@ class DaskProcesses:
     """`dask scheduler` + `workers` x `dask worker`, the standard commands, on this machine."""
 
     def __init__(self, workdir: Path, workers: int = 2) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         scheduler_file = workdir / "scheduler.json"
         self.procs = [
             subprocess.Popen(

@@ -455,16 +455,17 @@ def score_partition(
     scores = model.predict(features.matrix) if len(cols) else np.zeros(0, dtype=np.float32)
     flagged = scores >= model.threshold
     classes = break_classes(features.differs)
-    sides, confidence = likely_right(
-        features.matrix, features.differs, features.quantities, model.stats.log_amount_std
-    )
-    reason_idx, reason_strength = top_reasons(features.matrix, model.stats, REASONS_PER_BREAK)
     dims = dimension_values(joined, spec)
     stats = _counts(joined, dims, spec, flagged, classes, scores)
 
+    # the believed side and the reasons, row by row as ScorePairs computes them, for the flagged pairs
     rows = np.flatnonzero(flagged)
+    matrix = features.matrix[rows]
+    side, confidence = likely_right(
+        matrix, features.differs[rows], features.quantities[rows], model.stats.log_amount_std
+    )
+    idx, strength = top_reasons(matrix, model.stats, REASONS_PER_BREAK)
     frame = joined.frame.iloc[rows].reset_index(drop=True)
-    side = sides[rows]
     columns: dict[str, object] = {}
     for k, part_ in zip(key_columns(spec), spec.key, strict=True):
         columns[part_.name] = pa.array(frame[k].astype("str").tolist(), type=pa.string())
@@ -477,7 +478,7 @@ def score_partition(
     columns["likely_right"] = pa.array([SIDE_NAMES[int(s)] for s in side.tolist()], type=pa.string())
     source_names = np.array(["", spec.a.name, spec.b.name], dtype=object)
     columns["likely_right_source"] = pa.array(source_names[side].tolist(), type=pa.string())
-    columns["confidence"] = pa.array(confidence[rows], type=pa.float64())
+    columns["confidence"] = pa.array(confidence, type=pa.float64())
     # the differing fields of the mapping, and for each the believed side's value
     mismatch = joined.mismatch[rows]
     missing = ~(joined.present[rows, 0] & joined.present[rows, 1])
@@ -502,15 +503,14 @@ def score_partition(
             ("source", np.broadcast_to(source_names[side][:, None], differ.shape)),
         ],
     )
-    idx, strength = reason_idx[rows], reason_strength[rows]
     codes = np.array([REASON_CODES[f] for f in PAIR_FEATURES], dtype=object)
-    reason_values = np.take_along_axis(features.matrix[rows].astype(np.float64), idx, axis=1)
+    reason_values = np.take_along_axis(matrix.astype(np.float64), idx, axis=1)
     columns["reasons"] = _list_column(
         strength >= REASON_MIN_STRENGTH,
         [("code", codes[idx]), ("value", reason_values), ("strength", strength)],
     )
-    for name, (codes, uniques) in dims.items():
-        columns[name] = pa.array(uniques[codes[rows]].tolist(), type=pa.string())
+    for name, (dim_codes, uniques) in dims.items():
+        columns[name] = pa.array(uniques[dim_codes[rows]].tolist(), type=pa.string())
     table = pa.table(columns)
     path = Path(out_dir) / f"part-{index:05d}.parquet"
     pq.write_table(table, path, compression="zstd")
