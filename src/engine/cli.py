@@ -8,6 +8,9 @@ engine health    ask a server's gRPC health service (exit 0 when SERVING)
 engine train     train a LightGBM model and write a bundle        ([train] extra)
 engine export    turn a LightGBM model file into a bundle         ([train] extra)
 engine generate  write synthetic trades with labels to a file     ([train] extra for Parquet)
+engine discover  compare two extracts: breaks, hotspots, report   ([batch] extra; Dask)
+engine score-batch  score a trades dataset into Parquet on Dask   ([batch] extra)
+engine generate-extracts  two systems' extracts with planted breaks ([batch] extra)
 """
 
 from __future__ import annotations
@@ -364,11 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_parser,
     )
 
-    add_train_parser(sub)
+    train = add_train_parser(sub)
     add_export_parser(sub)
     add_generate_parser(sub)
     add_train_pairs_parser(sub)
     add_retrain_parser(sub)
+
+    from engine.batch.cli import add_batch_parsers, add_distributed_training
+
+    add_distributed_training(train)
+    add_batch_parsers(sub)
     return parser
 
 

@@ -67,9 +67,15 @@ def _read_csv_stdlib(path: Path) -> Table:
 
 
 def _arrow_to_numpy(table: Any) -> Table:
+    import pyarrow as pa
+
     out: Table = {}
     for name in table.column_names:
         col = table.column(name)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            # nulls as "", converted in C: the same array as the loop below, ~5x faster
+            out[name] = col.fill_null("").to_numpy(zero_copy_only=False).astype(np.str_)
+            continue
         arr = col.to_numpy(zero_copy_only=False)
         if arr.dtype.kind == "O":
             arr = np.array(["" if v is None else str(v) for v in arr.tolist()], dtype=np.str_)
@@ -77,6 +83,12 @@ def _arrow_to_numpy(table: Any) -> Table:
             arr = np.array(["" if v is None else str(v).lower() for v in col.to_pylist()], dtype=np.str_)
         out[name] = arr
     return out
+
+
+def arrow_columns(table: Any) -> Table:
+    """Columns of an Arrow table as `read_table` gives them (text nulls as ""): for readers of other
+    sources (engine.batch reads files piece by piece)."""
+    return _arrow_to_numpy(table)
 
 
 def read_table(path: Path | str) -> Table:

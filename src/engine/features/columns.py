@@ -137,12 +137,17 @@ def enum_codes(values: np.ndarray, table: dict[int, str], prefix: str) -> I32:
     if values.dtype.kind == "f":
         out = np.where(np.isfinite(values), values, -1)
         return out.astype(np.int32)
-    text = np.char.upper(np.char.strip(values.astype(np.str_)))
+    if values.shape[0] == 0:
+        return np.zeros(0, dtype=np.int32)
+    # a handful of distinct spellings: normalise those, not every row's copy of them
+    distinct, inverse = np.unique(values.astype(np.str_), return_inverse=True)
+    text = np.char.upper(np.char.strip(distinct))
     text = np.char.replace(text, prefix, "") if prefix else text
     codes = np.full(text.shape[0], -1, dtype=np.int32)
     for number, name in table.items():
         codes[text == name] = number
-    return codes
+    mapped: I32 = codes[inverse.reshape(-1)]
+    return mapped
 
 
 def parse_dates(values: np.ndarray, field: str, rows: Sequence[int] | None = None) -> Day:

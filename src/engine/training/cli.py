@@ -223,16 +223,9 @@ def _guarded(name: str, body: Callable[[argparse.Namespace, Printer], int]) -> C
     return run
 
 
-def _train(args: argparse.Namespace, log: Printer) -> int:
-    from engine.models.reference import ReferenceTables
-    from engine.training.data import read_trades, split_history, tables_from_history
-    from engine.training.errors import DataError
-    from engine.training.package import package
-    from engine.training.synthetic import DEFAULT_BASE_RATE, fx_table, generate_trades
-    from engine.training.train import train_model
-
-    started = time.perf_counter()
-    config = TrainConfig(
+def train_config(args: argparse.Namespace, threads: int | None = None) -> TrainConfig:
+    """The training configuration `engine train`'s options give (`threads`: instead of --threads)."""
+    return TrainConfig(
         seed=args.seed,
         num_boost_round=args.num_boost_round,
         learning_rate=args.learning_rate,
@@ -240,8 +233,65 @@ def _train(args: argparse.Namespace, log: Printer) -> int:
         early_stopping_rounds=args.early_stopping_rounds,
         valid_fraction=args.valid_fraction,
         parity_rows=args.parity_rows,
-        threads=args.threads,
+        threads=args.threads if threads is None else threads,
     )
+
+
+def write_trained(
+    args: argparse.Namespace,
+    trained: Any,
+    config: TrainConfig,
+    source: dict[str, Any],
+    split: str,
+    elapsed: dict[str, float],
+    log: Printer,
+    **extra: Any,
+) -> None:
+    """Package a trained model as `engine train` does (ONNX, parity, bundle at --out); `extra` goes into
+    the manifest's `training` section beside the source, split, parameters and timings."""
+    from engine.training.package import package
+
+    training = {
+        "source": source,
+        "seed": config.seed,
+        "rows": trained.rows,
+        "split": split,
+        "params": trained.params,
+        "num_boost_round": config.num_boost_round,
+        "early_stopping_rounds": config.early_stopping_rounds,
+        "best_iteration": trained.best_iteration,
+        "risk_band_rule": config.band_rule.describe(),
+        **extra,
+        "elapsed_s": elapsed,
+    }
+    package(
+        args.out,
+        booster=trained.booster,
+        booster_text=trained.booster_text,
+        rewrite=trained.rewrite,
+        spec=trained.spec,
+        references=trained.references,
+        bands=trained.bands,
+        metrics=trained.metrics,
+        heldout=trained.heldout,
+        training=training,
+        name=args.name,
+        version=args.version,
+        parity_rows=args.parity_rows,
+        threads=args.threads,
+        log=log,
+    )
+
+
+def _train(args: argparse.Namespace, log: Printer) -> int:
+    from engine.models.reference import ReferenceTables
+    from engine.training.data import read_trades, split_history, tables_from_history
+    from engine.training.errors import DataError
+    from engine.training.synthetic import DEFAULT_BASE_RATE, fx_table, generate_trades
+    from engine.training.train import train_model
+
+    started = time.perf_counter()
+    config = train_config(args)
     source: dict[str, Any]
     if args.data is not None:
         read = read_trades(args.data, drop_invalid=args.drop_invalid, log=log)
@@ -278,39 +328,13 @@ def _train(args: argparse.Namespace, log: Printer) -> int:
         }
     data_s = time.perf_counter() - started
     trained = train_model(trades, labels, references, config, log)
-    training = {
-        "source": source,
-        "seed": config.seed,
-        "rows": trained.rows,
-        "split": "stratified by label; valid = early stopping + risk bands, test = metrics",
-        "params": trained.params,
-        "num_boost_round": config.num_boost_round,
-        "early_stopping_rounds": config.early_stopping_rounds,
-        "best_iteration": trained.best_iteration,
-        "risk_band_rule": config.band_rule.describe(),
-        "elapsed_s": {
-            "data": round(data_s, 2),
-            **{k.removesuffix("_s"): round(v, 2) for k, v in trained.timings.items()},
-            "before_export": round(time.perf_counter() - started, 2),
-        },
+    elapsed = {
+        "data": round(data_s, 2),
+        **{k.removesuffix("_s"): round(v, 2) for k, v in trained.timings.items()},
+        "before_export": round(time.perf_counter() - started, 2),
     }
-    package(
-        args.out,
-        booster=trained.booster,
-        booster_text=trained.booster_text,
-        rewrite=trained.rewrite,
-        spec=trained.spec,
-        references=trained.references,
-        bands=trained.bands,
-        metrics=trained.metrics,
-        heldout=trained.heldout,
-        training=training,
-        name=args.name,
-        version=args.version,
-        parity_rows=args.parity_rows,
-        threads=args.threads,
-        log=log,
-    )
+    split = "stratified by label; valid = early stopping + risk bands, test = metrics"
+    write_trained(args, trained, config, source, split, elapsed, log)
     log(f"done in {time.perf_counter() - started:.1f} s")
     return EXIT_OK
 

@@ -224,9 +224,31 @@ def train_model(
         + f"); fit {timings['fit_s']:.1f} s"
     )
 
+    rows = {**split.sizes(), "total": n}
+    valid, test = (x[split.valid], y[split.valid]), (x[split.test], y[split.test])
+    return finish_training(booster, best, spec, references, config, valid, test, params, rows, timings, log)
+
+
+def finish_training(
+    booster: Any,
+    best: int,
+    spec: FeatureSpec,
+    references: ReferenceTables,
+    config: TrainConfig,
+    valid: tuple[F32, F64],
+    test: tuple[F32, F64],
+    params: dict[str, Any],
+    rows: dict[str, int],
+    timings: dict[str, float],
+    log: Printer = _log.info,
+) -> TrainedModel:
+    """From a fitted booster to a `TrainedModel`: thresholds rounded down to float32 (and checked),
+    risk bands from the valid rows, metrics on the test rows. Shared by `train_model` and the
+    distributed training (`engine.batch.train`), so both write the same bundle."""
+    (x_valid, _), (x_test, y_test) = valid, test
     # float32-exact thresholds; on float32 inputs the rewritten booster must be the same function
     rewritten, text, rewrite = round_thresholds_down(booster, num_iteration=best)
-    heldout = np.ascontiguousarray(x[np.concatenate([split.valid, split.test])])
+    heldout = np.ascontiguousarray(np.concatenate([x_valid, x_test]))
     verify_rewrite(booster, rewritten, heldout, num_iteration=best, threads=config.threads)
     log(
         f"thresholds: {rewrite.splits:,} splits, {rewrite.rounded:,} rounded down to float32 "
@@ -234,11 +256,11 @@ def train_model(
         f"{heldout.shape[0]:,} held-out rows"
     )
 
-    p_valid = rewritten.predict(x[split.valid], num_threads=config.threads)
-    p_test = rewritten.predict(x[split.test], num_threads=config.threads)
+    p_valid = rewritten.predict(x_valid, num_threads=config.threads)
+    p_test = rewritten.predict(x_test, num_threads=config.threads)
     bands = m.choose_risk_bands(p_valid, config.band_rule)
-    scores = m.summary(y[split.test], p_test)
-    scores.update(m.band_report(bands, y[split.test], p_test))
+    scores = m.summary(y_test, p_test)
+    scores.update(m.band_report(bands, y_test, p_test))
     log(
         "test: ROC-AUC {roc_auc:.4f}  PR-AUC {pr_auc:.4f}  Brier {brier:.5f}  log-loss {log_loss:.5f}  "
         "base rate {base_rate:.2%}  ({rows:,.0f} rows)".format(**scores)
@@ -252,7 +274,6 @@ def train_model(
             for b in ("LOW", "MEDIUM", "HIGH", "CRITICAL")
         )
     )
-    rows = {**split.sizes(), "total": n}
     return TrainedModel(
         booster=rewritten,
         booster_text=text,
