@@ -89,7 +89,6 @@ def test_a_changed_source_anywhere_is_a_new_cache(tmp_path: Path) -> None:
     env.pop("NUMBA_CACHE_DIR", None)
     env["ENGINE_KERNEL_CACHE"] = str(jit.CACHE_DIR.parent)  # where this run's kernels are
     original, _ = _python(probe, {**env, "PYTHONPATH": str(ROOT / "src")}).split()
-    assert original == jit.CACHE_DIR.name
 
     copy = tmp_path / "src"
     shutil.copytree(ROOT / "src" / "engine", copy / "engine", ignore=shutil.ignore_patterns("__pycache__"))

@@ -174,6 +174,37 @@ def test_text_must_be_utf8_and_errors_name_field_and_index(model: ServingModel) 
     assert "UTF-8" in info.value.reason
 
 
+@pytest.mark.parametrize("where", ["trade", "request_id"])
+def test_a_text_field_sent_twice_is_utf8_checked_both_times(model: ServingModel, where: str) -> None:
+    """The last occurrence wins, but the runtime refuses the message when any occurrence is not UTF-8
+    (found by the fuzzer in the suite: invalid first, valid second, was scored)."""
+    invalid, valid = _len(3, b"\xed\xa0"), _len(3, b"CP0001")  # Trade.counterparty_id is field 3
+    if where == "trade":
+        trade = b"".join(_trade_fields(make_trade(0)))
+        raw = _len(2, trade + invalid + valid)
+        field = "counterparty_id"
+    else:
+        raw = _len(1, b"\xed\xa0") + _len(1, b"r1") + _len(2, b"".join(_trade_fields(make_trade(0))))
+        field = "request_id"
+    with pytest.raises(Exception, match="UTF-8"):  # the oracle: protobuf's own parser
+        pb.ScoreRequest.FromString(raw)
+    for read in (
+        partial(decode_request, raw, model.wire, 10),
+        partial(prepare_request, raw, model.wire, model.plan, 10),
+    ):
+        with pytest.raises(InvalidInput) as info:
+            read()
+        assert info.value.field == field and "UTF-8" in info.value.reason
+    # the other order, valid then invalid, is refused too; valid twice is the last value
+    swapped = raw.replace(invalid + valid, valid + invalid) if where == "trade" else None
+    if swapped is not None:
+        with pytest.raises(InvalidInput, match="UTF-8"):
+            decode_request(swapped, model.wire, 10)
+    twice = _len(2, b"".join(_trade_fields(make_trade(0))) + _len(3, b"XX") + valid)
+    assert pb.ScoreRequest.FromString(twice).trades[0].counterparty_id == "CP0001"
+    decode_request(twice, model.wire, 10)
+
+
 def test_nan_in_an_optional_number_and_bad_dates_are_refused(model: ServingModel) -> None:
     raw = pb.ScoreRequest(trades=[make_trade(0), make_trade(1, inventory_ratio=math.nan)]).SerializeToString()
     with pytest.raises(InvalidInput, match=r"trades\[1\]\.inventory_ratio: is NaN"):

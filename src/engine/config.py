@@ -158,9 +158,9 @@ class Settings:
     explain_band: str = _opt(
         "HIGH",
         "trades scored in this risk band or above come back with reasons (their features' TreeSHAP "
-        "contributions; 0.1-0.4 ms of CPU per trade, in the explain-0 thread), unless the request's "
-        "explain says otherwise: LOW (every trade), MEDIUM, HIGH, CRITICAL, or OFF (only requests "
-        "with explain = EXPLAIN_ALL)",
+        "contributions, computed in the explain-0 thread: CPU per explained trade, measured by "
+        "loadtest/explain_cost.py), unless the request's explain says otherwise: LOW (every trade), "
+        "MEDIUM, HIGH, CRITICAL, or OFF (only requests with explain = EXPLAIN_ALL)",
     )
     break_autonomy: str = _opt(
         "",

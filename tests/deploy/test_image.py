@@ -261,7 +261,9 @@ def test_entrypoint_serves_healthcheck_passes_sigterm_exits_zero(built: Built) -
     )
     assert started is not None, out
     seconds, loaded_n, compiled_n, cache, state = started.groups()
-    assert int(compiled_n) == 0 and int(loaded_n) > 0 and state == "shipped", out
+    # "shipped": this process copied the builder's kernels into ENGINE_KERNEL_CACHE; "cached": the
+    # HEALTHCHECK's `engine health`, started alongside, had copied them first
+    assert int(compiled_n) == 0 and int(loaded_n) > 0 and state in ("shipped", "cached"), out
     assert Path(cache).is_relative_to(built.root), out  # ENGINE_KERNEL_CACHE of the image, rerooted
     print(f"\nimage start: serving {seconds} s after the process started, {loaded_n} kernels from the cache")
     # the bundle it served is the one inside the installed wheel, not the source tree

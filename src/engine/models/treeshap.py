@@ -68,7 +68,7 @@ _Arrays = tuple[I64, F64, B, I64, I64, I64, B, I64, I64, I64, F64, I64, F64]
 MAX_PATH_FEATURES = 20
 
 #: from this many rows on, `_tree_shap_block` (all rows at once, per leaf) beats `_tree_shap_rows`
-BLOCK_MIN_ROWS = 8
+BLOCK_MIN_ROWS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,12 +402,12 @@ def _tree_shap_rows(x: npt.NDArray[np.float32], model: _Arrays, out: F64) -> Non
                 missed = np.int64(goes_left[edge_node[e]] != edge_left[e])
                 followed &= ~(missed << edge_slot[e])
             t0 = table_start[leaf]
-            outside = table[t0 + followed]
             base = (leaf & 1) * x.shape[1]
             for u in range(d):
-                inside = np.float64((followed >> u) & 1)
-                gain = unique_ratio[u0 + u] * table[t0 + (followed ^ (1 << u))]
-                acc[base + unique_feature[u0 + u]] += inside * (gain + outside) - outside
+                # followed: (1 - z) / z * T(P - {u}); not followed: -T(P), one table read either way
+                inside = (followed >> u) & 1
+                value = table[t0 + (followed ^ (inside << u))]
+                acc[base + unique_feature[u0 + u]] += value * (inside * (unique_ratio[u0 + u] + 1.0) - 1.0)
         for f in range(x.shape[1]):
             out[r, f] += acc[f] + acc[x.shape[1] + f]
 
@@ -417,8 +417,8 @@ def _tree_shap_block(x: npt.NDArray[np.float32], model: _Arrays, out: F64) -> No
     """`_tree_shap_rows`'s values for many rows at once: leaf by leaf, every step a loop over the rows.
 
     No branch depends on a row: the pattern of each row is built with masks, and a feature's
-    update is `inside * (gain + outside) - outside` with inside in {0, 1}. The inner loops run
-    over contiguous rows, which the compiler vectorises.
+    update reads T(P with u's bit cleared when u is followed) times (1 - z) / z or -1, with the
+    choice made by arithmetic on the bit. The inner loops run over contiguous rows.
     """
     (
         node_feature,
@@ -446,7 +446,6 @@ def _tree_shap_block(x: npt.NDArray[np.float32], model: _Arrays, out: F64) -> No
             left = _goes_left(columns[f, r], node_threshold[j], node_missing[j], node_default_left[j])
             goes_right[j, r] = 0 if left else 1
     followed = np.empty(n, dtype=np.int64)
-    outside = np.empty(n, dtype=np.float64)
     acc = np.zeros((x.shape[1], n), dtype=np.float64)
     for leaf in range(n_leaves):
         u0 = unique_start[leaf]
@@ -457,23 +456,19 @@ def _tree_shap_block(x: npt.NDArray[np.float32], model: _Arrays, out: F64) -> No
         for e in range(edge_start[leaf], edge_start[leaf + 1]):
             node = edge_node[e]
             bit = np.int64(1) << edge_slot[e]
-            if edge_left[e]:  # missed when the row goes right
-                for r in range(n):
-                    followed[r] &= ~(goes_right[node, r] * bit)
-            else:
-                for r in range(n):
-                    followed[r] &= ~((1 - goes_right[node, r]) * bit)
+            right = np.int64(0) if edge_left[e] else np.int64(1)  # missed when the row went the other way
+            for r in range(n):
+                followed[r] &= ~((goes_right[node, r] ^ right) * bit)
         t0 = table_start[leaf]
-        for r in range(n):
-            outside[r] = table[t0 + followed[r]]
         for u in range(d):
             f = unique_feature[u0 + u]
-            ratio = unique_ratio[u0 + u]
+            gain = unique_ratio[u0 + u] + 1.0
             bit = np.int64(1) << u
             for r in range(n):
                 p = followed[r]
-                inside = np.float64((p >> u) & 1)
-                acc[f, r] += inside * (ratio * table[t0 + (p ^ bit)] + outside[r]) - outside[r]
+                inside = (p >> u) & 1
+                # followed: (1 - z) / z * T(P - {u}); not: -T(P); one table read, no branch
+                acc[f, r] += table[t0 + (p ^ (bit * inside))] * (inside * gain - 1.0)
     for f in range(x.shape[1]):
         for r in range(n):
             out[r, f] += acc[f, r]

@@ -6,12 +6,17 @@ way many unary calls would; the answers go out in request order. A refused
 request (an EngineError while preparing or scoring it) gets its own error
 response and the stream goes on. When the caller goes away, what it will
 never read is dropped (its queued rows are cancelled, so the batcher skips them).
+
+The two sides hand requests over through a deque and wake each other only when
+one of them waits (a future made then), not through an asyncio.Queue: a message
+costs a deque append and pop, not a queue's bookkeeping on both sides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -20,6 +25,11 @@ from engine.errors import EngineError
 Req = TypeVar("Req")
 Prep = TypeVar("Prep")
 Out = TypeVar("Out")
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 async def pipelined(
@@ -38,9 +48,14 @@ async def pipelined(
     raises EngineError to refuse it); `answer` awaits the rows' results and
     builds the response; `drop` cancels a prepared request nobody will read.
     """
-    queue: asyncio.Queue[tuple[Req, Prep | EngineError] | None] = asyncio.Queue(window)
+    loop = asyncio.get_running_loop()
+    ready: deque[tuple[Req, Prep | EngineError]] = deque()
+    writer_waits: asyncio.Future[None] | None = None  # the answering side waits for a request
+    reader_waits: asyncio.Future[None] | None = None  # the reading side waits for room
+    read_all = False
 
     async def read() -> None:
+        nonlocal reader_waits, read_all
         try:
             async for request in requests:
                 try:
@@ -48,17 +63,26 @@ async def pipelined(
                 except EngineError as exc:
                     count_refusal(exc)
                     item = exc
-                await queue.put((request, item))
+                ready.append((request, item))
+                _wake(writer_waits)
+                while len(ready) >= window:
+                    reader_waits = loop.create_future()
+                    await reader_waits
         finally:
-            await queue.put(None)
+            read_all = True
+            _wake(writer_waits)
 
-    reader = asyncio.get_running_loop().create_task(read(), name="stream-reader")
+    reader = loop.create_task(read(), name="stream-reader")
     try:
         while True:
-            entry = await queue.get()
-            if entry is None:
-                break
-            request, item = entry
+            if not ready:
+                if read_all:
+                    break
+                writer_waits = loop.create_future()
+                await writer_waits
+                continue
+            request, item = ready.popleft()
+            _wake(reader_waits)
             if not isinstance(item, EngineError):
                 try:
                     yield await answer(request, item)
@@ -72,7 +96,7 @@ async def pipelined(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-        while not queue.empty():  # the caller went away: drop what it will never read
-            left = queue.get_nowait()
-            if left is not None and not isinstance(left[1], EngineError):
-                drop(left[1])
+        while ready:  # the caller went away: drop what it will never read
+            _, left = ready.popleft()
+            if not isinstance(left, EngineError):
+                drop(left)

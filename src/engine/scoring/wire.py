@@ -372,6 +372,9 @@ def count_trades(buf: U8) -> tuple[Int, Int, Int, Int]:
             if q < 0 or length > np.uint64(end - q):
                 return -1, 0, 0, 0
             if field == 1:
+                # seen again: the last value wins, but protobuf checks every one's UTF-8
+                if rid_len and _utf8_chars(buf, rid_start, rid_len) < 0:
+                    return -2, 0, 0, 0
                 rid_start = q
                 rid_len = np.int64(length)
             else:
@@ -484,8 +487,13 @@ def decode_trades(
                 if r < 0 or ln > np.uint64(stop - r):
                     _note(err, E_MALFORMED, f, i)
                     return
-                text_start[i, field_slot[f]] = r
-                text_len[i, field_slot[f]] = np.int64(ln)
+                s = field_slot[f]
+                # the field seen again: the last value wins, but protobuf checks every one's UTF-8
+                # (_resolve_text checks the last)
+                if text_len[i, s] > 0 and _utf8_chars(buf, text_start[i, s], text_len[i, s]) < 0:
+                    _note(err, E_UTF8, f, i)
+                text_start[i, s] = r
+                text_len[i, s] = np.int64(ln)
                 q = r + np.int64(ln)
             elif w == _VARINT and (f == 5 or f == 6 or f == 12 or f == 15 or f == 16):
                 if q < stop and buf[q] < 0x80:
