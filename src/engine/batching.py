@@ -142,7 +142,7 @@ class MicroBatcher(Generic[K, P]):
         *,
         max_batch_rows: int,
         max_queue_rows: int,
-        max_wait_s: float = 0.001,
+        max_wait_s: float = 0.002,
         inline_rows: int = 0,
         max_inflight_batches: int = 1,
         coalesce: bool = True,
@@ -178,6 +178,12 @@ class MicroBatcher(Generic[K, P]):
     @property
     def queued_rows(self) -> int:
         return self._small.rows + self._large.rows
+
+    @property
+    def room(self) -> int:
+        """Rows the queue takes before it refuses a call (any call, when it holds nothing)."""
+        queued = self._small.rows + self._large.rows
+        return self.max_queue_rows - queued if queued else self.max_queue_rows
 
     def start(self) -> None:
         if self._loop is not None:

@@ -97,11 +97,12 @@ class Settings:
         "trade, but a call waits for the whole batch it lands in",
     )
     max_wait_ms: float = _opt(
-        1.0,
-        "while the event loop is busy without a pause, how long a batch of small calls (see "
-        "--inline-rows) waits for more; a call that finds the loop idle is scored at once, and "
-        "larger calls never wait (they go to an inference thread as soon as one is free). "
-        "0: no wait, a busy loop's small calls are batched only when they queue together",
+        2.0,
+        "while the engine is saturated (since the last small call, its event loop never waited for "
+        "the network, or the process kept a core busy), how long a batch of small calls (see "
+        "--inline-rows) waits for more; a call that finds the engine idle is scored at once, and "
+        "larger calls never wait (they go to an inference thread as soon as one is free). 0: no "
+        "wait, a saturated engine's small calls are batched only when they queue together",
     )
     inline_rows: int = _opt(
         16,

@@ -106,9 +106,10 @@ class TradeScorerService:
         """Decode, validate, compute features and queue one request; EngineError before queueing."""
         started = time.perf_counter()
         model = self._registry.current
-        if self._batcher.queued_rows:
-            # under load: a call the queue has no room for is refused before its trades are decoded,
+        if self._batcher.room < self._max_trades:
+            # near full: a call the queue has no room for is refused before its trades are decoded,
             # so that shedding costs a scan of the request's top level, not its whole request path
+            # (with room for the largest call, every call fits: no scan)
             n = trade_count(raw)
             if n > 0:
                 self._batcher.check_room(n)
