@@ -37,16 +37,25 @@ BODY = json.dumps(
     {
         "trades": [
             {
-                "trade_id": "T-1001", "account_id": "ACC-7", "counterparty_id": "CP0042",
-                "instrument_id": "US0378331005", "asset_class": "ASSET_CLASS_EQUITY", "side": "SIDE_SELL",
-                "quantity": 25000, "price": 187.5, "currency": "USD", "trade_date": "2026-11-20",
-                "settlement_date": "2026-11-23", "settlement_venue": "DTC", "inventory_ratio": 0.6,
+                "trade_id": "T-1001",
+                "account_id": "ACC-7",
+                "counterparty_id": "CP0042",
+                "instrument_id": "US0378331005",
+                "asset_class": "ASSET_CLASS_EQUITY",
+                "side": "SIDE_SELL",
+                "quantity": 25000,
+                "price": 187.5,
+                "currency": "USD",
+                "trade_date": "2026-11-20",
+                "settlement_date": "2026-11-23",
+                "settlement_venue": "DTC",
+                "inventory_ratio": 0.6,
             }
         ]
     }
 ).encode()
 
-_SERVE = r'''
+_SERVE = r"""
 import asyncio, os, socket, sys
 os.sched_setaffinity(0, {0})
 import orjson, uvloop
@@ -112,7 +121,7 @@ async def main():
         await serve(asgi, config, shutdown_trigger=asyncio.Event().wait)
 
 uvloop.run(main())
-'''
+"""
 
 
 def _free_port() -> int:
@@ -134,7 +143,9 @@ def _cpu_seconds(pid: int) -> float:
 
 def measure(which: str, seconds: float) -> dict[str, object]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE, which, str(port)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, which, str(port)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
@@ -158,9 +169,13 @@ def measure(which: str, seconds: float) -> dict[str, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per server (default 5)")
-    parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma separated, of {', '.join(SERVERS)}")
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help=f"comma separated, of {', '.join(SERVERS)}"
+    )
     args = parser.parse_args()
     results = {}
     for which in args.servers.split(","):

@@ -231,8 +231,13 @@ def run_load(spec: HttpLoad, on_mark: Callable[[str], None] | None = None) -> Lo
     return result
 
 
-def post(path: str, body: bytes, host: str = "127.0.0.1", content_type: str = "application/json",
-         headers: dict[str, str] | None = None) -> bytes:
+def post(
+    path: str,
+    body: bytes,
+    host: str = "127.0.0.1",
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> bytes:
     """One HTTP/1.1 POST request message."""
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     head = (
