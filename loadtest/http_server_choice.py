@@ -61,7 +61,8 @@ os.sched_setaffinity(0, {0})
 import orjson, uvloop
 which, port = sys.argv[1], int(sys.argv[2])
 ANSWER = orjson.dumps({"scores": [{"trade_id": "T-1001", "fail_probability": 0.0123,
-                       "risk_band": "RISK_BAND_LOW"}], "model_name": "settlement-fail", "model_version": "1.0.0"})
+                       "risk_band": "RISK_BAND_LOW"}], "model_name": "settlement-fail",
+                       "model_version": "1.0.0"})
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
 
 async def asgi(scope, receive, send):

@@ -35,8 +35,8 @@ from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher, concat_matrices
 from engine.config import CONTROL_HEADROOM, Settings
 from engine.events import OutboxPublisher
-from engine.http.server import HttpServer, http_front_door
 from engine.flags import FlagStore, ensure_schema, parse_store
+from engine.http.server import HttpServer, http_front_door
 from engine.interceptors import MetricsInterceptor
 from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry

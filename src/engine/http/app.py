@@ -204,7 +204,6 @@ class FrontDoor:
         return http_status(error), headers, jsonmap.dumps({"error": error.client_message()})
 
     def _observe(self, verb: str, route: str, status: int, seconds: float) -> None:
-        key = (verb, route)
         observe, counters = self._metrics.http_route(verb, route)
         observe(seconds)
         counter = counters.get(status)

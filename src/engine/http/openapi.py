@@ -177,7 +177,8 @@ def _operation(route: Route, notes: dict[str, str]) -> dict[str, Any]:
     if route.scoring:
         op.setdefault("parameters", []).append(
             {"name": "grpc-timeout", "in": "header", "required": False, "schema": {"type": "string"},
-             "description": "deadline as gRPC writes it: 250m (ms), 2S (s), ...; or X-Request-Timeout in seconds"}
+             "description": "deadline as gRPC writes it: 250m (ms), 2S (s), ...; "
+                            "or X-Request-Timeout in seconds"}
         )  # fmt: skip
     if route.rpc:
         op["description"] = (notes.get(route.rpc, "") + f" (gRPC: {route.rpc})").strip()

@@ -20,7 +20,6 @@ import logging
 import socket
 import ssl
 import time
-
 from typing import TYPE_CHECKING
 
 import uvicorn

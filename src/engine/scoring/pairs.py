@@ -317,7 +317,9 @@ class BreakScorerService:
 
     # -- other front doors (engine.http) ------------------------------------------------------
 
-    async def score_pairs(self, request: pb.ScorePairsRequest, deadline: float | None) -> pb.ScorePairsResponse:
+    async def score_pairs(
+        self, request: pb.ScorePairsRequest, deadline: float | None
+    ) -> pb.ScorePairsResponse:
         """`ScorePairs` without gRPC: the same path; EngineError (counted) when refused. Admission
         (`ScoringCalls`) is the caller's."""
         try:
