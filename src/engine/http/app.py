@@ -21,6 +21,7 @@ Every request is counted in `http_server_requests_total{method, route, status}` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -260,9 +261,16 @@ class FrontDoor:
             self._metrics.rejected.labels("overload").inc()
             raise Overloaded(self._calls.busy_message())
         try:
-            if deadline is not None and deadline <= time.monotonic():
+            if deadline is None:
+                return await call(None)
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise DeadlineExpired("the call's deadline passed before it started")
-            return await call(deadline)
+            # as gRPC cancels a call at its deadline: what is still queued is dropped before inference
+            try:
+                return await asyncio.wait_for(call(deadline), left)
+            except TimeoutError:
+                raise DeadlineExpired("deadline exceeded") from None
         finally:
             self._calls.leave()
 
