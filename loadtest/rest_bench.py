@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
 import socket
 import subprocess
@@ -132,8 +130,12 @@ def _row(name: str, r: LoadResult, trades: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per scenario (default 5)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="measured seconds per scenario (default 5)"
+    )
     parser.add_argument("--server-cpus", default="0", help="CPUs of the servers (default 0)")
     parser.add_argument("--client-cpus", default="1", help="CPUs of the load generators (default 1)")
     parser.add_argument("--rate", type=float, default=500.0, help="open-loop calls/s (default 500)")
@@ -156,7 +158,8 @@ def main() -> int:
     try:
         grpc_port, http_port = free_port(), free_port()
         engine = pinned(args.server_cpus, [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1",
-                        "--port", str(grpc_port), "--http-port", str(http_port), "--log-level", "WARNING"])  # fmt: skip
+                        "--port", str(grpc_port), "--http-port", str(http_port),
+                        "--log-level", "WARNING"])  # fmt: skip
         procs.append(engine)
         wait_port(http_port, engine)
         spec = HttpLoad("127.0.0.1", http_port, rest_one, args.seconds, connections=64, cpus=client)
@@ -165,9 +168,13 @@ def main() -> int:
         results["rest_256"] = _row("rest_256", run_load(spec), 256)
         g = GrpcLoad(f"127.0.0.1:{grpc_port}", [bulk_raw], args.seconds, inflight=4, cpus=client)
         results["grpc_256"] = _row("grpc_256", run_grpc_load(g), 256)
-        spec = HttpLoad("127.0.0.1", http_port, rest_one, args.seconds, connections=64, rate=args.rate, cpus=client)
+        spec = HttpLoad(
+            "127.0.0.1", http_port, rest_one, args.seconds, connections=64, rate=args.rate, cpus=client
+        )
         results["rest_open"] = _row("rest_open", run_load(spec), 1)
-        g = GrpcLoad(f"127.0.0.1:{grpc_port}", grpc_one, args.seconds, inflight=64, rate=args.rate, cpus=client)
+        g = GrpcLoad(
+            f"127.0.0.1:{grpc_port}", grpc_one, args.seconds, inflight=64, rate=args.rate, cpus=client
+        )
         results["grpc_open"] = _row("grpc_open", run_grpc_load(g), 1)
         engine.terminate()
         engine.wait(timeout=30)
@@ -188,8 +195,8 @@ def main() -> int:
         if py is not None:
             import numpy as np
 
-            from engine.scoring.servable import load_serving_model
             from engine.scoring.codec import trades_to_columns
+            from engine.scoring.servable import load_serving_model
 
             model = load_serving_model(bundle, 1)
             features = model.plan.compute(trades_to_columns(pb.ScoreRequest.FromString(one_raw).trades))
@@ -199,9 +206,21 @@ def main() -> int:
             ml, ml_port = start_mlserver(py, args.server_cpus, bundle, workdir)
             procs.append(ml)
             ml_req = [
-                post("/v2/models/settlement-fail/infer", json.dumps({"inputs": [
-                    {"name": "predict", "shape": [1, 15], "datatype": "FP32", "data": row.tolist()}
-                ]}).encode())  # fmt: skip
+                post(
+                    "/v2/models/settlement-fail/infer",
+                    json.dumps(
+                        {
+                            "inputs": [
+                                {
+                                    "name": "predict",
+                                    "shape": [1, 15],
+                                    "datatype": "FP32",
+                                    "data": row.tolist(),
+                                }
+                            ]
+                        }
+                    ).encode(),
+                )  # fmt: skip
                 for row in features
             ]
             spec = HttpLoad("127.0.0.1", ml_port, ml_req, args.seconds, connections=64, cpus=client)
@@ -217,7 +236,7 @@ def main() -> int:
 
     def ratio(a: str, b: str, key: str) -> float | None:
         if a in results and b in results and results[b][key]:
-            return round(results[a][key] / results[b][key], 2)
+            return float(round(results[a][key] / results[b][key], 2))
         return None
 
     verdict = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 
 def main() -> None:
@@ -21,7 +22,7 @@ def main() -> None:
     from engine.features.columns import from_table
     from engine.scoring.servable import load_serving_model
 
-    model = load_serving_model(bundle, 1)
+    model = load_serving_model(Path(bundle), 1)
     booster = lgb.Booster(model_file=os.path.join(bundle, "model.lgb.txt"))
     app = Flask("predict")
 
@@ -31,9 +32,8 @@ def main() -> None:
         cols = from_table({k: frame[k].to_numpy() for k in frame.columns})
         features = model.plan.compute(cols)
         probabilities = booster.predict(features)
-        return jsonify({"predictions": [
-            {"trade_id": t, "fail_probability": float(p)} for t, p in zip(frame["trade_id"], probabilities)
-        ]})  # fmt: skip
+        rows = zip(frame["trade_id"], probabilities, strict=True)
+        return jsonify({"predictions": [{"trade_id": t, "fail_probability": float(p)} for t, p in rows]})
 
     print("ready", flush=True)
     app.run(host="127.0.0.1", port=port, threaded=True)

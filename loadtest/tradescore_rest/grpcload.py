@@ -33,7 +33,7 @@ async def _drive(spec: GrpcLoad) -> LoadResult:
     result = LoadResult()
     clock = time.perf_counter
     channels = [grpc.aio.insecure_channel(spec.target) for _ in range(spec.channels)]
-    calls = [c.unary_unary("/tradescore.v1.TradeScorer/Score") for c in channels]
+    calls = [c.unary_unary("/tradescore.v1.TradeScorer/Score", None, None) for c in channels]
     start = clock() + spec.warmup
     stop = start + spec.seconds
     n = len(spec.requests)
@@ -73,7 +73,7 @@ async def _drive(spec: GrpcLoad) -> LoadResult:
     else:
         await asyncio.gather(*(closed(k) for k in range(spec.inflight)))
     for c in channels:
-        await c.close()
+        await c.close(None)
     result.seconds = spec.seconds
     return result
 

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     with Client(args.target, timeout=args.timeout, max_trades_per_request=args.batch_size) as client:
         try:
             if args.stream:  # the client's bulk helper: requests of --batch-size, pipelined on ScoreStream
-                scored = [(s, None) for s in client.score_many(trades)]
+                scored = [(s, "") for s in client.score_many(trades)]
                 version = client.model_info().version if scored else ""
             else:
                 scored = []

@@ -1,4 +1,4 @@
-"""engine.client against real engines: helpers, bulk, tokens, and retries proven against an engine that sheds."""
+"""engine.client against real engines: helpers, bulk, tokens, retries proven against an engine that sheds."""
 
 from __future__ import annotations
 

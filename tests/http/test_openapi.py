@@ -10,7 +10,7 @@ from engine.http.routes import ROUTES
 from tests.conftest import ROOT
 
 
-def _generator():  # type: ignore[no-untyped-def]
+def _generator():
     spec = importlib.util.spec_from_file_location("gen_openapi", ROOT / "scripts" / "gen_openapi.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -15,8 +16,8 @@ from tests.conftest import HeldBatches, sample_request
 from tests.http.conftest import HttpFactory, trade_json
 
 
-def _violation(body: dict) -> str:
-    return body["details"][0]["field_violations"][0]["field"]
+def _violation(body: dict[str, Any]) -> str:
+    return str(body["details"][0]["field_violations"][0]["field"])
 
 
 async def test_rest_and_grpc_give_identical_probabilities(start_http: HttpFactory) -> None:
@@ -133,9 +134,10 @@ async def test_model_info_pairs_and_feedback(start_http: HttpFactory, tmp_path: 
     assert info["name"] == "settlement-fail" and isinstance(info["parity_rows"], str)  # int64 as a string
     assert info["features"][0]["name"] and info["created_at"].endswith("Z")
 
-    def view(source: str, status: str, seconds: str) -> dict:
+    def view(source: str, status: str, seconds: str) -> dict[str, Any]:
         return {"source": source, "status": status, "quantity": 100, "amount": 25000,
-                "name": "Blue River Capital LLC", "address": "12 Main Street, Boston", "updated_at": seconds}  # fmt: skip
+                "name": "Blue River Capital LLC", "address": "12 Main Street, Boston",
+                "updated_at": seconds}  # fmt: skip
 
     pair = {"key": "POS-77", "a": view("trading", "settled", "2026-10-01T00:15:00Z"),
             "b": view("risk", "pending", "2026-10-01T00:00:00Z")}  # fmt: skip

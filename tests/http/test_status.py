@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import google.rpc
+import google.rpc  # type: ignore[import-untyped]
 import grpc
 
 from engine.errors import InvalidInput, Overloaded

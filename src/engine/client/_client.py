@@ -86,9 +86,7 @@ def to_trade(value: pb.Trade | Mapping[str, Any] | Any) -> pb.Trade:
     return pb.Trade(**fields)
 
 
-def _request(
-    trades: Iterable[Any], explain: int | str | None, request_id: str
-) -> pb.ScoreRequest:
+def _request(trades: Iterable[Any], explain: int | str | None, request_id: str) -> pb.ScoreRequest:
     request = pb.ScoreRequest(request_id=request_id, trades=[to_trade(t) for t in trades])
     if explain is not None:
         request.explain = pb.Explain.Value(explain) if isinstance(explain, str) else explain  # type: ignore[assignment]
@@ -129,7 +127,9 @@ class _Base:
     def _timeout(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
 
-    def _chunks(self, trades: Sequence[Any], request_id: str, explain: int | str | None) -> Iterator[pb.ScoreRequest]:
+    def _chunks(
+        self, trades: Sequence[Any], request_id: str, explain: int | str | None
+    ) -> Iterator[pb.ScoreRequest]:
         size = self.max_trades_per_request
         for k, start in enumerate(range(0, len(trades), size)):
             yield _request(trades[start : start + size], explain, f"{request_id}{k}")
@@ -241,7 +241,7 @@ class AsyncClient(_Base):
         await self.close()
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def score(
         self,
