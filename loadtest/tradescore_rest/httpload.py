@@ -94,10 +94,14 @@ class _Connection(asyncio.Protocol):
             self.waiter.set_result(status)
 
     async def call(self, request: bytes) -> int:
-        assert self.transport is not None
+        if self.transport is None or self.closed or self.transport.is_closing():
+            raise ConnectionError("closed")  # HTTP/1.0 servers (Flask's) close after each answer
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
-        return await self.waiter
+        try:
+            return await asyncio.wait_for(self.waiter, 30.0)
+        except TimeoutError:
+            raise ConnectionError("no answer in 30 s") from None
 
 
 async def _connect(spec: HttpLoad) -> _Connection:
@@ -129,7 +133,7 @@ async def _drive(spec: HttpLoad, marks: Connection | None = None) -> LoadResult:
             try:
                 status = await conn.call(requests[i % n_req])
             except ConnectionError:
-                if start <= t0 < stop:
+                if not conn.closed and start <= t0 < stop:
                     result.errors += 1
                 conn = await _connect(spec)
                 continue
