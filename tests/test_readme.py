@@ -32,12 +32,10 @@ def test_readme_python_example_scores_a_trade(engine_process: Callable[..., Engi
 def test_readme_pairs_example_finds_the_status_break(engine_process: Callable[..., EngineProcess]) -> None:
     readme = (ROOT / "README.md").read_text()
     examples = re.findall(r"```python\n(.*?)```", readme, re.S)
-    pairs = [e for e in examples if "BreakScorerStub" in e]
+    pairs = [e for e in examples if "score_pairs" in e]
     assert len(examples) >= 2 and pairs, "the README lost its BreakScorer example"
     server = engine_process()
-    # the pairs example uses the imports of the first one
-    imports = "\n".join(line for line in examples[0].splitlines() if line.startswith(("import", "from")))
-    code = imports + "\n" + pairs[0].replace("127.0.0.1:50051", server.target)
+    code = pairs[0].replace("127.0.0.1:50051", server.target)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     first, *rest = run.stdout.splitlines()

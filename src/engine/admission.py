@@ -96,13 +96,14 @@ class ScoringCalls:
                 del self._streams[peer]
             self.leave()
 
-    def _busy(self) -> str:
+    def busy_message(self) -> str:
+        """What a call refused at the limit is told (gRPC and HTTP alike)."""
         return f"too many scoring calls in progress (limit {self.limit}); retry later"
 
     async def refuse(self, context: grpc.aio.ServicerContext[Any, Any], why: str | None = None) -> NoReturn:
         """End a call turned away: RESOURCE_EXHAUSTED, counted as an overload rejection."""
         self._metrics.rejected.labels("overload").inc()
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why or self._busy())
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why or self.busy_message())
         raise AssertionError("context.abort returned")  # it raises; this keeps the type checker honest
 
     async def wait_idle(self) -> None:

@@ -131,7 +131,6 @@ _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
 _BUSY = 0.9
 
 
-
 class MicroBatcher(Generic[K, P]):
     """Coalesces rows from concurrent calls into batched calls of `run(key, concat(rows...))`."""
 

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,7 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 def _cmd_score(args: argparse.Namespace) -> int:
     import grpc
 
-    from engine._proto.tradescore.v1 import tradescore_pb2 as pb
-    from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
+    from engine.client import Client
     from engine.errors import InvalidInput
     from engine.features.columns import RISK_BANDS
     from engine.scoring.codec import columns_to_trades
@@ -119,39 +118,36 @@ def _cmd_score(args: argparse.Namespace) -> int:
     except (TableError, KeyError, InvalidInput) as exc:
         print(f"engine score: {exc}", file=sys.stderr)
         return 2
-    requests = [
-        pb.ScoreRequest(request_id=f"req-{i}", trades=trades[s])
-        for i, s in enumerate(_chunks(len(trades), args.batch_size))
-    ]
-    failures = 0
-    with grpc.insecure_channel(args.target) as channel:
-        stub = pb_grpc.TradeScorerStub(channel)
+    with Client(args.target, timeout=args.timeout, max_trades_per_request=args.batch_size) as client:
         try:
-            if args.stream:
-                responses: Iterable[pb.ScoreResponse] = stub.ScoreStream(iter(requests), timeout=args.timeout)
+            if args.stream:  # the client's bulk helper: requests of --batch-size, pipelined on ScoreStream
+                scored = [(s, "") for s in client.score_many(trades)]
+                version = client.model_info().version if scored else ""
             else:
-                responses = (stub.Score(r, timeout=args.timeout) for r in requests)
-            for resp in responses:
-                if resp.HasField("error"):
-                    failures += 1
-                    print(f"{resp.request_id}: refused: {resp.error.message}", file=sys.stderr)
-                    continue
-                for s in resp.scores:
-                    band = RISK_BANDS.get(s.risk_band, "UNSPECIFIED")
-                    if args.format == "jsonl":
-                        row = {
-                            "trade_id": s.trade_id,
-                            "fail_probability": s.fail_probability,
-                            "risk_band": band,
-                            "model_version": resp.model_version,
-                        }
-                        print(json.dumps(row))
-                    else:
-                        print(f"{s.trade_id}\t{s.fail_probability:.6f}\t{band}")
+                scored = []
+                for i, chunk in enumerate(_chunks(len(trades), args.batch_size)):
+                    resp = client.score(trades[chunk], request_id=f"req-{i}")
+                    scored += [(s, resp.model_version) for s in resp.scores]
+                version = ""
+        except ValueError as exc:  # a refused request of the stream
+            print(f"engine score: refused: {exc}", file=sys.stderr)
+            return 1
         except grpc.RpcError as exc:
             print(f"engine score: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
-    return 1 if failures else 0
+    for s, model_version in scored:
+        band = RISK_BANDS.get(s.risk_band, "UNSPECIFIED")
+        if args.format == "jsonl":
+            row = {
+                "trade_id": s.trade_id,
+                "fail_probability": s.fail_probability,
+                "risk_band": band,
+                "model_version": model_version or version,
+            }
+            print(json.dumps(row))
+        else:
+            print(f"{s.trade_id}\t{s.fail_probability:.6f}\t{band}")
+    return 0
 
 
 def _cmd_export_labels(args: argparse.Namespace) -> int:
@@ -272,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser(
         "score",
         help="score trades from a file or a generated sample against a running server",
-        description="Send trades to a running engine and print one line per trade: "
-        "trade_id, failure probability, risk band (or JSON lines with --format jsonl).",
+        description="Send trades to a running engine through the Python client (engine.client: "
+        "deadline per call, retries with backoff when the engine sheds load) and print one line per "
+        "trade: trade_id, failure probability, risk band (or JSON lines with --format jsonl).",
     )
     src = score.add_mutually_exclusive_group(required=True)
     src.add_argument(
@@ -288,7 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="trades per request (default 100; the server's limit applies)",
     )
-    score.add_argument("--stream", action="store_true", help="send the requests on one ScoreStream call")
+    score.add_argument(
+        "--stream",
+        action="store_true",
+        help="send the requests pipelined on one ScoreStream call (the client's score_many)",
+    )
     score.add_argument(
         "--timeout", type=float, default=10.0, help="deadline per call in seconds (default 10)"
     )

@@ -204,6 +204,12 @@ class Settings:
         "also serve grpc.health.v1 and reflection, and nothing else, in plaintext on this port "
         "(for Kubernetes' gRPC probes when the gRPC port is TLS); 0: off",
     )
+    http_port: int = _opt(
+        0,
+        "also serve the REST/JSON front door on this port: /v1 routes for TradeScorer and BreakScorer, "
+        "the Open Inference Protocol's /v2 REST API, /openapi.json; same limits, tokens, TLS, "
+        "batcher and metrics as the gRPC port. 0: off",
+    )
     metrics_port: int = _opt(0, "serve Prometheus /metrics on this port (0: off)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
 
@@ -233,7 +239,9 @@ class Settings:
             raise SettingsError("max_wait_ms and grace_seconds must be >= 0, watch_interval_s > 0")
         if self.max_trades_per_request > self.max_queue_rows:
             raise SettingsError("max_trades_per_request must not exceed max_queue_rows")
-        if not all(0 <= p < 65536 for p in (self.port, self.metrics_port, self.probe_port)):
+        if self.http_port and self.http_port in (self.port, self.probe_port, self.metrics_port):
+            raise SettingsError("http_port must differ from port, probe_port and metrics_port")
+        if not all(0 <= p < 65536 for p in (self.port, self.metrics_port, self.probe_port, self.http_port)):
             raise SettingsError("ports must be within 0..65535")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError("tls_cert and tls_key go together")

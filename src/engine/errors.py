@@ -44,6 +44,7 @@ class InvalidInput(EngineError):
         self.reason = reason
         self.index = index
         self.count = count
+        self.records = records
         where = f"{records}[{index}].{field}" if index is not None else field
         more = f" (and {count - 1} more {records[:-1]}(s) with this problem)" if count > 1 else ""
         super().__init__(f"{where}: {reason}{more}")

@@ -437,6 +437,23 @@ class EngineMetrics:
             registry=r,
         )
 
+        # -- the HTTP/JSON front door (engine.http) -----------------------------------------------
+        self.http_requests = Counter(
+            "http_server_requests",
+            "HTTP requests answered by the REST/JSON front door, by method, route (its template) and "
+            "HTTP status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Time from an HTTP request's arrival at the app to its answer, by method and route.",
+            ["method", "route"],
+            buckets=HANDLING_BUCKETS,
+            registry=r,
+        )
+        self._http_routes: dict[tuple[str, str], tuple[Callable[[float], None], dict[int, Any]]] = {}
+
     # -- model ---------------------------------------------------------------------------------
 
     def set_model(self, name: str, version: str, loaded_at: float) -> None:
@@ -509,6 +526,17 @@ class EngineMetrics:
         for inc, n in zip(self._bands, tally[len(SCORE_BUCKETS) + 1 :], strict=True):
             if n:
                 inc(n)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def http_route(self, method: str, route: str) -> tuple[Callable[[float], None], dict[int, Any]]:
+        """The duration observer of one route, and its counters' `inc` by status (filled by the caller)."""
+        key = (method, route)
+        bound = self._http_routes.get(key)
+        if bound is None:
+            bound = (raw_observe(self.http_duration.labels(method, route)), {})
+            self._http_routes[key] = bound
+        return bound
 
     # -- gRPC ----------------------------------------------------------------------------------
 

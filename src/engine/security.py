@@ -109,6 +109,13 @@ class CertificateFiles:
             self._config(self._pem), self.fetch, require_client_authentication=self.client_ca is not None
         )
 
+    def version(self) -> tuple[tuple[int, int, int], ...] | None:
+        """What changes when any of the files changes (None while one is not readable)."""
+        try:
+            return _stamp(self._paths)
+        except OSError:
+            return None
+
     def fetch(self) -> Any:
         """gRPC core, before each new connection's handshake: a new configuration, or None (unchanged)."""
         try:

@@ -36,6 +36,7 @@ from engine.batching import MicroBatcher, concat_matrices
 from engine.config import CONTROL_HEADROOM, Settings
 from engine.events import OutboxPublisher
 from engine.flags import FlagStore, ensure_schema, parse_store
+from engine.http.server import HttpServer, http_front_door
 from engine.interceptors import MetricsInterceptor
 from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry
@@ -144,8 +145,10 @@ class EngineServer:
         self.calls: ScoringCalls | None = None
         self.certificates: CertificateFiles | None = None
         self._probe: grpc.aio.Server | None = None
+        self.http: HttpServer | None = None
         self.port = 0
         self.probe_port = 0
+        self.http_port = 0
 
     def _swapped(self, model: ServingModel) -> None:
         self.metrics.set_model(model.name, model.version, model.loaded_at)
@@ -293,6 +296,10 @@ class EngineServer:
         self._server = server
         if s.probe_port:
             self._probe = await self._start_probe_server(reflected[-2:])
+        if s.http_port:
+            self.http = http_front_door(self, tokens)
+            self.http_port = await self.http.start()
+            log.info("REST/JSON front door on %s:%d", s.host, self.http_port)
         freeze_heap()
         for service in ("", SCORER_SERVICE, BREAK_SERVICE, OIP_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -330,6 +337,7 @@ class EngineServer:
         grace = self.settings.grace_seconds if grace is None else grace
         started = time.monotonic()
         await self.health.enter_graceful_shutdown()
+        http_stopping = asyncio.ensure_future(self.http.stop(grace)) if self.http is not None else None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -346,6 +354,8 @@ class EngineServer:
                 await self._server.stop(min(FLUSH_SECONDS, max(0.0, grace - (time.monotonic() - started))))
             idle.cancel()
             await stopping
+        if http_stopping is not None:
+            await http_stopping
         if self._probe is not None:  # probes saw NOT_SERVING while the gRPC port drained
             await self._probe.stop(0)
         for batcher in (self.batcher, self.explain_batcher, self.pair_batcher):

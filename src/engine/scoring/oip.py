@@ -331,28 +331,48 @@ class InferenceService:
     ) -> pb.ModelInferResponse:
         if not self._calls.enter():
             await self._calls.refuse(context)
-        started = time.perf_counter()
-        rows = 0
         try:
             remaining = context.time_remaining()
             deadline = time.monotonic() + remaining if remaining is not None else None
             try:
-                view = self._current()
-                view.check(request.model_name, request.model_version, "model_name")
-                matrix, raw = view.features(request, self._max_rows)
-                rows = len(matrix)
-                outputs = _requested(request)
-                probabilities = await self._batcher.submit(view.model, matrix, deadline)
+                return await self.infer(request, deadline)
             except EngineError as exc:
-                reason = _REASON.get(exc.code)
-                if reason is not None:
-                    self._metrics.rejected.labels(reason).inc()
                 await context.abort(exc.code, exc.client_message())
+        finally:
+            self._calls.leave()
+
+    # -- other front doors (engine.http) ------------------------------------------------------
+
+    def model_view(self, name: str, version: str) -> pb.ModelMetadataResponse:
+        """ModelMetadata for `name` (`version`); EngineError when that model is not served."""
+        view = self._current()
+        view.check(name, version, "name")
+        return view.metadata
+
+    def model_ready(self, name: str, version: str) -> bool:
+        return self._current().serves(name, version)
+
+    async def infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+        """`ModelInfer` without gRPC: the same checks, batcher and metrics; EngineError (counted in
+        engine_rejected_calls_total) when refused. Admission (`ScoringCalls`) is the caller's."""
+        started = time.perf_counter()
+        rows = 0
+        try:
+            view = self._current()
+            view.check(request.model_name, request.model_version, "model_name")
+            matrix, raw = view.features(request, self._max_rows)
+            rows = len(matrix)
+            outputs = _requested(request)
+            probabilities = await self._batcher.submit(view.model, matrix, deadline)
             return _response(request, view.model, outputs, probabilities, raw)
+        except EngineError as exc:
+            reason = _REASON.get(exc.code)
+            if reason is not None:
+                self._metrics.rejected.labels(reason).inc()
+            raise
         finally:
             if rows:  # its rows were read (calls refused before are in engine_rejected_calls_total)
                 self._call_time[size_class(rows)](time.perf_counter() - started)
-            self._calls.leave()
 
 
 def _response(

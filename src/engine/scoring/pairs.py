@@ -311,22 +311,40 @@ class BreakScorerService:
         self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FeedbackResponse:
         try:
-            if self._flags is None:
-                raise NoFlagStore(
-                    "this engine keeps no flags (engine serve --flag-store sqlite:PATH or postgresql://...)"
-                )
-            if not request.flag_id:
-                raise InvalidInput("flag_id", "required")
-            verdict = _VERDICTS.get(request.verdict)
-            if verdict is None:
-                raise InvalidInput("verdict", f"must be CONFIRMED or REJECTED, not {request.verdict}")
-            if not request.operator.strip():
-                raise InvalidInput("operator", "required")
-            if len(request.note) > MAX_NOTE_CHARS:
-                raise InvalidInput("note", f"{len(request.note)} characters; at most {MAX_NOTE_CHARS}")
-            kept = await self._flags.feedback(request.flag_id, verdict, request.operator, request.note)
+            return await self.feedback(request)
         except EngineError as exc:
             await context.abort(exc.code, exc.client_message())
+
+    # -- other front doors (engine.http) ------------------------------------------------------
+
+    async def score_pairs(
+        self, request: pb.ScorePairsRequest, deadline: float | None
+    ) -> pb.ScorePairsResponse:
+        """`ScorePairs` without gRPC: the same path; EngineError (counted) when refused. Admission
+        (`ScoringCalls`) is the caller's."""
+        try:
+            prepared = self._prepare(request, deadline)
+            return await self._answer(request.request_id, prepared, await prepared.scores)
+        except EngineError as exc:
+            self._count_reject(exc)
+            raise
+
+    async def feedback(self, request: pb.FeedbackRequest) -> pb.FeedbackResponse:
+        """Record an operator's verdict (`SubmitFeedback`); EngineError when refused."""
+        if self._flags is None:
+            raise NoFlagStore(
+                "this engine keeps no flags (engine serve --flag-store sqlite:PATH or postgresql://...)"
+            )
+        if not request.flag_id:
+            raise InvalidInput("flag_id", "required")
+        verdict = _VERDICTS.get(request.verdict)
+        if verdict is None:
+            raise InvalidInput("verdict", f"must be CONFIRMED or REJECTED, not {request.verdict}")
+        if not request.operator.strip():
+            raise InvalidInput("operator", "required")
+        if len(request.note) > MAX_NOTE_CHARS:
+            raise InvalidInput("note", f"{len(request.note)} characters; at most {MAX_NOTE_CHARS}")
+        kept = await self._flags.feedback(request.flag_id, verdict, request.operator, request.note)
         out = pb.FeedbackResponse(
             flag_id=kept.flag_id,
             verdict=pb.VERDICT_CONFIRMED if kept.verdict == "confirmed" else pb.VERDICT_REJECTED,

@@ -219,6 +219,23 @@ class TradeScorerService:
     ) -> pb.ModelInfo:
         return model_info(self._registry.current)
 
+    # -- other front doors (engine.http) ----------------------------------------------------
+
+    async def score_bytes(self, raw: bytes, deadline: float | None) -> bytes:
+        """`Score` without gRPC: ScoreRequest bytes in, ScoreResponse bytes out, by the same path
+        (decode, validate, micro-batch, encode, reasons) and metrics; EngineError (counted in
+        engine_rejected_calls_total) when refused. Admission (`ScoringCalls`) is the caller's."""
+        prepared: _Prepared | None = None
+        try:
+            prepared = self._prepare(raw, deadline)
+            return await self._respond(prepared, await prepared.scores)
+        except EngineError as exc:
+            self._count_reject(exc)
+            raise
+        finally:
+            if prepared is not None:
+                self._call_time[size_class(len(prepared.features))](time.perf_counter() - prepared.started)
+
 
 def count_rejection(metrics: EngineMetrics, error: EngineError) -> None:
     """engine_rejected_calls_total{reason} for a call or stream message refused with `error`."""
