@@ -47,6 +47,7 @@ def test_sigterm_drains_in_flight_calls_then_exits_zero(engine_process: Start) -
     server = engine_process("--grace-seconds", "30")
     statuses: list[int] = []
     not_serving = threading.Event()
+    watching = threading.Event()
     outbox: queue.Queue[pb.ScoreRequest | None] = queue.Queue()
 
     def requests() -> Iterator[pb.ScoreRequest]:
@@ -61,6 +62,7 @@ def test_sigterm_drains_in_flight_calls_then_exits_zero(engine_process: Start) -
             try:
                 for update in watch:
                     statuses.append(update.status)
+                    watching.set()
                     if update.status == health_pb2.HealthCheckResponse.NOT_SERVING:
                         not_serving.set()
             except grpc.RpcError:
@@ -72,6 +74,8 @@ def test_sigterm_drains_in_flight_calls_then_exits_zero(engine_process: Start) -
         outbox.put(pb.ScoreRequest(request_id="before", trades=[make_trade(0)]))
         answers = iter(stream)
         first = next(answers)
+        # the health watch has its first answer (the status before the signal) before the signal
+        assert watching.wait(30), "health watch never answered"
         server.signal(signal.SIGTERM)
         assert not_serving.wait(30), "health never went NOT_SERVING"
         # health goes NOT_SERVING just before the server stops taking calls: a new call, while
