@@ -209,12 +209,14 @@ async def test_a_client_that_does_not_read_holds_at_most_its_stream_window(
     # the engine answers until the answers fill HTTP/2's flow-control windows, then its writes
     # wait, it stops reading (its read-ahead is the stream window) and the client cannot send
     counts = []
-    for _ in range(40):
+    # how long the windows take to fill depends on the machine (gRPC grows them by BDP probing):
+    # the bound only keeps a broken flow control from hanging the test
+    for _ in range(480):
         await asyncio.sleep(0.25)
         counts.append(sent)
         if len(counts) >= 4 and counts[-1] == counts[-4]:
             break
-    assert counts[-1] == counts[-4], f"the client could still send after 10 s: {counts}"
+    assert counts[-1] == counts[-4], f"the client could still send after 120 s: {counts[-8:]}"
     assert batcher.queued_rows <= 8 * 50
     print(f"a client that does not read: {sent} requests sent before flow control stopped it")
     call.cancel()
