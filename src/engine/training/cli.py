@@ -70,6 +70,31 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _band_rule(text: str) -> Any:
+    from engine.training.metrics import BandRule
+
+    try:
+        return BandRule.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_band_option(p: argparse.ArgumentParser) -> None:
+    from engine.training.metrics import DEFAULT_BAND_PROBABILITIES
+
+    default = "probability:" + ",".join(f"{v:g}" for v in DEFAULT_BAND_PROBABILITIES)
+    p.add_argument(
+        "--risk-bands",
+        type=_band_rule,
+        default=_band_rule(default),
+        metavar="RULE",
+        help="lower bounds of MEDIUM, HIGH, CRITICAL: 'probability:A,B,C', calibrated fail probabilities, "
+        "the same meaning on any data; or 'share:A,B,C', the scores above which those shares of the "
+        "validation trades fall (a band's fail rate then moves with the data's). The report and the "
+        f"manifest's metrics give each band's observed fail rate on held-out rows (default: {default})",
+    )
+
+
 def _add_bundle_options(p: argparse.ArgumentParser, out_required: bool) -> None:
     p.add_argument(
         "--out",
@@ -198,6 +223,7 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
         help="share of rows held out (stratified): half for early stopping and risk bands, half for the "
         "reported metrics (default: %(default)s)",
     )
+    _add_band_option(p)
     p.set_defaults(func=run_train)
     parser: argparse.ArgumentParser = p
     return parser
@@ -234,6 +260,7 @@ def train_config(args: argparse.Namespace, threads: int | None = None) -> TrainC
         valid_fraction=args.valid_fraction,
         parity_rows=args.parity_rows,
         threads=args.threads if threads is None else threads,
+        band_rule=args.risk_bands,
     )
 
 
@@ -368,6 +395,7 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
     )
     _add_source_options(p, DEFAULT_EXPORT_ROWS, "export")
     _add_bundle_options(p, out_required=True)
+    _add_band_option(p)
     p.set_defaults(func=run_export)
     parser: argparse.ArgumentParser = p
     return parser
@@ -418,13 +446,22 @@ def _export(args: argparse.Namespace, log: Printer) -> int:
     rewritten, text, rewrite = round_thresholds_down(booster)
     verify_rewrite(booster, rewritten, x, threads=args.threads)
     p = rewritten.predict(x, num_threads=args.threads)
-    bands = m.choose_risk_bands(p)
+    bands = m.choose_risk_bands(p, args.risk_bands)
     scores: dict[str, float] = {"rows": float(x.shape[0])}
     if labels is not None and 0 < int(labels.sum()) < labels.size:
         y = labels.astype(np.float64)
         scores = m.summary(y, p)
         scores.update(m.band_report(bands, y, p))
         log("metrics: ROC-AUC {roc_auc:.4f}  PR-AUC {pr_auc:.4f}  Brier {brier:.5f}".format(**scores))
+        log(
+            "fail rate by band: "
+            + ", ".join(
+                f"{b} {scores[f'band_{b.lower()}_fail_rate']:.1%} of {scores[f'band_{b.lower()}_share']:.1%}"
+                for b in ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+            )
+        )
+        for warning in m.band_warnings(bands, scores):
+            log(f"warning: risk band {warning}")
     training = {
         "source": {
             "kind": "export",
@@ -436,7 +473,7 @@ def _export(args: argparse.Namespace, log: Printer) -> int:
         "seed": args.seed,
         "rows": {"evaluation": int(x.shape[0])},
         "best_iteration": int(booster.current_iteration()),
-        "risk_band_rule": m.BandRule().describe(),
+        "risk_band_rule": args.risk_bands.describe(),
         "metrics_on": "the export rows (not necessarily held out from the model's training)",
         "elapsed_s": {"before_export": round(time.perf_counter() - started, 2)},
     }
