@@ -19,7 +19,9 @@ in its model and tables, by::
 
 (or `python -m engine.training.cli train ...` with the same arguments). The
 trees depend on the thread count, so keep `--threads 2`. `engine train` writes
-a bundle without a sync-break model; `engine train-pairs` adds one.
+the trade model and keeps the sync-break model a bundle at --out already has
+(`--drop-pair-model` leaves it out); `engine train-pairs` adds or replaces the
+sync-break model and keeps the trade model.
 """
 
 from __future__ import annotations
@@ -102,8 +104,15 @@ def _add_bundle_options(p: argparse.ArgumentParser, out_required: bool) -> None:
         required=out_required,
         default=None if out_required else Path("bundle"),
         help="bundle directory to write; built next to it and swapped in atomically. An existing "
-        "bundle there is replaced; any other non-empty directory is refused"
+        "bundle there is replaced, keeping its sync-break model (engine train-pairs) unless "
+        "--drop-pair-model; any other non-empty directory is refused"
         + ("" if out_required else " (default: ./bundle)"),
+    )
+    p.add_argument(
+        "--drop-pair-model",
+        action="store_true",
+        help="when --out holds a bundle with a sync-break model, write the new bundle without it "
+        "(default: carry it over, checked, so ScorePairs keeps serving it after the hot reload)",
     )
     p.add_argument(
         "--name", default="settlement-fail", help="model name recorded in the manifest (default: %(default)s)"
@@ -306,6 +315,7 @@ def write_trained(
         version=args.version,
         parity_rows=args.parity_rows,
         threads=args.threads,
+        keep_pairs=not args.drop_pair_model,
         log=log,
     )
 
@@ -492,6 +502,7 @@ def _export(args: argparse.Namespace, log: Printer) -> int:
         version=args.version,
         parity_rows=args.parity_rows,
         threads=args.threads,
+        keep_pairs=not args.drop_pair_model,
         log=log,
     )
     return EXIT_OK
@@ -569,7 +580,8 @@ def add_train_pairs_parser(sub: Any) -> argparse.ArgumentParser:
         "with their labels; pick each one's alert threshold on 20%%; report both models' precision "
         "and recall on the last 20%% side by side; export the one --model names to ONNX (checked "
         "against its library) and write it into BUNDLE (pairs/model.onnx and the manifest's "
-        "`pairs` section). The bundle's trade model is left as it is. Needs the [train] extra "
+        "`pairs` section). The bundle's trade model is kept as it is and checked as a server checks it; "
+        "the new bundle is built beside BUNDLE and swapped in whole. Needs the [train] extra "
         "(scikit-learn, LightGBM).",
     )
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder to add the model to")
@@ -606,12 +618,8 @@ def add_train_pairs_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _train_pairs(args: argparse.Namespace, log: Printer) -> int:
-    from engine.errors import BundleError
-    from engine.models.bundle import MANIFEST
     from engine.training.pairs import train_pair_model
 
-    if not (Path(args.bundle) / MANIFEST).is_file():
-        raise BundleError(f"{args.bundle}: no {MANIFEST}")
     started = time.perf_counter()
     train_pair_model(
         args.bundle,
@@ -677,14 +685,10 @@ EXIT_NOT_PROMOTED = 4
 
 
 def _retrain(args: argparse.Namespace, log: Printer) -> int:
-    from engine.errors import BundleError
     from engine.flags import parse_store
-    from engine.models.bundle import MANIFEST
     from engine.training.errors import DataError
     from engine.training.pairs import retrain_pair_model
 
-    if not (Path(args.bundle) / MANIFEST).is_file():
-        raise BundleError(f"{args.bundle}: no {MANIFEST}")
     try:
         store = parse_store(args.flag_store)
     except ValueError as exc:
