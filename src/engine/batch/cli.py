@@ -118,7 +118,7 @@ def add_discover_parser(sub: Any) -> argparse.ArgumentParser:
         "generate-extracts --rows 200000 --out x && engine discover --mapping x/mapping.yaml --a x/a --b x/b "
         "--out x/discovery",
     )
-    p.add_argument("--mapping", type=Path, required=True, help="the mapping file (YAML; see the README)")
+    p.add_argument("--mapping", type=Path, required=True, help="the mapping file (YAML; see docs/batch.md)")
     for side in ("a", "b"):
         p.add_argument(
             f"--{side}",
