@@ -61,8 +61,8 @@ def flags_page() -> str:
         "variable, a variable over the default. `engine serve --help` prints the same list. A value",
         "the engine cannot take stops `engine serve` at start with a message naming the setting.",
         "",
-        "| flag | environment | default | what it does |",
-        "| --- | --- | --- | --- |",
+        "| flag, environment variable | default | what it does |",
+        "| --- | --- | --- |",
     ]
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
@@ -70,7 +70,7 @@ def flags_page() -> str:
             flag = f"{flag}, --no-{flag[2:]}"
         default = f.default if f.default is not MISSING else None
         out.append(
-            f"| `{flag}` | `{ENV_PREFIX}{f.name.upper()}` | {_cell(_default(default))} | "
+            f"| `{flag}`<br>`{ENV_PREFIX}{f.name.upper()}` | {_cell(_default(default))} | "
             f"{_cell(str(f.metadata['help']))} |"
         )
     return "\n".join(out) + "\n"

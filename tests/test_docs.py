@@ -55,7 +55,7 @@ def test_flag_reference_lists_every_setting() -> None:
     text = (ROOT / "docs" / "reference" / "flags.md").read_text()
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        assert f"| `{flag}" in text and f"`ENGINE_{f.name.upper()}`" in text, flag
+        assert f"| `{flag}" in text and f"<br>`ENGINE_{f.name.upper()}` |" in text, flag
 
 
 def test_metric_reference_lists_every_metric() -> None:
