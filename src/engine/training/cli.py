@@ -324,10 +324,12 @@ def _train(args: argparse.Namespace, log: Printer) -> int:
     from engine.models.reference import ReferenceTables
     from engine.training.data import read_trades, split_history, tables_from_history
     from engine.training.errors import DataError
+    from engine.training.export import check_out
     from engine.training.synthetic import DEFAULT_BASE_RATE, fx_table, generate_trades
     from engine.training.train import train_model
 
     started = time.perf_counter()
+    check_out(args.out, keep_pairs=not args.drop_pair_model)
     config = train_config(args)
     source: dict[str, Any]
     if args.data is not None:
@@ -420,11 +422,12 @@ def _export(args: argparse.Namespace, log: Printer) -> int:
     from engine.training import metrics as m
     from engine.training.data import read_trades
     from engine.training.errors import ExportError
-    from engine.training.export import round_thresholds_down, verify_rewrite
+    from engine.training.export import check_out, round_thresholds_down, verify_rewrite
     from engine.training.package import package
     from engine.training.synthetic import generate_trades
 
     started = time.perf_counter()
+    check_out(args.out, keep_pairs=not args.drop_pair_model)
     base = ModelBundle.load(args.reference_from)
     spec, references = base.manifest.features, base.references
     try:

@@ -390,6 +390,16 @@ def pair_model_of(target: Path) -> CarriedPairs | None:
     return CarriedPairs(dict(section), rel, file.read_bytes())
 
 
+def check_out(out: Path | str, keep_pairs: bool = True) -> None:
+    """Refuse an --out that `write_bundle` would refuse, before the hours of training that precede it."""
+    target = Path(out).resolve()
+    refusal = _refusal(target)
+    if refusal is not None:
+        raise ExportError(refusal)
+    if keep_pairs:
+        pair_model_of(target)
+
+
 def write_bundle(
     out: Path | str,
     *,
