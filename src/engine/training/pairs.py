@@ -556,7 +556,9 @@ def _write_section(
     root: Path, chosen: Candidate, candidates: dict[str, Candidate], stats: PairStats, split: Split,
     metrics: dict[str, float], training: dict[str, Any], extra: dict[str, Any], log: Printer,
 ) -> dict[str, Any]:  # fmt: skip
-    """Write the chosen model and the manifest's `pairs` section into the bundle at `root` (manifest last)."""
+    """Write the chosen model and the manifest's `pairs` section into the bundle at `root`: a copy of
+    the bundle beside it gets them, both models are checked as a server checks them, and the copy is
+    swapped in."""
     raw = json.loads((root / MANIFEST).read_text())
     session = onnx_session(chosen.model)
     flagged = chosen.scores(session, split.test) >= chosen.threshold
@@ -729,7 +731,7 @@ def retrain_pair_model(
     computed with the serving model's amount baseline so that the stored
     verdicts' features mean the same. The serving model and the candidate are
     scored on the very same held-out pairs; the candidate replaces the serving
-    one in `bundle` (manifest last, so a watching server swaps it in) only if
+    one in `bundle` (swapped in whole, so a watching server loads it) only if
     its F1 is at least the serving model's, and the manifest records both
     (`pairs.promotion`). Otherwise the bundle is left as it is.
     """
