@@ -2,7 +2,7 @@
 
 buf comes from the npm package @bufbuild/buf (scripts/install-buf, which scripts/test runs).
 proto/released/tradescore-v1.binpb is the buf image of the contract as released (0.1.0); a
-release replaces it (README: versioning).
+release replaces it (docs/contract.md: versioning).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's Python example runs as written against a real server."""
+"""The Python examples of the README and of docs/breaks.md run as written against a real server."""
 
 from __future__ import annotations
 
@@ -29,11 +29,13 @@ def test_readme_python_example_scores_a_trade(engine_process: Callable[..., Engi
     assert second == "settlement-fail 1.0.0"
 
 
-def test_readme_pairs_example_finds_the_status_break(engine_process: Callable[..., EngineProcess]) -> None:
-    readme = (ROOT / "README.md").read_text()
-    examples = re.findall(r"```python\n(.*?)```", readme, re.S)
+def test_breaks_page_pairs_example_finds_the_status_break(
+    engine_process: Callable[..., EngineProcess],
+) -> None:
+    page = (ROOT / "docs" / "breaks.md").read_text()
+    examples = re.findall(r"```python\n(.*?)```", page, re.S)
     pairs = [e for e in examples if "score_pairs" in e]
-    assert len(examples) >= 2 and pairs, "the README lost its BreakScorer example"
+    assert pairs, "docs/breaks.md lost its BreakScorer example"
     server = engine_process()
     code = pairs[0].replace("127.0.0.1:50051", server.target)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -5,7 +5,7 @@ The load, from four client tasks at once: unary `Score` calls of 1-200 trades, s
 `ScorePairs` with breaks, calls the client cancels mid-way, calls with a bad trade, and a fresh
 connection (channel) now and then. The engine's RSS and fd count are read from /proc after a
 warm-up (allocators and caches settle) and at the end. TRADESCORE_SOAK_SECONDS sets the length
-(default 60; the figures in the README come from longer runs).
+(default 60; the figures in docs/guarantees.md come from longer runs).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 
-#: the shipped default bundle was trained on this seed (README: "The shipped default bundle is reproduced by")
+#: the shipped default bundle was trained on this seed (docs/training.md: "The shipped default bundle")
 DEFAULT_SEED = 20261121
 
 

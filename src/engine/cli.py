@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the model bundle over gRPC",
         description="Serve TradeScorer, BreakScorer (sync breaks between two systems' records), "
         "the Open Inference Protocol (KServe v2 inference.GRPCInferenceService: the model's FP32 "
-        "feature matrix in, fail_probability and risk_band out; see the README), gRPC health and "
+        "feature matrix in, fail_probability and risk_band out; see docs/oip.md), gRPC health and "
         "reflection, on one port. Every flag can also be set with its ENGINE_* environment "
         "variable; flags win. SIGTERM drains, SIGHUP reloads the bundle.",
     )
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = score.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--file", type=Path, help="trades as .csv, .json, .jsonl or .parquet (columns: see README)"
+        "--file", type=Path, help="trades as .csv, .json, .jsonl or .parquet (columns: see docs/training.md)"
     )
     src.add_argument("--sample", type=_positive_int, metavar="N", help="score N synthetic trades instead")
     score.add_argument("--seed", type=int, default=7, help="seed for --sample (default 7)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -65,9 +66,52 @@ def test_summary_keys_and_errors() -> None:
         m.brier(np.array([0, 1]), np.array([0.1, np.nan]))
 
 
+SHARES = m.BandRule("share", (0.20, 0.05, 0.01))
+
+
+def test_risk_bands_are_calibrated_probabilities_by_default() -> None:
+    scores = np.random.default_rng(3).beta(1, 25, 1_000)
+    assert m.choose_risk_bands(scores).thresholds == m.DEFAULT_BAND_PROBABILITIES
+    # the same bounds whatever the scores: a band means the same on any data
+    assert m.choose_risk_bands(scores * 20).thresholds == m.DEFAULT_BAND_PROBABILITIES
+    assert m.BandRule().describe()["CRITICAL"] == "calibrated fail probability >= 0.4"
+
+
+def test_band_rule_parses_the_flag() -> None:
+    assert m.BandRule.parse("probability:0.05,0.2,0.5") == m.BandRule("probability", (0.05, 0.2, 0.5))
+    assert m.BandRule.parse("share:0.2,0.05,0.01") == SHARES
+    for bad, said in [
+        ("0.05,0.2,0.5", "KIND:"),
+        ("odds:0.05,0.2,0.5", "unknown risk band rule"),
+        ("probability:0.05,0.2", "three values"),
+        ("probability:0.5,0.2,0.05", "must rise"),
+        ("share:0.01,0.05,0.2", "must fall"),
+        ("probability:0,0.2,0.5", "inside (0, 1)"),
+        ("probability:a,b,c", "numbers"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(said)):
+            m.BandRule.parse(bad)
+
+
+def test_band_warnings_name_bands_that_do_not_mean_their_bounds() -> None:
+    bands = RiskBands((0.1, 0.5, 0.9))
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0, 1, 20_000)
+    calibrated = (rng.uniform(0, 1, p.size) < p).astype(np.float64)
+    assert m.band_warnings(bands, m.band_report(bands, calibrated, p)) == []
+    # a model whose probabilities are far too low: LOW fails far more often than 10 %
+    inflated = (rng.uniform(0, 1, p.size) < np.sqrt(p)).astype(np.float64)
+    said = m.band_warnings(bands, m.band_report(bands, inflated, p))
+    assert any(w.startswith("LOW fails") for w in said), said
+    # out of order
+    upside_down = (rng.uniform(0, 1, p.size) < 1 - p).astype(np.float64)
+    said = m.band_warnings(bands, m.band_report(bands, upside_down, p))
+    assert any("fails less often" in w for w in said), said
+
+
 def test_risk_bands_take_the_top_shares() -> None:
     scores = np.random.default_rng(3).beta(1, 25, 100_000)
-    bands = m.choose_risk_bands(scores)
+    bands = m.choose_risk_bands(scores, SHARES)
     t = bands.thresholds
     assert 0 < t[0] < t[1] < t[2] < 1
     assigned = bands.assign(scores)
@@ -78,14 +122,14 @@ def test_risk_bands_take_the_top_shares() -> None:
 
 def test_risk_bands_stay_strictly_rising_on_ties() -> None:
     for scores in (np.full(1_000, 0.03), np.zeros(10), np.ones(10), np.array([0.2, 0.2, 0.9])):
-        bands = m.choose_risk_bands(scores)
+        bands = m.choose_risk_bands(scores, SHARES)
         assert isinstance(bands, RiskBands)  # its constructor enforces strictly rising inside (0, 1)
 
 
 def test_band_rule_is_documented_and_checked() -> None:
-    assert m.BandRule().describe()["CRITICAL"].startswith("top 1%")
+    assert SHARES.describe()["CRITICAL"].startswith("top 1%")
     with pytest.raises(ValueError):
-        m.choose_risk_bands(np.linspace(0, 1, 10), m.BandRule((0.01, 0.05, 0.2)))
+        m.choose_risk_bands(np.linspace(0, 1, 10), m.BandRule("share", (0.01, 0.05, 0.2)))
 
 
 def test_band_report() -> None:

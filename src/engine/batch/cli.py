@@ -118,7 +118,7 @@ def add_discover_parser(sub: Any) -> argparse.ArgumentParser:
         "generate-extracts --rows 200000 --out x && engine discover --mapping x/mapping.yaml --a x/a --b x/b "
         "--out x/discovery",
     )
-    p.add_argument("--mapping", type=Path, required=True, help="the mapping file (YAML; see the README)")
+    p.add_argument("--mapping", type=Path, required=True, help="the mapping file (YAML; see docs/batch.md)")
     for side in ("a", "b"):
         p.add_argument(
             f"--{side}",
@@ -415,9 +415,11 @@ def _train_distributed(args: argparse.Namespace, log: Printer) -> int:
     from engine.models.bundle import sha256_file
     from engine.models.reference import ReferenceTables
     from engine.training.cli import DEFAULT_SYNTHETIC_ROWS, train_config, write_trained
+    from engine.training.export import check_out
     from engine.training.synthetic import generate_trades
 
     started = time.perf_counter()
+    check_out(args.out, keep_pairs=not args.drop_pair_model)
     config = train_config(args, threads=1)  # a worker trains with its own Dask threads
     scheduler = None if args.scheduler == "local" else args.scheduler
     with connect(scheduler, args.workers) as client:

@@ -2,8 +2,8 @@
 
 No cluster code of our own: `distributed.LocalCluster` (worker processes, one thread each, the
 embedded default) or `distributed.Client(address)` for a running cluster (`dask scheduler` /
-`dask worker`, the Dask Kubernetes operator's `DaskCluster`, a Dask Gateway cluster: see the
-README). Either way the job's code is the same; on a real cluster every worker needs this
+`dask worker`, the Dask Kubernetes operator's `DaskCluster`, a Dask Gateway cluster: see
+docs/batch.md). Either way the job's code is the same; on a real cluster every worker needs this
 package installed (the engine's image) and the job's input and output paths mounted.
 """
 

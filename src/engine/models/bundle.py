@@ -9,6 +9,7 @@ Layout::
     reference/counterparties.csv   enrichment tables (see engine.models.reference)
     reference/instruments.csv
     reference/fx.csv
+    pairs/model.onnx               the sync-break model (optional; manifest section `pairs`)
 
 A bundle is valid when every file listed in the manifest is present with the
 recorded sha256, the content hash over those matches, the ONNX model loads with
@@ -235,6 +236,88 @@ class ModelBundle:
         if not np.isfinite(got).all() or diff > GOLDEN_TOLERANCE:
             raise BundleError(f"{root}: model does not reproduce its golden rows (max diff {diff:.3g})")
         return bundle
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PairSection:
+    """The bundle's sync-break model as its manifest section `pairs` declares it, loaded and checked."""
+
+    version: str
+    threshold: float
+    metrics: Mapping[str, float]
+    session: Any
+    input_name: str
+    output_name: str
+    #: the break score's column in the output: 0 for the forest's [n, 1], 1 for a classifier's [n, 2]
+    output_column: int
+    #: "isolation_forest" (an anomaly score) or "lightgbm" (a break probability)
+    kind: str
+    #: the section's `stats` object (engine.features.pairs.PairStats reads it)
+    stats: Mapping[str, Any]
+
+    def predict(self, features: F32) -> F32:
+        """Break scores in [0, 1] for a pair feature matrix (one ONNX Runtime call)."""
+        out = self.session.run([self.output_name], {self.input_name: features})[0]
+        return np.ascontiguousarray(out[:, self.output_column], dtype=np.float32)
+
+    @staticmethod
+    def load(
+        root: Path, manifest: Manifest, features: tuple[str, ...], intra_op_threads: int = 1
+    ) -> PairSection | None:
+        """The pair model of the bundle at `root`, None when it has none; BundleError when it must not serve.
+
+        Its file's hash was checked with the bundle's; here: the section parses,
+        its features are `features` (the ones this engine computes), the model
+        takes them, and it reproduces its golden rows. What a server checks before
+        it serves a pair model, and what `engine train` checks before it carries one over.
+        """
+        raw = manifest.raw.get("pairs")
+        if raw is None:
+            return None
+        where = f"{root}: pairs"
+        try:
+            declared = tuple(str(f) for f in raw["features"])
+            threshold = float(raw["threshold"])
+            golden_in = np.asarray(raw["golden"]["inputs"], dtype=np.float32)
+            golden_out = np.asarray(raw["golden"]["scores"], dtype=np.float64)
+            model_file = root / str(raw["model"])
+            names = (str(raw["input"]), str(raw["output"]))
+            version = str(raw["version"])
+            metrics = {str(k): float(v) for k, v in raw.get("metrics", {}).items()}
+            column = int(raw.get("output_column", 0))
+            kind = str(raw.get("kind", "isolation_forest"))
+            stats = dict(raw["stats"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: section is malformed: {exc!r}") from exc
+        if declared != features:
+            raise BundleError(f"{where}: features {list(declared)} are not this engine's {list(features)}")
+        if not 0.0 < threshold <= 1.0:
+            raise BundleError(f"{where}: threshold must be in (0, 1]")
+        if (
+            golden_in.ndim != 2
+            or golden_in.shape[1] != len(declared)
+            or golden_out.shape != (len(golden_in),)
+        ):
+            raise BundleError(f"{where}: golden rows do not match the features")
+        if str(raw["model"]) not in manifest.files:
+            raise BundleError(f"{where}: {raw['model']} is not among the manifest's hashed files")
+        try:
+            session = onnx_session(str(model_file), intra_op_threads)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BundleError(f"{where}: ONNX Runtime cannot load {raw['model']}: {exc}") from exc
+        outputs = {o.name: o.shape for o in session.get_outputs()}
+        shape = outputs.get(names[1])
+        if shape is None or len(shape) != 2 or not (isinstance(shape[1], int) and 0 <= column < shape[1]):
+            raise BundleError(f"{where}: the model has no output {names[1]!r} with a column {column}")
+        section = PairSection(version, threshold, metrics, session, *names, column, kind, stats)
+        try:
+            got = section.predict(golden_in)
+        except Exception as exc:  # noqa: BLE001 - any failure here means "do not serve"
+            raise BundleError(f"{where}: model failed on its golden rows: {exc}") from exc
+        diff = float(np.max(np.abs(got - golden_out), initial=0.0))
+        if not np.isfinite(got).all() or diff > GOLDEN_TOLERANCE:
+            raise BundleError(f"{where}: model does not reproduce its golden rows (max diff {diff:.3g})")
+        return section
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from engine.features.columns import TradeColumns
 from engine.features.compute import FeaturePlan
 from engine.features.pairs import PAIR_FEATURES, PairStats
 from engine.metrics import EngineMetrics
-from engine.models.bundle import GOLDEN_TOLERANCE, ModelBundle, onnx_session
+from engine.models.bundle import ModelBundle, PairSection
 from engine.models.spec import BAND_NAMES
 from engine.models.treeshap import BLOCK_MIN_ROWS, TreeExplainer
 from engine.scoring.reasons import ReasonFields, reasons_bytes
@@ -49,59 +49,22 @@ class PairModel:
     def load(bundle: ModelBundle, intra_op_threads: int = 1) -> PairModel | None:
         """The pair model of `bundle`, None when it has none; BundleError when it must not serve.
 
-        Its file's hash was checked with the bundle's; here: the section parses,
-        the features are the ones this engine computes, the model takes them,
-        and it reproduces its golden rows.
+        `PairSection.load` checks the section, the features, the model and its golden rows.
         """
-        raw = bundle.manifest.raw.get("pairs")
-        if raw is None:
+        section = PairSection.load(bundle.path, bundle.manifest, PAIR_FEATURES, intra_op_threads)
+        if section is None:
             return None
-        where = f"{bundle.path}: pairs"
-        try:
-            features = tuple(str(f) for f in raw["features"])
-            threshold = float(raw["threshold"])
-            golden_in = np.asarray(raw["golden"]["inputs"], dtype=np.float32)
-            golden_out = np.asarray(raw["golden"]["scores"], dtype=np.float64)
-            model_file = bundle.path / str(raw["model"])
-            names = (str(raw["input"]), str(raw["output"]))
-            version = str(raw["version"])
-            metrics = {str(k): float(v) for k, v in raw.get("metrics", {}).items()}
-            column = int(raw.get("output_column", 0))
-            kind = str(raw.get("kind", "isolation_forest"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{where}: section is malformed: {exc!r}") from exc
-        if features != PAIR_FEATURES:
-            raise BundleError(
-                f"{where}: features {list(features)} are not this engine's {list(PAIR_FEATURES)}"
-            )
-        if not 0.0 < threshold <= 1.0:
-            raise BundleError(f"{where}: threshold must be in (0, 1]")
-        if (
-            golden_in.ndim != 2
-            or golden_in.shape[1] != len(features)
-            or golden_out.shape != (len(golden_in),)
-        ):
-            raise BundleError(f"{where}: golden rows do not match the features")
-        if str(raw["model"]) not in bundle.manifest.files:
-            raise BundleError(f"{where}: {raw['model']} is not among the manifest's hashed files")
-        try:
-            session = onnx_session(str(model_file), intra_op_threads)
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise BundleError(f"{where}: ONNX Runtime cannot load {raw['model']}: {exc}") from exc
-        outputs = {o.name: o.shape for o in session.get_outputs()}
-        shape = outputs.get(names[1])
-        if shape is None or len(shape) != 2 or not (isinstance(shape[1], int) and 0 <= column < shape[1]):
-            raise BundleError(f"{where}: the model has no output {names[1]!r} with a column {column}")
-        stats = PairStats.from_json(raw["stats"])
-        model = PairModel(version, stats, threshold, metrics, session, *names, column, kind)
-        try:
-            got = model.predict(golden_in)
-        except Exception as exc:  # noqa: BLE001 - any failure here means "do not serve"
-            raise BundleError(f"{where}: model failed on its golden rows: {exc}") from exc
-        diff = float(np.max(np.abs(got - golden_out), initial=0.0))
-        if not np.isfinite(got).all() or diff > GOLDEN_TOLERANCE:
-            raise BundleError(f"{where}: model does not reproduce its golden rows (max diff {diff:.3g})")
-        return model
+        return PairModel(
+            section.version,
+            PairStats.from_json(section.stats),
+            section.threshold,
+            section.metrics,
+            section.session,
+            section.input_name,
+            section.output_name,
+            section.output_column,
+            section.kind,
+        )
 
 
 #: the LightGBM model text a bundle may carry beside its ONNX graph: what trade reasons explain

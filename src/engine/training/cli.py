@@ -19,7 +19,9 @@ in its model and tables, by::
 
 (or `python -m engine.training.cli train ...` with the same arguments). The
 trees depend on the thread count, so keep `--threads 2`. `engine train` writes
-a bundle without a sync-break model; `engine train-pairs` adds one.
+the trade model and keeps the sync-break model a bundle at --out already has
+(`--drop-pair-model` leaves it out); `engine train-pairs` adds or replaces the
+sync-break model and keeps the trade model.
 """
 
 from __future__ import annotations
@@ -70,6 +72,31 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _band_rule(text: str) -> Any:
+    from engine.training.metrics import BandRule
+
+    try:
+        return BandRule.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_band_option(p: argparse.ArgumentParser) -> None:
+    from engine.training.metrics import DEFAULT_BAND_PROBABILITIES
+
+    default = "probability:" + ",".join(f"{v:g}" for v in DEFAULT_BAND_PROBABILITIES)
+    p.add_argument(
+        "--risk-bands",
+        type=_band_rule,
+        default=_band_rule(default),
+        metavar="RULE",
+        help="lower bounds of MEDIUM, HIGH, CRITICAL: 'probability:A,B,C', calibrated fail probabilities, "
+        "the same meaning on any data; or 'share:A,B,C', the scores above which those shares of the "
+        "validation trades fall (a band's fail rate then moves with the data's). The report and the "
+        f"manifest's metrics give each band's observed fail rate on held-out rows (default: {default})",
+    )
+
+
 def _add_bundle_options(p: argparse.ArgumentParser, out_required: bool) -> None:
     p.add_argument(
         "--out",
@@ -77,8 +104,15 @@ def _add_bundle_options(p: argparse.ArgumentParser, out_required: bool) -> None:
         required=out_required,
         default=None if out_required else Path("bundle"),
         help="bundle directory to write; built next to it and swapped in atomically. An existing "
-        "bundle there is replaced; any other non-empty directory is refused"
+        "bundle there is replaced, keeping its sync-break model (engine train-pairs) unless "
+        "--drop-pair-model; any other non-empty directory is refused"
         + ("" if out_required else " (default: ./bundle)"),
+    )
+    p.add_argument(
+        "--drop-pair-model",
+        action="store_true",
+        help="when --out holds a bundle with a sync-break model, write the new bundle without it "
+        "(default: carry it over, checked, so ScorePairs keeps serving it after the hot reload)",
     )
     p.add_argument(
         "--name", default="settlement-fail", help="model name recorded in the manifest (default: %(default)s)"
@@ -198,6 +232,7 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
         help="share of rows held out (stratified): half for early stopping and risk bands, half for the "
         "reported metrics (default: %(default)s)",
     )
+    _add_band_option(p)
     p.set_defaults(func=run_train)
     parser: argparse.ArgumentParser = p
     return parser
@@ -234,6 +269,7 @@ def train_config(args: argparse.Namespace, threads: int | None = None) -> TrainC
         valid_fraction=args.valid_fraction,
         parity_rows=args.parity_rows,
         threads=args.threads if threads is None else threads,
+        band_rule=args.risk_bands,
     )
 
 
@@ -279,6 +315,7 @@ def write_trained(
         version=args.version,
         parity_rows=args.parity_rows,
         threads=args.threads,
+        keep_pairs=not args.drop_pair_model,
         log=log,
     )
 
@@ -287,10 +324,12 @@ def _train(args: argparse.Namespace, log: Printer) -> int:
     from engine.models.reference import ReferenceTables
     from engine.training.data import read_trades, split_history, tables_from_history
     from engine.training.errors import DataError
+    from engine.training.export import check_out
     from engine.training.synthetic import DEFAULT_BASE_RATE, fx_table, generate_trades
     from engine.training.train import train_model
 
     started = time.perf_counter()
+    check_out(args.out, keep_pairs=not args.drop_pair_model)
     config = train_config(args)
     source: dict[str, Any]
     if args.data is not None:
@@ -368,6 +407,7 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
     )
     _add_source_options(p, DEFAULT_EXPORT_ROWS, "export")
     _add_bundle_options(p, out_required=True)
+    _add_band_option(p)
     p.set_defaults(func=run_export)
     parser: argparse.ArgumentParser = p
     return parser
@@ -382,11 +422,12 @@ def _export(args: argparse.Namespace, log: Printer) -> int:
     from engine.training import metrics as m
     from engine.training.data import read_trades
     from engine.training.errors import ExportError
-    from engine.training.export import round_thresholds_down, verify_rewrite
+    from engine.training.export import check_out, round_thresholds_down, verify_rewrite
     from engine.training.package import package
     from engine.training.synthetic import generate_trades
 
     started = time.perf_counter()
+    check_out(args.out, keep_pairs=not args.drop_pair_model)
     base = ModelBundle.load(args.reference_from)
     spec, references = base.manifest.features, base.references
     try:
@@ -418,13 +459,22 @@ def _export(args: argparse.Namespace, log: Printer) -> int:
     rewritten, text, rewrite = round_thresholds_down(booster)
     verify_rewrite(booster, rewritten, x, threads=args.threads)
     p = rewritten.predict(x, num_threads=args.threads)
-    bands = m.choose_risk_bands(p)
+    bands = m.choose_risk_bands(p, args.risk_bands)
     scores: dict[str, float] = {"rows": float(x.shape[0])}
     if labels is not None and 0 < int(labels.sum()) < labels.size:
         y = labels.astype(np.float64)
         scores = m.summary(y, p)
         scores.update(m.band_report(bands, y, p))
         log("metrics: ROC-AUC {roc_auc:.4f}  PR-AUC {pr_auc:.4f}  Brier {brier:.5f}".format(**scores))
+        log(
+            "fail rate by band: "
+            + ", ".join(
+                f"{b} {scores[f'band_{b.lower()}_fail_rate']:.1%} of {scores[f'band_{b.lower()}_share']:.1%}"
+                for b in ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+            )
+        )
+        for warning in m.band_warnings(bands, scores):
+            log(f"warning: risk band {warning}")
     training = {
         "source": {
             "kind": "export",
@@ -436,7 +486,7 @@ def _export(args: argparse.Namespace, log: Printer) -> int:
         "seed": args.seed,
         "rows": {"evaluation": int(x.shape[0])},
         "best_iteration": int(booster.current_iteration()),
-        "risk_band_rule": m.BandRule().describe(),
+        "risk_band_rule": args.risk_bands.describe(),
         "metrics_on": "the export rows (not necessarily held out from the model's training)",
         "elapsed_s": {"before_export": round(time.perf_counter() - started, 2)},
     }
@@ -455,6 +505,7 @@ def _export(args: argparse.Namespace, log: Printer) -> int:
         version=args.version,
         parity_rows=args.parity_rows,
         threads=args.threads,
+        keep_pairs=not args.drop_pair_model,
         log=log,
     )
     return EXIT_OK
@@ -532,7 +583,8 @@ def add_train_pairs_parser(sub: Any) -> argparse.ArgumentParser:
         "with their labels; pick each one's alert threshold on 20%%; report both models' precision "
         "and recall on the last 20%% side by side; export the one --model names to ONNX (checked "
         "against its library) and write it into BUNDLE (pairs/model.onnx and the manifest's "
-        "`pairs` section). The bundle's trade model is left as it is. Needs the [train] extra "
+        "`pairs` section). The bundle's trade model is kept as it is and checked as a server checks it; "
+        "the new bundle is built beside BUNDLE and swapped in whole. Needs the [train] extra "
         "(scikit-learn, LightGBM).",
     )
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder to add the model to")
@@ -569,12 +621,8 @@ def add_train_pairs_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _train_pairs(args: argparse.Namespace, log: Printer) -> int:
-    from engine.errors import BundleError
-    from engine.models.bundle import MANIFEST
     from engine.training.pairs import train_pair_model
 
-    if not (Path(args.bundle) / MANIFEST).is_file():
-        raise BundleError(f"{args.bundle}: no {MANIFEST}")
     started = time.perf_counter()
     train_pair_model(
         args.bundle,
@@ -640,14 +688,10 @@ EXIT_NOT_PROMOTED = 4
 
 
 def _retrain(args: argparse.Namespace, log: Printer) -> int:
-    from engine.errors import BundleError
     from engine.flags import parse_store
-    from engine.models.bundle import MANIFEST
     from engine.training.errors import DataError
     from engine.training.pairs import retrain_pair_model
 
-    if not (Path(args.bundle) / MANIFEST).is_file():
-        raise BundleError(f"{args.bundle}: no {MANIFEST}")
     try:
         store = parse_store(args.flag_store)
     except ValueError as exc:

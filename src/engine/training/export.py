@@ -42,11 +42,20 @@ Bundles
 `write_bundle` builds the bundle in a staging directory next to the target,
 validates it with `ModelBundle.load` (hashes, ONNX input width, golden rows),
 then swaps it in with two renames, so a server watching the target sees the
-old bundle or the new one, and at worst for an instant no bundle.
+old bundle or the new one, and at worst for an instant no bundle. A bundle
+holds two models: the trade model `engine train` writes and the sync-break
+model `engine train-pairs` adds (`pairs/`). Writing one keeps the other: a
+pair model in the target is carried into the new bundle, its file checked
+against the old manifest's hash and reloaded with the server's own checks
+(`PairSection.load`), and the carry-over recorded in `pairs.carried_over`; the
+pair model is left out only when the caller says so (`engine train
+--drop-pair-model`). `stage_bundle` and `swap_bundle` do the same for
+`engine train-pairs`, which rewrites the pair model and keeps the trade model.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -60,7 +69,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.models.bundle import MANIFEST, MODEL_FILE, ModelBundle, onnx_session, write_manifest
+from engine.errors import BundleError
+from engine.features.pairs import PAIR_FEATURES
+from engine.models.bundle import (
+    MANIFEST,
+    MODEL_FILE,
+    ModelBundle,
+    PairSection,
+    onnx_session,
+    sha256_file,
+    utc_now_iso,
+    write_manifest,
+)
 from engine.models.reference import ReferenceTables
 from engine.training.errors import ExportError, ParityError
 
@@ -289,17 +309,95 @@ def pick_golden_rows(probabilities: F64, count: int = 64) -> npt.NDArray[np.intp
 
 # --------------------------------------------------------------------------- bundle writing
 
+#: the pair model's folder inside a bundle (engine train-pairs writes it)
+PAIRS_DIR = "pairs"
 #: what may be replaced when the target already exists (anything else: refuse)
-_BUNDLE_ENTRIES = {MANIFEST, MODEL_FILE, LGB_FILE, "reference"}
+_BUNDLE_ENTRIES = {MANIFEST, MODEL_FILE, LGB_FILE, "reference", PAIRS_DIR}
 
 
-def _replaceable(target: Path) -> bool:
+def _refusal(target: Path) -> str | None:
+    """Why `target` must not be replaced by a bundle, and what to do instead; None when it may be."""
     if not target.exists():
-        return True
+        return None
     if not target.is_dir():
-        return False
+        return f"{target} is a file, not a bundle folder; choose another --out"
     entries = {p.name for p in target.iterdir() if not p.name.startswith(".")}
-    return not entries or (MANIFEST in entries and entries <= _BUNDLE_ENTRIES)
+    if not entries:
+        return None
+    if MANIFEST not in entries:
+        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        return (
+            f"{target} is a folder without {MANIFEST} ({shown}), so not a model bundle; refusing to replace "
+            "it: choose a new or empty --out, or move those files away"
+        )
+    extra = entries - _BUNDLE_ENTRIES
+    if extra:
+        return (
+            f"{target} is a model bundle that also holds files a bundle does not have "
+            f"({', '.join(sorted(extra))}); refusing to delete them with the bundle: move them out of "
+            "the folder, or choose another --out"
+        )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CarriedPairs:
+    """The pair model of the bundle being replaced: its manifest section and model file."""
+
+    section: dict[str, Any]
+    path: str
+    model: bytes
+
+
+def pair_model_of(target: Path) -> CarriedPairs | None:
+    """The pair model a new bundle at `target` must carry over (None when the target has none).
+
+    Raises ExportError, saying what to do, when the target declares a pair model that cannot be
+    carried over as it is: an unreadable manifest, a missing file, a file that is not the one the
+    manifest hashed.
+    """
+    manifest = target / MANIFEST
+    if not manifest.is_file():
+        return None
+    keep = "or pass --drop-pair-model to write the new bundle without it"
+    try:
+        raw = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        if (target / PAIRS_DIR).exists():
+            raise ExportError(
+                f"{manifest} is unreadable ({exc}), so the pair model in {target / PAIRS_DIR} cannot be "
+                f"carried over: restore the manifest, {keep}"
+            ) from None
+        return None
+    section = raw.get("pairs") if isinstance(raw, dict) else None
+    if section is None:
+        return None
+    try:
+        rel = str(section["model"])
+        digest = str(raw["files"][rel])
+    except (KeyError, TypeError) as exc:
+        raise ExportError(
+            f"{manifest}: the pairs section does not name a hashed model file ({exc!r}), so the pair model "
+            f"cannot be carried over: rebuild it with engine train-pairs --bundle {target}, {keep}"
+        ) from None
+    file = target / rel
+    if not file.is_file() or sha256_file(file) != digest:
+        state = "is missing" if not file.is_file() else "does not match its sha256 in the manifest"
+        raise ExportError(
+            f"{file} {state}, so the pair model cannot be carried over: rebuild it with engine "
+            f"train-pairs --bundle {target}, {keep}"
+        )
+    return CarriedPairs(dict(section), rel, file.read_bytes())
+
+
+def check_out(out: Path | str, keep_pairs: bool = True) -> None:
+    """Refuse an --out that `write_bundle` would refuse, before the hours of training that precede it."""
+    target = Path(out).resolve()
+    refusal = _refusal(target)
+    if refusal is not None:
+        raise ExportError(refusal)
+    if keep_pairs:
+        pair_model_of(target)
 
 
 def write_bundle(
@@ -310,15 +408,20 @@ def write_bundle(
     references: ReferenceTables,
     manifest: dict[str, Any],
     extra_files: Sequence[tuple[str, bytes]] = (),
+    keep_pairs: bool = True,
 ) -> dict[str, Any]:
     """Write a bundle atomically at `out` and return its manifest (files + hashes included).
 
     Refuses to replace an existing directory that is not a bundle (or empty),
-    so a mistyped --out never deletes unrelated files.
+    so a mistyped --out never deletes unrelated files. When `out` is a bundle with
+    a pair model and `keep_pairs`, the pair model is carried into the new bundle
+    (checked as a server checks it; ExportError, nothing written, when it fails).
     """
     target = Path(out).resolve()
-    if not _replaceable(target):
-        raise ExportError(f"{target} exists and is not a model bundle; refusing to replace it")
+    refusal = _refusal(target)
+    if refusal is not None:
+        raise ExportError(refusal)
+    carried = pair_model_of(target) if keep_pairs else None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
     try:
@@ -328,13 +431,49 @@ def write_bundle(
         references.write(staging)
         for rel, data in extra_files:
             (staging / rel).write_bytes(data)
+        if carried is not None:
+            (staging / carried.path).parent.mkdir(parents=True, exist_ok=True)
+            (staging / carried.path).write_bytes(carried.model)
+            manifest = {**manifest, "pairs": {**carried.section, "carried_over": _carry_record(target)}}
         written = write_manifest(staging, manifest)
-        ModelBundle.load(staging)  # the very checks a server runs; raises BundleError
-        _swap(staging, target)
+        loaded = ModelBundle.load(staging)  # the very checks a server runs; raises BundleError
+        if carried is not None:
+            try:
+                PairSection.load(staging, loaded.manifest, PAIR_FEATURES)
+            except BundleError as exc:
+                raise ExportError(
+                    f"the pair model of {target} cannot be carried over: {exc}; rebuild it afterwards "
+                    f"with engine train-pairs --bundle {target}, or pass --drop-pair-model"
+                ) from None
+        swap_bundle(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return written
+
+
+def _carry_record(target: Path) -> dict[str, Any]:
+    """What `pairs.carried_over` says: when, and which trade model the pair model sat beside before."""
+    raw = json.loads((target / MANIFEST).read_text())
+    return {
+        "at": utc_now_iso(),
+        "from_trade_model": {"name": raw.get("name"), "version": raw.get("version")},
+        "checked": "sha256 against the replaced manifest; section, features and golden rows reloaded",
+    }
+
+
+def stage_bundle(root: Path) -> Path:
+    """A copy of the bundle at `root` in a staging folder beside it, to change and `swap_bundle` in."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.staging-", dir=root.parent))
+    staging.rmdir()
+    shutil.copytree(root, staging, ignore=shutil.ignore_patterns(".*"))
+    staging.chmod(0o755)
+    return staging
+
+
+def swap_bundle(staging: Path, target: Path) -> None:
+    """Put the bundle in `staging` at `target` with two renames (the old one back if the second fails)."""
+    _swap(staging, target)
 
 
 def _swap(staging: Path, target: Path) -> None:

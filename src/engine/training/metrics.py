@@ -9,11 +9,20 @@
 - `precision_recall`: of a set of flags against the truth (the pair models'
   alert threshold and held-out figures).
 
-Risk bands (`choose_risk_bands`) are set from the score distribution of the
-validation split: a band's lower bound is the score above which a fixed share
-of trades fall, so the share of flagged trades is predictable for the
-operations team whatever the model's calibration. Defaults: CRITICAL = top
-1 %, HIGH = top 5 %, MEDIUM = top 20 % of trades by fail probability.
+Risk bands (`choose_risk_bands`, `BandRule`) mean the same thing on any data:
+by default a band's lower bound is a calibrated fail probability (MEDIUM from
+4 %, HIGH from 15 %, CRITICAL from 40 %), so a trade in LOW is one the model
+gives less than a 4 % chance of failing whatever the base rate of the file it
+was trained on. The model is early-stopped on log-loss, so its probabilities
+are calibrated on the validation split; `band_report` shows each band's
+observed fail rate on the test split, and `band_warnings` names the bands whose
+observed rate falls outside their probability range. The other rule,
+`share`, puts each bound at the score above which a fixed share of validation
+trades fall (a predictable number of flagged trades, but a band's meaning
+then moves with the data's fail rate: on a file where half the trades fail,
+LOW holds 80 % of them and reaches up to a fail probability above one half,
+so its trades fail about half the time); it is opt-in
+(`engine train --risk-bands share:0.20,0.05,0.01`).
 """
 
 from __future__ import annotations
@@ -28,8 +37,11 @@ from engine.models.spec import BAND_NAMES, RiskBands
 F64 = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.integer]
 
-#: share of trades at or above each band's lower bound (MEDIUM, HIGH, CRITICAL)
+#: lower bounds of MEDIUM, HIGH and CRITICAL as calibrated fail probabilities (the default rule)
+DEFAULT_BAND_PROBABILITIES = (0.04, 0.15, 0.40)
+#: share of trades at or above each band's lower bound (MEDIUM, HIGH, CRITICAL) under the `share` rule
 DEFAULT_BAND_SHARES = (0.20, 0.05, 0.01)
+BAND_RULE_KINDS = ("probability", "share")
 _EPS = 1e-15
 
 
@@ -115,33 +127,72 @@ def summary(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
 
 @dataclass(frozen=True, slots=True)
 class BandRule:
-    """Lower bounds at the scores above which `shares` of validation trades fall."""
+    """How the bounds of MEDIUM, HIGH and CRITICAL are set.
 
-    shares: tuple[float, float, float] = DEFAULT_BAND_SHARES
+    `probability` (the default): the bounds are `values`, fail probabilities.
+    `share`: each bound is the score above which `values` (shares) of the validation trades fall.
+    """
+
+    kind: str = "probability"
+    values: tuple[float, float, float] = DEFAULT_BAND_PROBABILITIES
+
+    def __post_init__(self) -> None:
+        if self.kind not in BAND_RULE_KINDS:
+            raise ValueError(f"unknown risk band rule {self.kind!r}: use one of {', '.join(BAND_RULE_KINDS)}")
+        v = self.values
+        if len(v) != 3 or not all(0.0 < x < 1.0 for x in v):
+            raise ValueError(f"risk band values must be three numbers inside (0, 1): {v}")
+        rising = v[0] < v[1] < v[2]
+        falling = v[0] > v[1] > v[2]
+        if self.kind == "probability" and not rising:
+            raise ValueError(f"probability bounds of MEDIUM, HIGH, CRITICAL must rise: {v}")
+        if self.kind == "share" and not falling:
+            raise ValueError(f"shares of MEDIUM, HIGH, CRITICAL must fall (top 20 %, 5 %, 1 %): {v}")
+
+    @staticmethod
+    def parse(text: str) -> BandRule:
+        """`probability:0.04,0.15,0.40` or `share:0.20,0.05,0.01` (MEDIUM, HIGH, CRITICAL)."""
+        kind, sep, rest = text.partition(":")
+        if not sep:
+            raise ValueError(
+                f"expected KIND:MEDIUM,HIGH,CRITICAL (e.g. probability:0.04,0.15,0.40), got {text!r}"
+            )
+        try:
+            values = tuple(float(x) for x in rest.split(","))
+        except ValueError:
+            raise ValueError(f"risk band values must be numbers: {rest!r}") from None
+        if len(values) != 3:
+            raise ValueError(f"give three values (MEDIUM, HIGH, CRITICAL), got {len(values)}: {rest!r}")
+        return BandRule(kind.strip(), (values[0], values[1], values[2]))
 
     def describe(self) -> dict[str, str]:
+        if self.kind == "share":
+            return {
+                name: f"top {share:.0%} of validation trades by fail probability"
+                for name, share in zip(BAND_NAMES[1:], self.values, strict=True)
+            }
         return {
-            name: f"top {share:.0%} of validation trades by fail probability"
-            for name, share in zip(BAND_NAMES[1:], self.shares, strict=True)
+            name: f"calibrated fail probability >= {bound:g}"
+            for name, bound in zip(BAND_NAMES[1:], self.values, strict=True)
         }
 
 
 def choose_risk_bands(scores: npt.ArrayLike, rule: BandRule = BandRule()) -> RiskBands:
-    """Thresholds (MEDIUM, HIGH, CRITICAL) from the validation score distribution.
+    """Thresholds (MEDIUM, HIGH, CRITICAL) by `rule`; `scores` are the validation split's.
 
-    Each bound is the (1 - share) quantile of the scores (lower quantile, so it
-    is a score that occurs). When ties or a tiny split make two bounds equal,
-    the higher band's bound is nudged up to the next float so that the bounds
-    rise strictly, as `RiskBands` requires; all bounds stay inside (0, 1).
+    `probability`: the rule's bounds as they are. `share`: each bound is the
+    (1 - share) quantile of the scores (lower quantile, so it is a score that
+    occurs). When ties or a tiny split make two bounds equal, the higher band's
+    bound is nudged up to the next float so that the bounds rise strictly, as
+    `RiskBands` requires; all bounds stay inside (0, 1).
     """
+    if rule.kind == "probability":
+        return RiskBands(rule.values)
     s = np.asarray(scores, dtype=np.float64)
     if s.size == 0 or not np.isfinite(s).all():
         raise ValueError("risk bands need finite validation scores")
-    shares = rule.shares
-    if not (1.0 > shares[0] > shares[1] > shares[2] > 0.0):
-        raise ValueError(f"band shares must fall strictly inside (0, 1): {shares}")
     bounds: list[float] = []
-    for share in shares:
+    for share in rule.values:
         t = float(np.quantile(s, 1.0 - share, method="lower"))
         t = min(max(t, 1e-9), 1.0 - 1e-9)
         if bounds and t <= bounds[-1]:
@@ -162,4 +213,32 @@ def band_report(bands: RiskBands, y: npt.ArrayLike, p: npt.ArrayLike) -> dict[st
         key = name.lower()
         out[f"band_{key}_share"] = float(m.mean())
         out[f"band_{key}_fail_rate"] = float(yy[m].mean()) if m.any() else 0.0
+    return out
+
+
+#: a band's observed fail rate may stray this far outside its probability range before it is reported
+#: (sampling noise on a few hundred trades, and calibration that is good but not perfect)
+BAND_SLACK = 0.05
+
+
+def band_warnings(bands: RiskBands, report: dict[str, float], min_share: float = 0.005) -> list[str]:
+    """Bands whose observed fail rate (from `band_report`) lies outside their probability range by more
+    than BAND_SLACK, or that rank out of order; bands with fewer than `min_share` of the trades are not
+    judged. Empty when the bands mean what their bounds say."""
+    edges = (0.0, *bands.thresholds, 1.0)
+    out: list[str] = []
+    seen: list[tuple[str, float]] = []
+    for i, name in enumerate(BAND_NAMES):
+        key = name.lower()
+        if report[f"band_{key}_share"] < min_share:
+            continue
+        rate = report[f"band_{key}_fail_rate"]
+        low, high = edges[i], edges[i + 1]
+        if not low - BAND_SLACK <= rate <= high + BAND_SLACK:
+            out.append(
+                f"{name} fails {rate:.1%} of the time, outside its probability range [{low:g}, {high:g})"
+            )
+        if seen and rate < seen[-1][1]:
+            out.append(f"{name} fails less often ({rate:.1%}) than {seen[-1][0]} ({seen[-1][1]:.1%})")
+        seen.append((name, rate))
     return out

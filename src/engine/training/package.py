@@ -73,12 +73,14 @@ def package(
     parity_rows: int = 100_000,
     tolerance: float = PARITY_TOLERANCE,
     threads: int = 1,
+    keep_pairs: bool = True,
     log: Printer = _log.info,
 ) -> dict[str, Any]:
     """Export to ONNX, check parity on up to `parity_rows` held-out rows, write the bundle.
 
     Raises ParityError (and writes nothing) when ONNX Runtime and LightGBM
-    disagree beyond `tolerance`. Returns the written manifest.
+    disagree beyond `tolerance`. A sync-break model of a bundle at `out` is carried
+    over unless not `keep_pairs` (`write_bundle`). Returns the written manifest.
     """
     if parity_rows < 1:
         raise ValueError("parity_rows must be >= 1")
@@ -105,9 +107,16 @@ def package(
         "training": {**training, "versions": library_versions()},
     }
     written = write_bundle(
-        out, model=model, booster_text=booster_text, references=references, manifest=manifest
+        out,
+        model=model,
+        booster_text=booster_text,
+        references=references,
+        manifest=manifest,
+        keep_pairs=keep_pairs,
     )
     root = Path(out).resolve()
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     log(f"bundle {written['name']} {written['version']} written to {root} ({size / 1e6:.2f} MB)")
+    if "pairs" in written:
+        log(f"pairs: sync-break model {written['pairs']['version']} carried over from the replaced bundle")
     return written

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engine.errors import BundleError
 from engine.features.pairs import (
     PAIR_FEATURES,
     PairColumns,
@@ -39,15 +41,15 @@ from engine.features.pairs import (
     pair_features,
 )
 from engine.flags import StoreSpec, decided_flags
-from engine.models.bundle import MANIFEST, onnx_session, utc_now_iso, write_manifest
+from engine.models.bundle import MANIFEST, ModelBundle, PairSection, onnx_session, utc_now_iso, write_manifest
 from engine.training.errors import DataError, ParityError
+from engine.training.export import PAIRS_DIR, stage_bundle, swap_bundle
 from engine.training.metrics import precision_recall
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 Printer = Callable[[str], None]
 
-PAIRS_DIR = "pairs"
 PAIRS_MODEL = f"{PAIRS_DIR}/model.onnx"
 INPUT_NAME = "pair_features"
 OUTPUT_NAME = "break_score"
@@ -554,7 +556,9 @@ def _write_section(
     root: Path, chosen: Candidate, candidates: dict[str, Candidate], stats: PairStats, split: Split,
     metrics: dict[str, float], training: dict[str, Any], extra: dict[str, Any], log: Printer,
 ) -> dict[str, Any]:  # fmt: skip
-    """Write the chosen model and the manifest's `pairs` section into the bundle at `root` (manifest last)."""
+    """Write the chosen model and the manifest's `pairs` section into the bundle at `root`: a copy of
+    the bundle beside it gets them, both models are checked as a server checks them, and the copy is
+    swapped in."""
     raw = json.loads((root / MANIFEST).read_text())
     session = onnx_session(chosen.model)
     flagged = chosen.scores(session, split.test) >= chosen.threshold
@@ -583,14 +587,47 @@ def _write_section(
         "training": {**chosen.training, **training},
         **extra,
     }
-    (root / PAIRS_DIR).mkdir(exist_ok=True)
-    tmp = root / PAIRS_DIR / ".model.onnx.tmp"
-    tmp.write_bytes(chosen.model)
-    tmp.replace(root / PAIRS_MODEL)
-    keep = {k: v for k, v in raw.items() if k not in ("files", "content_hash", "format_version")}
-    written = write_manifest(root, {**keep, "pairs": section})
-    log(f"pairs: model {section['version']} ({chosen.kind}) written to {root}")
+    section["beside_trade_model"] = {
+        "name": raw.get("name"),
+        "version": raw.get("version"),
+        "checked": "kept as it was; hashes, ONNX input width and golden rows reloaded",
+    }
+    staging = stage_bundle(root)
+    try:
+        (staging / PAIRS_DIR).mkdir(exist_ok=True)
+        (staging / PAIRS_MODEL).write_bytes(chosen.model)
+        keep = {k: v for k, v in raw.items() if k not in ("files", "content_hash", "format_version")}
+        written = write_manifest(staging, {**keep, "pairs": section})
+        # the very checks a server runs on both models before it serves the bundle
+        loaded = ModelBundle.load(staging)
+        PairSection.load(staging, loaded.manifest, PAIR_FEATURES)
+        swap_bundle(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(
+        f"pairs: model {section['version']} ({chosen.kind}) written to {root}, "
+        f"beside trade model {raw.get('version')}"
+    )
     return written
+
+
+def check_trade_model(root: Path) -> None:
+    """Refuse, before any training, a --bundle whose trade model a server would not serve: the pair model is
+    written beside it, and the bundle as a whole is what a server loads."""
+    if not (root / MANIFEST).is_file():
+        raise BundleError(
+            f"{root}: no {MANIFEST}, so not a model bundle: write the trade model first "
+            f"(engine train --out {root}), then add the sync-break model to it"
+        )
+    try:
+        ModelBundle.load(root)
+    except BundleError as exc:
+        raise BundleError(
+            f"the trade model of {root} does not pass the server's checks ({exc}), so no server would load "
+            f"the bundle a pair model is added to: rebuild it with engine train --out {root} (which keeps "
+            "the pair model), or point --bundle at a bundle that loads"
+        ) from None
 
 
 def train_pair_model(
@@ -616,6 +653,7 @@ def train_pair_model(
     library beyond PARITY_TOLERANCE.
     """
     root = Path(bundle).resolve()
+    check_trade_model(root)
     split, stats, data = _history(pairs, seed)
     chosen, candidates = _fit(split, trees, max_samples, seed, model, log)
     metrics = dict(chosen.metrics)
@@ -693,11 +731,12 @@ def retrain_pair_model(
     computed with the serving model's amount baseline so that the stored
     verdicts' features mean the same. The serving model and the candidate are
     scored on the very same held-out pairs; the candidate replaces the serving
-    one in `bundle` (manifest last, so a watching server swaps it in) only if
+    one in `bundle` (swapped in whole, so a watching server loads it) only if
     its F1 is at least the serving model's, and the manifest records both
     (`pairs.promotion`). Otherwise the bundle is left as it is.
     """
     root = Path(bundle).resolve()
+    check_trade_model(root)
     raw = json.loads((root / MANIFEST).read_text())
     current = raw.get("pairs")
     if current is None:

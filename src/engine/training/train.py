@@ -7,7 +7,8 @@ never sees a feature computed differently in training and in serving.
 Splits (stratified by label, seeded): the held-out `valid_fraction` of rows is
 halved into
 
-- *valid*: early stopping, and the risk-band thresholds (`metrics.BandRule`);
+- *valid*: early stopping (on log-loss, which keeps the probabilities calibrated),
+  and the risk-band thresholds when the rule is `share` (`metrics.BandRule`);
 - *test*: the metrics recorded in the manifest, on rows that chose nothing.
 
 Categorical features (asset class, side, venue, currency) are integer codes
@@ -268,12 +269,14 @@ def finish_training(
     log(
         "risk bands (lower bounds): "
         + ", ".join(f"{k} >= {v:.4f}" for k, v in bands.to_json().items())
-        + "; test fail rate by band: "
+        + f" ({config.band_rule.kind} rule); test fail rate by band: "
         + ", ".join(
             f"{b} {scores[f'band_{b.lower()}_fail_rate']:.1%} of {scores[f'band_{b.lower()}_share']:.1%}"
             for b in ("LOW", "MEDIUM", "HIGH", "CRITICAL")
         )
     )
+    for warning in m.band_warnings(bands, scores):
+        log(f"warning: risk band {warning} on the test split")
     return TrainedModel(
         booster=rewritten,
         booster_text=text,
