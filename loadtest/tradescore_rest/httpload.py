@@ -89,6 +89,10 @@ class _Connection(asyncio.Protocol):
         if len(buf) < end + 4 + length:
             return
         status = int(buf[9:12])
+        if b"\r\nconnection: close" in head:
+            # the server closes after this answer (Flask's werkzeug): the next call reconnects
+            # instead of writing to a socket the server no longer reads
+            self.closed = True
         del buf[: end + 4 + length]
         if not self.waiter.done():
             self.waiter.set_result(status)
@@ -139,6 +143,8 @@ async def _drive(spec: HttpLoad, marks: Connection | None = None) -> LoadResult:
                 continue
             record(t0, clock(), status)
             if conn.closed:
+                if conn.transport is not None:
+                    conn.transport.close()
                 conn = await _connect(spec)
             i += 1
         if conn.transport is not None:
@@ -157,6 +163,8 @@ async def _drive(spec: HttpLoad, marks: Connection | None = None) -> LoadResult:
         record(scheduled, clock(), status)
         if not conn.closed:
             pool.put_nowait(conn)
+        elif conn.transport is not None:
+            conn.transport.close()
 
     async def opened() -> None:
         for _ in range(spec.connections):
