@@ -36,7 +36,7 @@ import numpy.typing as npt
 from google.protobuf import descriptor
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
-from engine.errors import BundleError, InvalidInput
+from engine.errors import BundleError, InvalidInput, MalformedRequest
 from engine.features import kernels as kn
 from engine.features.compute import FeaturePlan
 from engine.features.rows import (
@@ -773,9 +773,11 @@ class WireRequest:
         return bytes(self.buf[s0 : s0 + ln]).decode("utf-8")
 
 
-def _malformed(index: int, field: int) -> InvalidInput:
+def _malformed(index: int, field: int) -> MalformedRequest:
     where = f"trades[{index}]" + (f".{TRADE_FIELDS.get(field, f'field {field}')}" if field else "")
-    return InvalidInput("request", f"is not a valid tradescore.v1.ScoreRequest (malformed bytes at {where})")
+    return MalformedRequest(
+        "request", f"is not a valid tradescore.v1.ScoreRequest (malformed bytes at {where})"
+    )
 
 
 F32 = npt.NDArray[np.float32]
@@ -898,7 +900,7 @@ def trade_count(raw: bytes) -> int:
 
 def _count_errors(n: int) -> None:
     if n == -1:
-        raise InvalidInput("request", "is not a valid tradescore.v1.ScoreRequest (malformed bytes)")
+        raise MalformedRequest("request", "is not a valid tradescore.v1.ScoreRequest (malformed bytes)")
     if n == -2:
         raise InvalidInput("request_id", "is not valid UTF-8")
 
