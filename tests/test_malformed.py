@@ -40,14 +40,12 @@ def _served_methods(target: str) -> list[tuple[str, str, bool, bool]]:
 async def _call(channel: grpc.aio.Channel, path: str, streaming_in: bool, streaming_out: bool) -> Any:
     """Send GARBAGE as the one request message; the responses (raw bytes), or the error raised."""
     if not streaming_in and not streaming_out:
-        return [await channel.unary_unary(path)(GARBAGE, timeout=TIMEOUT)]
+        return [await channel.unary_unary(path, None, None)(GARBAGE, timeout=TIMEOUT)]
     if not streaming_in:
-        return [r async for r in channel.unary_stream(path)(GARBAGE, timeout=TIMEOUT)]
+        return [r async for r in channel.unary_stream(path, None, None)(GARBAGE, timeout=TIMEOUT)]
     if not streaming_out:
-        return [await channel.stream_unary(path)(iter([GARBAGE]), timeout=TIMEOUT)]
-    call = channel.stream_stream(path)(timeout=TIMEOUT)
-    await call.write(GARBAGE)
-    await call.done_writing()
+        return [await channel.stream_unary(path, None, None)(iter([GARBAGE]), timeout=TIMEOUT)]
+    call = channel.stream_stream(path, None, None)(iter([GARBAGE]), timeout=TIMEOUT)
     return [r async for r in call]
 
 
@@ -134,7 +132,7 @@ async def test_a_valid_request_still_parses_through_the_tolerant_deserializer(
 ) -> None:
     engine, channel = await start_engine()
     info = pb.ModelInfo.FromString(
-        await channel.unary_unary(f"/{SCORER_SERVICE}/GetModelInfo")(
+        await channel.unary_unary(f"/{SCORER_SERVICE}/GetModelInfo", None, None)(
             pb.GetModelInfoRequest().SerializeToString(), timeout=TIMEOUT
         )
     )
