@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 
 from engine import jit
 from engine.jit import compiled
-from engine.models.spec import band_of
+from engine.labels import BAND_NAMES, BREAK_CLASSES, band_of
 
 #: seconds, 10 µs .. 10 s (gRPC A66-style resolution at the low end)
 LATENCY_BUCKETS = (
@@ -147,9 +147,7 @@ def size_class(trades: int) -> int:
 
 
 #: tradescore.v1.RiskBand numbers 1..4, as `RiskBands.assign` returns them
-RISK_BANDS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
-#: BreakScorer break classes, as the engine_pair_breaks label spells them (the proto enum without prefix)
-BREAK_CLASSES = ("MISSING", "STATUS", "VALUE", "STATIC_DATA", "NONE")
+RISK_BANDS = BAND_NAMES
 
 #: grpc_code label values as grpc-go's codes.Code.String() writes them (what public dashboards filter on)
 GRPC_CODE_NAMES: dict[grpc.StatusCode, str] = {

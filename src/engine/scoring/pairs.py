@@ -41,7 +41,8 @@ from engine.features.pairs import (
     top_reasons,
 )
 from engine.flags import MAX_NOTE_CHARS, Flag, FlagStore
-from engine.metrics import BREAK_CLASSES, EngineMetrics
+from engine.labels import BREAK_CLASSES
+from engine.metrics import EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.servable import PairModel, ServingModel
 from engine.scoring.streams import pipelined, request_error

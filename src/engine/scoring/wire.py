@@ -51,7 +51,7 @@ from engine.features.rows import (
 )
 from engine.features.validate import LIMITS, check_count, raise_first_problem
 from engine.jit import Int, compiled
-from engine.models.spec import band_of
+from engine.labels import band_of
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
