@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +51,7 @@ from engine.features.rows import (
     TradeRows,
 )
 from engine.features.validate import LIMITS, check_count, raise_first_problem
-from engine.jit import Int, compiled
+from engine.jit import Int, compiled, inlined
 from engine.labels import band_of
 
 U8 = npt.NDArray[np.uint8]
@@ -187,7 +188,7 @@ _MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
 # -- small helpers -----------------------------------------------------------------------
 
 
-@compiled
+@inlined
 def _varint(buf: U8, p: Int, end: Int) -> tuple[np.uint64, Int]:
     """(value, next position); next position -1 when the varint is truncated or too long."""
     result = np.uint64(0)
@@ -271,7 +272,7 @@ def _skip(buf: U8, p: Int, end: Int, wire: Int, field: Int, depth: Int) -> Int:
     return _skip_scalar(buf, p, end, wire)
 
 
-@compiled
+@inlined
 def _utf8_sequence(buf: U8, p: Int, end: Int) -> Int:
     """Length of the valid multi-byte UTF-8 sequence starting at buf[p]; 0 when it is not one."""
     b = buf[p]
@@ -300,7 +301,7 @@ def _utf8_sequence(buf: U8, p: Int, end: Int) -> Int:
     return 0
 
 
-@compiled
+@inlined
 def _utf8_chars(buf: U8, start: Int, length: Int) -> Int:
     """Characters in buf[start:start+length], or -1 when it is not valid UTF-8."""
     p = start
@@ -359,16 +360,18 @@ def parse_day(buf: U8, start: Int, length: Int) -> float:
     return float(era * 146097 + doe - 719468)
 
 
-@compiled
-def _hash(buf: U8, start: Int, length: Int, salt: Int) -> np.uint64:
-    """FNV-1a over the bytes, the salt, then the murmur3 finaliser (so the low bits mix well).
-
-    `_resolve_text` writes the same steps out inline; if they differed, no id would be found
-    (tests/test_wire.py compares every look-up with the dict-based table path).
-    """
+@inlined
+def _fnv(buf: U8, start: Int, length: Int) -> np.uint64:
+    """FNV-1a over buf[start:start+length]: the part of `_hash` that reads the bytes."""
     h = _FNV_OFFSET
     for j in range(start, start + length):
         h = (h ^ np.uint64(buf[j])) * _FNV_PRIME
+    return h
+
+
+@inlined
+def _salted(h: np.uint64, salt: Int) -> np.uint64:
+    """The salt mixed into an `_fnv` hash, then the murmur3 finaliser (so the low bits mix well)."""
     h ^= np.uint64(salt)
     h ^= h >> np.uint64(33)
     h *= _MIX1
@@ -378,7 +381,14 @@ def _hash(buf: U8, start: Int, length: Int, salt: Int) -> np.uint64:
     return h
 
 
-@compiled
+@inlined
+def _hash(buf: U8, start: Int, length: Int, salt: Int) -> np.uint64:
+    """The look-up tables' hash of a key: `_salted(_fnv(...), salt)` (a currency, resolved in two
+    tables, reads its bytes once: `_resolve_text` salts one `_fnv` twice)."""
+    return _salted(_fnv(buf, start, length), salt)
+
+
+@inlined
 def _slot(h: np.uint64, mask: Int) -> Int:
     return np.int64(h & np.uint64(mask))
 
@@ -394,14 +404,14 @@ def _same(a: U8, a_start: Int, b: U8, b_start: Int, length: Int) -> bool:
 # -- tables ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class WireTables:
+class WireTables(NamedTuple):
     """One bundle's look-up keys (reference ids, vocabularies) as one open-addressing hash table.
 
     Keys of all tables share one UTF-8 blob; `owner[j]` says which K_* column
     key j resolves, `value[j]` its position in that table, and `slots` (a power
     of two, at most half full) holds key numbers by hash (salted with the
-    column, so equal keys of two tables never collide into one entry).
+    column, so equal keys of two tables never collide into one entry). A named
+    tuple: the kernels take it whole, as one argument.
     """
 
     blob: U8
@@ -433,12 +443,13 @@ class WireTables:
             np.array(value, dtype=np.int32),
             np.full(size, -1, dtype=np.int32),
         )
-        _fill_slots(tables.blob, tables.offsets, tables.owner, tables.slots)
+        _fill_slots(tables)
         return tables
 
 
 @compiled
-def _fill_slots(blob: U8, offsets: I32, owner: I32, slots: I32) -> None:
+def _fill_slots(tables: WireTables) -> None:
+    blob, offsets, owner, slots = tables.blob, tables.offsets, tables.owner, tables.slots
     mask = slots.shape[0] - 1
     for j in range(owner.shape[0]):
         s = _slot(_hash(blob, offsets[j], offsets[j + 1] - offsets[j], owner[j]), mask)
@@ -517,11 +528,7 @@ def decode_trades(
     k: I64,
     text_start: I64,
     text_len: I64,
-    blob: U8,
-    offsets: I32,
-    owner: I32,
-    value: I32,
-    slots: I32,
+    tables: WireTables,
     err: I64,
 ) -> None:
     """Fill rows x, k and the text spans of every Trade in `buf` (a ScoreRequest; see count_trades)."""
@@ -636,7 +643,7 @@ def decode_trades(
                     _note(err, E_MALFORMED, f, i)
                     return
         i += 1
-    _resolve_text(buf, x, k, text_start, text_len, blob, offsets, owner, value, slots, err)
+    _resolve_text(buf, x, k, text_start, text_len, tables, err)
     _mark_repeats(buf, text_start, text_len, k)
 
 
@@ -647,11 +654,7 @@ def _resolve_text(
     k: I64,
     text_start: I64,
     text_len: I64,
-    blob: U8,
-    offsets: I32,
-    owner: I32,
-    value: I32,
-    slots: I32,
+    tables: WireTables,
     err: I64,
 ) -> None:
     """Per trade and text field: UTF-8 check and length in characters, dates, table look-ups.
@@ -659,26 +662,13 @@ def _resolve_text(
     One loop with the helpers written out: a call per field would pass every array
     again (reference-counted), which costs more than the work itself.
     """
+    blob, offsets, owner, value, slots = tables
     mask = slots.shape[0] - 1
     for i in range(x.shape[0]):
         for t in range(N_TEXT):
             s0 = text_start[i, t]
             ln = text_len[i, t]
-            end = s0 + ln
-            # UTF-8: ASCII bytes fast, multi-byte sequences checked in full
-            chars = 0
-            p = s0
-            while p < end:
-                b = buf[p]
-                if b < 0x80:
-                    p += 1
-                else:
-                    size = _utf8_sequence(buf, p, end)
-                    if size == 0:
-                        chars = -1
-                        break
-                    p += size
-                chars += 1
+            chars = _utf8_chars(buf, s0, ln)
             if chars < 0:
                 _note(err, E_UTF8, SLOT_FIELD[t], i)
                 chars = 0
@@ -692,21 +682,13 @@ def _resolve_text(
                 k[i, SLOT_LENGTH[t]] = chars
             if SLOT_LOOKUP[t, 0] < 0:
                 continue
-            # FNV-1a + murmur3 finaliser (as _hash), then linear probing (as WireTables.build)
-            h0 = _FNV_OFFSET
-            for j in range(s0, end):
-                h0 = (h0 ^ np.uint64(buf[j])) * _FNV_PRIME
+            # _hash (its bytes read once), then linear probing (as _fill_slots)
+            h0 = _fnv(buf, s0, ln)
             for m in range(SLOT_LOOKUP.shape[1]):
                 column = SLOT_LOOKUP[t, m]
                 if column < 0:
                     break
-                h = h0 ^ np.uint64(column)  # the salt, mixed in after the bytes
-                h ^= h >> np.uint64(33)
-                h *= _MIX1
-                h ^= h >> np.uint64(33)
-                h *= _MIX2
-                h ^= h >> np.uint64(33)
-                s = np.int64(h & np.uint64(mask))
+                s = _slot(_salted(h0, column), mask)
                 found = -1
                 while True:
                     j = slots[s]
@@ -787,11 +769,7 @@ F32 = npt.NDArray[np.float32]
 def prepare_trades(
     buf: U8,
     max_trades: Int,
-    blob: U8,
-    offsets: I32,
-    owner: I32,
-    value: I32,
-    slots: I32,
+    tables: WireTables,
     limits: I64,
     refs: tuple[npt.NDArray[np.float64], ...],
     others: I64,
@@ -818,7 +796,7 @@ def prepare_trades(
     features = np.empty((m, width), dtype=np.float32)
     if m == 0:
         return False, n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
-    decode_trades(buf, x, k, text_start, text_len, blob, offsets, owner, value, slots, err)
+    decode_trades(buf, x, k, text_start, text_len, tables, err)
     if err[0] != E_NONE:
         return False, n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
     first, count = kn.check_rows(x, k, limits, np.zeros(0, dtype=np.bool_))
@@ -857,11 +835,7 @@ def prepare_request(
         prepare_trades(
             buf,
             max_trades,
-            tables.blob,
-            tables.offsets,
-            tables.owner,
-            tables.value,
-            tables.slots,
+            tables,
             LIMITS,
             plan.refs_values,
             plan.others,
@@ -946,11 +920,7 @@ def decode_request(raw: bytes, tables: WireTables, max_trades: int) -> WireReque
         rows.k,
         text_start,
         text_len,
-        tables.blob,
-        tables.offsets,
-        tables.owner,
-        tables.value,
-        tables.slots,
+        tables,
         err,
     )
     request = WireRequest(buf, rows, text_start, text_len, (int(rid_start), int(rid_len)), int(explain))
