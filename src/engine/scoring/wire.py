@@ -540,7 +540,7 @@ def decode_trades(
     i = 0
     while p < end and i < n:
         # count_trades checked the top level: a trade is tag 0x12, then its length (1 or 2 bytes
-        # for any realistic trade, read in line; see the note on _varint below)
+        # for any realistic trade: tested first, before the general _varint)
         if buf[p] == 0x12 and p + 1 < end and buf[p + 1] < 0x80:
             length = np.uint64(buf[p + 1])
             p += 2
@@ -569,8 +569,8 @@ def decode_trades(
             text_start[i, t] = q
             text_len[i, t] = 0
         while q < stop:
-            # one-byte varints (tags, lengths, enums, flags) are read in line: a call to
-            # _varint passes `buf` as a reference-counted struct, dearer than the read itself
+            # one-byte varints (tags, lengths, enums, flags) first: one test, no loop (the general
+            # _varint, inlined, takes the rest)
             if buf[q] < 0x80:
                 tag = np.uint64(buf[q])
                 q += 1
@@ -659,8 +659,8 @@ def _resolve_text(
 ) -> None:
     """Per trade and text field: UTF-8 check and length in characters, dates, table look-ups.
 
-    One loop with the helpers written out: a call per field would pass every array
-    again (reference-counted), which costs more than the work itself.
+    One loop; its helpers (`_utf8_chars`, `_fnv`, `_salted`, `_slot`) are `inlined`: a call
+    per field would pass the arrays again (reference-counted), dearer than the work itself.
     """
     blob, offsets, owner, value, slots = tables
     mask = slots.shape[0] - 1
@@ -931,7 +931,7 @@ def decode_request(raw: bytes, tables: WireTables, max_trades: int) -> WireReque
 # -- response ----------------------------------------------------------------------------
 
 
-@compiled
+@inlined
 def _varint_size(v: Int) -> Int:
     size = 1
     while v >= 0x80:
@@ -940,7 +940,7 @@ def _varint_size(v: Int) -> Int:
     return size
 
 
-@compiled
+@inlined
 def _put_varint(out: U8, p: Int, v: Int) -> Int:
     while v >= 0x80:
         out[p] = (v & 0x7F) | 0x80
@@ -1003,27 +1003,13 @@ def encode_response(
     out = np.empty(size, dtype=np.uint8)
     raw = probs.view(np.uint8)
     p = _put_bytes(out, 0, 1, buf, rid_start, rid_len)
-    for i in range(n):  # written out: helper calls would pass `out` and `buf` per field
+    for i in range(n):  # _put_varint is inlined: no call per field
         out[p] = (2 << 3) | _LEN
-        p += 1
-        v = inner[i]
-        while v >= 0x80:
-            out[p] = (v & 0x7F) | 0x80
-            v >>= 7
-            p += 1
-        out[p] = v
-        p += 1
+        p = _put_varint(out, p + 1, inner[i])
         length = id_len[i]
         if length:
             out[p] = (1 << 3) | _LEN
-            p += 1
-            v = length
-            while v >= 0x80:
-                out[p] = (v & 0x7F) | 0x80
-                v >>= 7
-                p += 1
-            out[p] = v
-            p += 1
+            p = _put_varint(out, p + 1, length)
             s0 = id_start[i]
             for j in range(length):
                 out[p + j] = buf[s0 + j]
@@ -1035,14 +1021,7 @@ def encode_response(
             p += 9
         if bands[i] != 0:
             out[p] = (3 << 3) | _VARINT
-            p += 1
-            v = bands[i]
-            while v >= 0x80:
-                out[p] = (v & 0x7F) | 0x80
-                v >>= 7
-                p += 1
-            out[p] = v
-            p += 1
+            p = _put_varint(out, p + 1, bands[i])
     p = _put_bytes(out, p, 3, name, 0, name.shape[0])
     p = _put_bytes(out, p, 4, version, 0, version.shape[0])
     return out
