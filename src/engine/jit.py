@@ -135,18 +135,6 @@ def compiled(fn: F) -> F:
     return cast(F, kernel)
 
 
-_njit_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-
-
-def inlined(fn: F) -> F:
-    """`compiled`, and written into each compiled caller (numba's inline="always"): for the small
-    helpers that hot loops call per byte or per field, where a call (its array arguments passed and
-    reference-counted) would cost more than the helper's work. One definition, no call."""
-    kernel = _njit_inline(fn)
-    KERNELS.append(kernel)
-    return cast(F, kernel)
-
-
 def compile_counts() -> tuple[int, int]:
     """(loaded from the cache, compiled in this process) over every kernel signature so far."""
     hits = sum(sum(k.stats.cache_hits.values()) for k in KERNELS)

@@ -51,7 +51,7 @@ from engine.features.rows import (
     TradeRows,
 )
 from engine.features.validate import LIMITS, check_count, raise_first_problem
-from engine.jit import Int, compiled, inlined
+from engine.jit import Int, compiled
 from engine.labels import band_of
 
 U8 = npt.NDArray[np.uint8]
@@ -188,7 +188,7 @@ _MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
 # -- small helpers -----------------------------------------------------------------------
 
 
-@inlined
+@compiled
 def _varint(buf: U8, p: Int, end: Int) -> tuple[np.uint64, Int]:
     """(value, next position); next position -1 when the varint is truncated or too long."""
     result = np.uint64(0)
@@ -272,7 +272,7 @@ def _skip(buf: U8, p: Int, end: Int, wire: Int, field: Int, depth: Int) -> Int:
     return _skip_scalar(buf, p, end, wire)
 
 
-@inlined
+@compiled
 def _utf8_sequence(buf: U8, p: Int, end: Int) -> Int:
     """Length of the valid multi-byte UTF-8 sequence starting at buf[p]; 0 when it is not one."""
     b = buf[p]
@@ -301,7 +301,7 @@ def _utf8_sequence(buf: U8, p: Int, end: Int) -> Int:
     return 0
 
 
-@inlined
+@compiled
 def _utf8_chars(buf: U8, start: Int, length: Int) -> Int:
     """Characters in buf[start:start+length], or -1 when it is not valid UTF-8."""
     p = start
@@ -360,18 +360,16 @@ def parse_day(buf: U8, start: Int, length: Int) -> float:
     return float(era * 146097 + doe - 719468)
 
 
-@inlined
-def _fnv(buf: U8, start: Int, length: Int) -> np.uint64:
-    """FNV-1a over buf[start:start+length]: the part of `_hash` that reads the bytes."""
+@compiled
+def _hash(buf: U8, start: Int, length: Int, salt: Int) -> np.uint64:
+    """FNV-1a over the bytes, the salt, then the murmur3 finaliser (so the low bits mix well).
+
+    `_resolve_text` writes the same steps out inline; if they differed, no id would be found
+    (tests/test_wire.py compares every look-up with the dict-based table path).
+    """
     h = _FNV_OFFSET
     for j in range(start, start + length):
         h = (h ^ np.uint64(buf[j])) * _FNV_PRIME
-    return h
-
-
-@inlined
-def _salted(h: np.uint64, salt: Int) -> np.uint64:
-    """The salt mixed into an `_fnv` hash, then the murmur3 finaliser (so the low bits mix well)."""
     h ^= np.uint64(salt)
     h ^= h >> np.uint64(33)
     h *= _MIX1
@@ -381,14 +379,7 @@ def _salted(h: np.uint64, salt: Int) -> np.uint64:
     return h
 
 
-@inlined
-def _hash(buf: U8, start: Int, length: Int, salt: Int) -> np.uint64:
-    """The look-up tables' hash of a key: `_salted(_fnv(...), salt)` (a currency, resolved in two
-    tables, reads its bytes once: `_resolve_text` salts one `_fnv` twice)."""
-    return _salted(_fnv(buf, start, length), salt)
-
-
-@inlined
+@compiled
 def _slot(h: np.uint64, mask: Int) -> Int:
     return np.int64(h & np.uint64(mask))
 
@@ -540,7 +531,7 @@ def decode_trades(
     i = 0
     while p < end and i < n:
         # count_trades checked the top level: a trade is tag 0x12, then its length (1 or 2 bytes
-        # for any realistic trade: tested first, before the general _varint)
+        # for any realistic trade, read in line; see the note on _varint below)
         if buf[p] == 0x12 and p + 1 < end and buf[p + 1] < 0x80:
             length = np.uint64(buf[p + 1])
             p += 2
@@ -569,8 +560,8 @@ def decode_trades(
             text_start[i, t] = q
             text_len[i, t] = 0
         while q < stop:
-            # one-byte varints (tags, lengths, enums, flags) first: one test, no loop (the general
-            # _varint, inlined, takes the rest)
+            # one-byte varints (tags, lengths, enums, flags) are read in line: a call to
+            # _varint passes `buf` as a reference-counted struct, dearer than the read itself
             if buf[q] < 0x80:
                 tag = np.uint64(buf[q])
                 q += 1
@@ -659,8 +650,8 @@ def _resolve_text(
 ) -> None:
     """Per trade and text field: UTF-8 check and length in characters, dates, table look-ups.
 
-    One loop; its helpers (`_utf8_chars`, `_fnv`, `_salted`, `_slot`) are `inlined`: a call
-    per field would pass the arrays again (reference-counted), dearer than the work itself.
+    One loop with the helpers written out: a call per field would pass every array
+    again (reference-counted), which costs more than the work itself.
     """
     blob, offsets, owner, value, slots = tables
     mask = slots.shape[0] - 1
@@ -668,7 +659,21 @@ def _resolve_text(
         for t in range(N_TEXT):
             s0 = text_start[i, t]
             ln = text_len[i, t]
-            chars = _utf8_chars(buf, s0, ln)
+            end = s0 + ln
+            # UTF-8: ASCII bytes fast, multi-byte sequences checked in full
+            chars = 0
+            p = s0
+            while p < end:
+                b = buf[p]
+                if b < 0x80:
+                    p += 1
+                else:
+                    size = _utf8_sequence(buf, p, end)
+                    if size == 0:
+                        chars = -1
+                        break
+                    p += size
+                chars += 1
             if chars < 0:
                 _note(err, E_UTF8, SLOT_FIELD[t], i)
                 chars = 0
@@ -682,13 +687,21 @@ def _resolve_text(
                 k[i, SLOT_LENGTH[t]] = chars
             if SLOT_LOOKUP[t, 0] < 0:
                 continue
-            # _hash (its bytes read once), then linear probing (as _fill_slots)
-            h0 = _fnv(buf, s0, ln)
+            # FNV-1a + murmur3 finaliser (as _hash), then linear probing (as WireTables.build)
+            h0 = _FNV_OFFSET
+            for j in range(s0, end):
+                h0 = (h0 ^ np.uint64(buf[j])) * _FNV_PRIME
             for m in range(SLOT_LOOKUP.shape[1]):
                 column = SLOT_LOOKUP[t, m]
                 if column < 0:
                     break
-                s = _slot(_salted(h0, column), mask)
+                h = h0 ^ np.uint64(column)  # the salt, mixed in after the bytes
+                h ^= h >> np.uint64(33)
+                h *= _MIX1
+                h ^= h >> np.uint64(33)
+                h *= _MIX2
+                h ^= h >> np.uint64(33)
+                s = np.int64(h & np.uint64(mask))
                 found = -1
                 while True:
                     j = slots[s]
@@ -931,7 +944,7 @@ def decode_request(raw: bytes, tables: WireTables, max_trades: int) -> WireReque
 # -- response ----------------------------------------------------------------------------
 
 
-@inlined
+@compiled
 def _varint_size(v: Int) -> Int:
     size = 1
     while v >= 0x80:
@@ -940,7 +953,7 @@ def _varint_size(v: Int) -> Int:
     return size
 
 
-@inlined
+@compiled
 def _put_varint(out: U8, p: Int, v: Int) -> Int:
     while v >= 0x80:
         out[p] = (v & 0x7F) | 0x80
@@ -1003,13 +1016,27 @@ def encode_response(
     out = np.empty(size, dtype=np.uint8)
     raw = probs.view(np.uint8)
     p = _put_bytes(out, 0, 1, buf, rid_start, rid_len)
-    for i in range(n):  # _put_varint is inlined: no call per field
+    for i in range(n):  # written out: helper calls would pass `out` and `buf` per field
         out[p] = (2 << 3) | _LEN
-        p = _put_varint(out, p + 1, inner[i])
+        p += 1
+        v = inner[i]
+        while v >= 0x80:
+            out[p] = (v & 0x7F) | 0x80
+            v >>= 7
+            p += 1
+        out[p] = v
+        p += 1
         length = id_len[i]
         if length:
             out[p] = (1 << 3) | _LEN
-            p = _put_varint(out, p + 1, length)
+            p += 1
+            v = length
+            while v >= 0x80:
+                out[p] = (v & 0x7F) | 0x80
+                v >>= 7
+                p += 1
+            out[p] = v
+            p += 1
             s0 = id_start[i]
             for j in range(length):
                 out[p + j] = buf[s0 + j]
@@ -1021,7 +1048,14 @@ def encode_response(
             p += 9
         if bands[i] != 0:
             out[p] = (3 << 3) | _VARINT
-            p = _put_varint(out, p + 1, bands[i])
+            p += 1
+            v = bands[i]
+            while v >= 0x80:
+                out[p] = (v & 0x7F) | 0x80
+                v >>= 7
+                p += 1
+            out[p] = v
+            p += 1
     p = _put_bytes(out, p, 3, name, 0, name.shape[0])
     p = _put_bytes(out, p, 4, version, 0, version.shape[0])
     return out
