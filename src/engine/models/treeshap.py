@@ -39,9 +39,8 @@ that they reproduce ONNX Runtime's probabilities before the bundle may serve.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -60,29 +59,10 @@ _MISSING_NAN = 2
 #: LightGBM treats |x| <= this as zero for missing type "zero"
 _ZERO = 1e-35
 B = npt.NDArray[np.bool_]
-
-
-class _Arrays(NamedTuple):
-    """What the kernels take, as one argument: nodes (feature, threshold, default left, missing
-    type), leaves' edges (start per leaf, node, went left, the slot of the edge's feature), leaves'
-    unique features (start per leaf, feature, (1 - z) / z), leaves' tables (start per leaf, T).
-    The names are TreeExplainer's fields."""
-
-    node_feature: I64
-    node_threshold: F64
-    node_default_left: B
-    node_missing: I64
-    edge_start: I64
-    edge_node: I64
-    edge_left: B
-    edge_slot: I64
-    unique_start: I64
-    unique_feature: I64
-    unique_ratio: F64
-    table_start: I64
-    table: F64
-
-
+#: what the kernels take, in this order: nodes (feature, threshold, default left, missing type),
+#: leaves' edges (start per leaf, node, went left, the slot of the edge's feature), leaves'
+#: unique features (start per leaf, feature, (1 - z) / z), leaves' tables (start per leaf, T)
+_Arrays = tuple[I64, F64, B, I64, I64, I64, B, I64, I64, I64, F64, I64, F64]
 #: LightGBM paths hold a feature at most once per slot; a leaf with more distinct features than
 #: this would need a table of 2^d entries that the engine refuses to build
 MAX_PATH_FEATURES = 20
@@ -195,8 +175,6 @@ class TreeExplainer:
     table_start: I64  # [leaves + 1] into table
     #: T_l(Q) for each leaf l and each subset Q of its unique features (bit u: the leaf's u-th)
     table: F64
-    #: the arrays the kernels read, as one argument
-    arrays: _Arrays = field(init=False, repr=False)
 
     @staticmethod
     def from_text(text: str, where: str = "model text") -> TreeExplainer:
@@ -303,8 +281,23 @@ class TreeExplainer:
             raise BundleError(f"{path}: unreadable: {exc}") from exc
         return TreeExplainer.from_text(text, str(path))
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "arrays", _Arrays._make(getattr(self, name) for name in _Arrays._fields))
+    @property
+    def _arrays(self) -> _Arrays:
+        return (
+            self.node_feature,
+            self.node_threshold,
+            self.node_default_left,
+            self.node_missing,
+            self.edge_start,
+            self.edge_node,
+            self.edge_left,
+            self.edge_slot,
+            self.unique_start,
+            self.unique_feature,
+            self.unique_ratio,
+            self.table_start,
+            self.table,
+        )
 
     def contributions(self, features: npt.NDArray[np.float32]) -> F64:
         """[n, F]: each feature's TreeSHAP contribution to each row's raw (log-odds) score."""
@@ -313,7 +306,7 @@ class TreeExplainer:
             raise ValueError(f"expected [n, {self.n_features}] features, got {list(x.shape)}")
         out = np.zeros((x.shape[0], self.n_features), dtype=np.float64)
         kernel = _tree_shap_block if x.shape[0] >= BLOCK_MIN_ROWS else _tree_shap_rows
-        kernel(x, self.arrays, out)
+        kernel(x, self._arrays, out)
         return out
 
     def probability(self, contributions: F64) -> F64:
@@ -373,81 +366,109 @@ def _leaf_tables(leaf_value: F64, unique_start: I64, unique_zero: F64, weights: 
 
 
 @compiled
-def _tree_shap_rows(x: npt.NDArray[np.float32], m: _Arrays, out: F64) -> None:
+def _tree_shap_rows(x: npt.NDArray[np.float32], model: _Arrays, out: F64) -> None:
     """Each row's contributions, row by row (see the module's docstring)."""
-    n_nodes = m.node_feature.shape[0]
-    n_leaves = m.table_start.shape[0] - 1
+    (
+        node_feature,
+        node_threshold,
+        node_default_left,
+        node_missing,
+        edge_start,
+        edge_node,
+        edge_left,
+        edge_slot,
+        unique_start,
+        unique_feature,
+        unique_ratio,
+        table_start,
+        table,
+    ) = model
+    n_nodes = node_feature.shape[0]
+    n_leaves = table_start.shape[0] - 1
     goes_left = np.empty(n_nodes, dtype=np.bool_)
     acc = np.zeros(2 * x.shape[1], dtype=np.float64)  # two accumulators: leaf by leaf, alternating
     for r in range(x.shape[0]):
         # every split's decision for this row, as LightGBM's NumericalDecision takes it
         for j in range(n_nodes):
             goes_left[j] = _goes_left(
-                float(x[r, m.node_feature[j]]), m.node_threshold[j], m.node_missing[j], m.node_default_left[j]
+                float(x[r, node_feature[j]]), node_threshold[j], node_missing[j], node_default_left[j]
             )
         acc[:] = 0.0
         for leaf in range(n_leaves):
-            u0 = m.unique_start[leaf]
-            d = m.unique_start[leaf + 1] - u0
+            u0 = unique_start[leaf]
+            d = unique_start[leaf + 1] - u0
             followed = (1 << d) - 1  # P, bit u for the leaf's u-th feature
-            for e in range(m.edge_start[leaf], m.edge_start[leaf + 1]):
-                missed = np.int64(goes_left[m.edge_node[e]] != m.edge_left[e])
-                followed &= ~(missed << m.edge_slot[e])
-            t0 = m.table_start[leaf]
+            for e in range(edge_start[leaf], edge_start[leaf + 1]):
+                missed = np.int64(goes_left[edge_node[e]] != edge_left[e])
+                followed &= ~(missed << edge_slot[e])
+            t0 = table_start[leaf]
             base = (leaf & 1) * x.shape[1]
             for u in range(d):
                 # followed: (1 - z) / z * T(P - {u}); not followed: -T(P), one table read either way
                 inside = (followed >> u) & 1
-                value = m.table[t0 + (followed ^ (inside << u))]
-                acc[base + m.unique_feature[u0 + u]] += value * (
-                    inside * (m.unique_ratio[u0 + u] + 1.0) - 1.0
-                )
+                value = table[t0 + (followed ^ (inside << u))]
+                acc[base + unique_feature[u0 + u]] += value * (inside * (unique_ratio[u0 + u] + 1.0) - 1.0)
         for f in range(x.shape[1]):
             out[r, f] += acc[f] + acc[x.shape[1] + f]
 
 
 @compiled
-def _tree_shap_block(x: npt.NDArray[np.float32], m: _Arrays, out: F64) -> None:
+def _tree_shap_block(x: npt.NDArray[np.float32], model: _Arrays, out: F64) -> None:
     """`_tree_shap_rows`'s values for many rows at once: leaf by leaf, every step a loop over the rows.
 
     No branch depends on a row: the pattern of each row is built with masks, and a feature's
     update reads T(P with u's bit cleared when u is followed) times (1 - z) / z or -1, with the
     choice made by arithmetic on the bit. The inner loops run over contiguous rows.
     """
+    (
+        node_feature,
+        node_threshold,
+        node_default_left,
+        node_missing,
+        edge_start,
+        edge_node,
+        edge_left,
+        edge_slot,
+        unique_start,
+        unique_feature,
+        unique_ratio,
+        table_start,
+        table,
+    ) = model
     n = x.shape[0]
-    n_nodes = m.node_feature.shape[0]
-    n_leaves = m.table_start.shape[0] - 1
+    n_nodes = node_feature.shape[0]
+    n_leaves = table_start.shape[0] - 1
     columns = np.ascontiguousarray(x.T).astype(np.float64)
     goes_right = np.empty((n_nodes, n), dtype=np.int64)  # 1: the row goes right at the node
     for j in range(n_nodes):
-        f = m.node_feature[j]
+        f = node_feature[j]
         for r in range(n):
-            left = _goes_left(columns[f, r], m.node_threshold[j], m.node_missing[j], m.node_default_left[j])
+            left = _goes_left(columns[f, r], node_threshold[j], node_missing[j], node_default_left[j])
             goes_right[j, r] = 0 if left else 1
     followed = np.empty(n, dtype=np.int64)
     acc = np.zeros((x.shape[1], n), dtype=np.float64)
     for leaf in range(n_leaves):
-        u0 = m.unique_start[leaf]
-        d = m.unique_start[leaf + 1] - u0
+        u0 = unique_start[leaf]
+        d = unique_start[leaf + 1] - u0
         full = (np.int64(1) << d) - 1
         for r in range(n):
             followed[r] = full
-        for e in range(m.edge_start[leaf], m.edge_start[leaf + 1]):
-            node = m.edge_node[e]
-            bit = np.int64(1) << m.edge_slot[e]
-            right = np.int64(0) if m.edge_left[e] else np.int64(1)  # missed when the row went the other way
+        for e in range(edge_start[leaf], edge_start[leaf + 1]):
+            node = edge_node[e]
+            bit = np.int64(1) << edge_slot[e]
+            right = np.int64(0) if edge_left[e] else np.int64(1)  # missed when the row went the other way
             for r in range(n):
                 followed[r] &= ~((goes_right[node, r] ^ right) * bit)
-        t0 = m.table_start[leaf]
+        t0 = table_start[leaf]
         for u in range(d):
-            f = m.unique_feature[u0 + u]
-            gain = m.unique_ratio[u0 + u] + 1.0
+            f = unique_feature[u0 + u]
+            gain = unique_ratio[u0 + u] + 1.0
             bit = np.int64(1) << u
             for r in range(n):
                 p = followed[r]
                 inside = (p >> u) & 1
                 # followed: (1 - z) / z * T(P - {u}); not: -T(P); one table read, no branch
-                acc[f, r] += m.table[t0 + (p ^ (bit * inside))] * (inside * gain - 1.0)
+                acc[f, r] += table[t0 + (p ^ (bit * inside))] * (inside * gain - 1.0)
     for f in range(x.shape[1]):
         for r in range(n):
             out[r, f] += acc[f, r]

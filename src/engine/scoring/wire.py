@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -395,14 +394,14 @@ def _same(a: U8, a_start: Int, b: U8, b_start: Int, length: Int) -> bool:
 # -- tables ------------------------------------------------------------------------------
 
 
-class WireTables(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class WireTables:
     """One bundle's look-up keys (reference ids, vocabularies) as one open-addressing hash table.
 
     Keys of all tables share one UTF-8 blob; `owner[j]` says which K_* column
     key j resolves, `value[j]` its position in that table, and `slots` (a power
     of two, at most half full) holds key numbers by hash (salted with the
-    column, so equal keys of two tables never collide into one entry). A named
-    tuple: the kernels take it whole, as one argument.
+    column, so equal keys of two tables never collide into one entry).
     """
 
     blob: U8
@@ -434,13 +433,12 @@ class WireTables(NamedTuple):
             np.array(value, dtype=np.int32),
             np.full(size, -1, dtype=np.int32),
         )
-        _fill_slots(tables)
+        _fill_slots(tables.blob, tables.offsets, tables.owner, tables.slots)
         return tables
 
 
 @compiled
-def _fill_slots(tables: WireTables) -> None:
-    blob, offsets, owner, slots = tables.blob, tables.offsets, tables.owner, tables.slots
+def _fill_slots(blob: U8, offsets: I32, owner: I32, slots: I32) -> None:
     mask = slots.shape[0] - 1
     for j in range(owner.shape[0]):
         s = _slot(_hash(blob, offsets[j], offsets[j + 1] - offsets[j], owner[j]), mask)
@@ -519,7 +517,11 @@ def decode_trades(
     k: I64,
     text_start: I64,
     text_len: I64,
-    tables: WireTables,
+    blob: U8,
+    offsets: I32,
+    owner: I32,
+    value: I32,
+    slots: I32,
     err: I64,
 ) -> None:
     """Fill rows x, k and the text spans of every Trade in `buf` (a ScoreRequest; see count_trades)."""
@@ -634,7 +636,7 @@ def decode_trades(
                     _note(err, E_MALFORMED, f, i)
                     return
         i += 1
-    _resolve_text(buf, x, k, text_start, text_len, tables, err)
+    _resolve_text(buf, x, k, text_start, text_len, blob, offsets, owner, value, slots, err)
     _mark_repeats(buf, text_start, text_len, k)
 
 
@@ -645,7 +647,11 @@ def _resolve_text(
     k: I64,
     text_start: I64,
     text_len: I64,
-    tables: WireTables,
+    blob: U8,
+    offsets: I32,
+    owner: I32,
+    value: I32,
+    slots: I32,
     err: I64,
 ) -> None:
     """Per trade and text field: UTF-8 check and length in characters, dates, table look-ups.
@@ -653,7 +659,6 @@ def _resolve_text(
     One loop with the helpers written out: a call per field would pass every array
     again (reference-counted), which costs more than the work itself.
     """
-    blob, offsets, owner, value, slots = tables
     mask = slots.shape[0] - 1
     for i in range(x.shape[0]):
         for t in range(N_TEXT):
@@ -782,7 +787,11 @@ F32 = npt.NDArray[np.float32]
 def prepare_trades(
     buf: U8,
     max_trades: Int,
-    tables: WireTables,
+    blob: U8,
+    offsets: I32,
+    owner: I32,
+    value: I32,
+    slots: I32,
     limits: I64,
     refs: tuple[npt.NDArray[np.float64], ...],
     others: I64,
@@ -809,7 +818,7 @@ def prepare_trades(
     features = np.empty((m, width), dtype=np.float32)
     if m == 0:
         return False, n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
-    decode_trades(buf, x, k, text_start, text_len, tables, err)
+    decode_trades(buf, x, k, text_start, text_len, blob, offsets, owner, value, slots, err)
     if err[0] != E_NONE:
         return False, n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
     first, count = kn.check_rows(x, k, limits, np.zeros(0, dtype=np.bool_))
@@ -848,7 +857,11 @@ def prepare_request(
         prepare_trades(
             buf,
             max_trades,
-            tables,
+            tables.blob,
+            tables.offsets,
+            tables.owner,
+            tables.value,
+            tables.slots,
             LIMITS,
             plan.refs_values,
             plan.others,
@@ -933,7 +946,11 @@ def decode_request(raw: bytes, tables: WireTables, max_trades: int) -> WireReque
         rows.k,
         text_start,
         text_len,
-        tables,
+        tables.blob,
+        tables.offsets,
+        tables.owner,
+        tables.value,
+        tables.slots,
         err,
     )
     request = WireRequest(buf, rows, text_start, text_len, (int(rid_start), int(rid_len)), int(explain))
