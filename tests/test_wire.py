@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from collections.abc import Callable
@@ -350,3 +351,109 @@ def test_prepare_request_is_decode_then_validate_then_features(model: ServingMod
         np.testing.assert_array_equal(got_features, want_features)
         kinds.add("ok")
     assert {"ok", "request", "trades", "quantity", "trade_date", "inventory_ratio", "trade_id"} <= kinds
+
+
+# -- the decoder's tables come from the descriptor ------------------------------------------
+
+
+def _trade_with(name: str, number: int, type_: int, label: int = 1) -> Any:
+    """tradescore.v1.Trade's descriptor with one more field (a proto change nobody told the decoder)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, timestamp_pb2
+
+    file = descriptor_pb2.FileDescriptorProto.FromString(pb.DESCRIPTOR.serialized_pb)
+    (trade,) = (m for m in file.message_type if m.name == "Trade")
+    trade.field.add(name=name, number=number, type=type_, label=label, json_name=name)
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
+    pool.Add(file)
+    return pool.FindMessageTypeByName("tradescore.v1.Trade")
+
+
+def test_every_trade_field_has_a_place_in_the_decoder_and_a_new_one_stops_the_import() -> None:
+    from google.protobuf.descriptor import FieldDescriptor as FD
+
+    from engine.features.columns import TradeColumns
+    from engine.scoring import wire
+
+    numbers = {f.number for f in pb.Trade.DESCRIPTOR.fields}
+    assert set(wire.TRADE_FIELDS) == numbers
+    assert all(wire.FIELD_KIND[n] != wire.KIND_NONE for n in numbers)
+    assert [f.name for f in dataclasses.fields(TradeColumns)] == [f.name for f in pb.Trade.DESCRIPTOR.fields]
+    # the tables the module holds are the ones the descriptor gives
+    again = wire._trade_layout(pb.Trade.DESCRIPTOR)
+    assert again[0] == wire.TEXT_FIELDS
+    for built, held in zip(again[1:], (wire.FIELD_KIND, wire.FIELD_COLUMN, wire.SLOT_FIELD), strict=False):
+        np.testing.assert_array_equal(built, held)
+    for name, number, type_ in (
+        ("risk_score", 19, FD.TYPE_DOUBLE),  # a number nobody gave an x column
+        ("desk_id", 20, FD.TYPE_STRING),  # a text nobody measures or resolves
+        ("urgency", 21, FD.TYPE_INT64),  # a type the decoder does not read
+    ):
+        with pytest.raises(ImportError, match=name):
+            wire._trade_layout(_trade_with(name, number, type_))
+    with pytest.raises(ImportError, match="legs"):
+        wire._trade_layout(_trade_with("legs", 22, FD.TYPE_DOUBLE, label=3))  # repeated
+
+
+def _group(number: int, payload: bytes = b"") -> bytes:
+    return _field(number, 3, payload) + _varint(number << 3 | 4)
+
+
+def _nested(depth: int, number: int = 20, payload: bytes = b"") -> bytes:
+    for _ in range(depth):
+        payload = _group(number, payload)
+    return payload
+
+
+def test_unknown_groups_are_skipped_or_refused_as_the_runtime_does(model: ServingModel) -> None:
+    """Unknown fields of wire types 3/4 (groups), at the top level and inside trades: the runtime
+    skips balanced groups (nested, holding any field, up to its depth limit) and refuses the rest."""
+    fields = _trade_fields(make_trade(0))
+    payloads = [b"".join(UNKNOWN), _field(7, 1, struct.pack("<d", 2.0)), _len(1, b"\xc3\x28")]
+    groups = [_group(20), _group(2), _group(7), _group(536_870_911), _nested(3), _nested(5, 33)]
+    groups += [_group(20, p) for p in payloads] + [_group(20, _group(21, payloads[0]) + payloads[1])]
+    groups += [_group(20, _varint(0) + b"\x01"), _group(20, _group(0))]  # field 0 inside: upb skips it
+    groups += [_nested(n) for n in (98, 99, 100, 101)]  # upb's depth limit: 100 from the top
+    broken = [
+        _field(20, 3, b""),  # never closed
+        _varint(20 << 3 | 4),  # closed, never opened
+        _field(20, 3, b"") + _varint(21 << 3 | 4),  # closed with another number
+        _field(20, 3, _group(21)[:-2]) + _varint(20 << 3 | 4),  # an inner group left open
+        _field(20, 3, _varint(99 << 3 | 0)) + _varint(20 << 3 | 4),  # a truncated field inside
+        _field(20, 3, _field(30, 6, b"")) + _varint(20 << 3 | 4),  # wire type 6 inside
+        _group(20)[:-1],  # the end tag cut short
+    ]
+    rng = np.random.default_rng(11)
+    candidates = []
+    for g in groups + broken:
+        trade = b"".join(fields)
+        at = int(rng.integers(0, len(fields) + 1))
+        inside = b"".join(fields[:at]) + g + b"".join(fields[at:])
+        candidates += [g + _len(2, trade), _len(2, trade) + g, _len(2, inside), _len(2, trade) + _len(2, g)]
+    for _ in range(200):  # random group trees, some cut or with one tag changed
+        tree = b"".join(
+            _nested(int(rng.integers(1, 4)), int(rng.integers(16, 40)), UNKNOWN[i % 4]) for i in range(3)
+        )
+        if rng.random() < 0.5:
+            b = bytearray(tree)
+            b[int(rng.integers(0, len(b)))] = int(rng.integers(0, 256))
+            tree = bytes(b)
+        candidates.append(_len(2, b"".join(fields) + tree))
+    accepted = refused = 0
+    for data in candidates:
+        try:
+            pb.ScoreRequest.FromString(data)
+            upb_ok = True
+        except Exception:  # noqa: BLE001 - DecodeError and friends
+            upb_ok = False
+        try:
+            got = decode_request(data, model.wire, 100)
+        except InvalidInput as exc:
+            assert not upb_ok, (data, exc)
+            assert exc.field in ("request", "trades") or exc.index is not None, exc
+            refused += 1
+            continue
+        assert upb_ok, data
+        accepted += 1
+        _assert_same_rows(got.rows, _reference_rows(model, data))
+    assert accepted > 60 and refused > 30, (accepted, refused)

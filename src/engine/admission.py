@@ -26,12 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from engine.errors import EngineError
 from engine.metrics import EngineMetrics
+
+T = TypeVar("T")
+
+
+def deadline_of(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """The call's deadline on the `time.monotonic()` clock (None: the client set none)."""
+    remaining = context.time_remaining()
+    return time.monotonic() + remaining if remaining is not None else None
 
 
 class ScoringCalls:
@@ -66,6 +76,25 @@ class ScoringCalls:
         self._gauge.dec()
         if self._active == 0:
             self._idle.set()
+
+    async def unary(
+        self, context: grpc.aio.ServicerContext[Any, Any], call: Callable[[float | None], Awaitable[T]]
+    ) -> T:
+        """One unary scoring call (Score, ScorePairs, ModelInfer): `await call(deadline)` once admitted.
+
+        Beyond the limit the call ends at once with RESOURCE_EXHAUSTED (counted); an
+        EngineError from `call` ends it with that error's status and client message
+        (`call` counts its own refusals: the REST front door runs the same `call`).
+        """
+        if not self.enter():
+            await self.refuse(context)
+        try:
+            return await call(deadline_of(context))
+        except EngineError as exc:
+            await context.abort(exc.code, exc.client_message())
+            raise AssertionError("context.abort returned") from exc
+        finally:
+            self.leave()
 
     @contextlib.asynccontextmanager
     async def stream(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:

@@ -14,12 +14,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from engine.flags import parse_store
-from engine.metrics import BREAK_CLASSES
-from engine.models.bundle import DEFAULT_BUNDLE
-from engine.models.spec import BAND_NAMES
+from engine.labels import BAND_NAMES, BREAK_CLASSES
 
 ENV_PREFIX = "ENGINE_"
+#: the model bundle shipped in the package (engine/models/default), served when none is named
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "default"
 #: values of Settings.event_loop
 EVENT_LOOPS = ("uvloop", "asyncio")
 #: values of Settings.explain_band
@@ -70,6 +69,24 @@ def parse_autonomy(spec: str) -> dict[str, tuple[str, float]]:
         else:
             policy[cls] = (name, 1.0)
     return policy
+
+
+def split_store(spec: str) -> tuple[str, str] | None:
+    """ "sqlite:PATH", "sqlite:///PATH" or "postgresql://..." -> (kind, target); "" -> None; else
+    ValueError. The flag store's syntax (`engine.flags.parse_store` makes a StoreSpec of it)."""
+    if not spec:
+        return None
+    if spec.startswith(("postgresql://", "postgres://")):
+        return "postgresql", spec
+    for prefix in ("sqlite:///", "sqlite:"):
+        if spec.startswith(prefix):
+            rest = spec[len(prefix) :]
+            if rest:
+                return "sqlite", ("/" if prefix == "sqlite:///" else "") + rest
+    raise ValueError(
+        f"flag store {spec!r}: want sqlite:PATH (e.g. sqlite:/var/lib/tradescore/flags.sqlite) "
+        "or postgresql://user:password@host:5432/database"
+    )
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -259,7 +276,7 @@ class Settings:
             raise SettingsError(f"explain_band must be one of {', '.join(EXPLAIN_BANDS)}")
         parse_autonomy(self.break_autonomy)
         try:
-            parse_store(self.flag_store)
+            split_store(self.flag_store)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
         if self.events_url:

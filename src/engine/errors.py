@@ -2,6 +2,7 @@
 
 EngineError                      base; never shown to clients verbatim unless public
 ├── InvalidInput                 INVALID_ARGUMENT — names field, record index, reason
+│   └── MalformedRequest         INVALID_ARGUMENT — the request bytes are not the method's message
 ├── ModelNotFound                NOT_FOUND — no such model name / version is served
 ├── Overloaded                   RESOURCE_EXHAUSTED — the bounded queue is full
 ├── DeadlineExpired              DEADLINE_EXCEEDED — dropped before inference
@@ -48,6 +49,10 @@ class InvalidInput(EngineError):
         where = f"{records}[{index}].{field}" if index is not None else field
         more = f" (and {count - 1} more {records[:-1]}(s) with this problem)" if count > 1 else ""
         super().__init__(f"{where}: {reason}{more}")
+
+
+class MalformedRequest(InvalidInput):
+    """The request's bytes do not parse as the method's message (counted in engine_malformed_requests)."""
 
 
 class ModelNotFound(EngineError):

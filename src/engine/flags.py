@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.batching import name_os_thread
+from engine.config import split_store
 from engine.errors import EngineError, FlagNotFound, FlagStoreUnavailable, VerdictConflict
 
 log = logging.getLogger(__name__)
@@ -187,20 +188,10 @@ class StoreSpec:
 
 
 def parse_store(spec: str) -> StoreSpec | None:
-    """ "sqlite:PATH", "sqlite:///PATH" or "postgresql://..." -> a StoreSpec; "" -> None; else ValueError."""
-    if not spec:
-        return None
-    if spec.startswith(("postgresql://", "postgres://")):
-        return StoreSpec("postgresql", spec)
-    for prefix in ("sqlite:///", "sqlite:"):
-        if spec.startswith(prefix):
-            rest = spec[len(prefix) :]
-            if rest:
-                return StoreSpec("sqlite", ("/" if prefix == "sqlite:///" else "") + rest)
-    raise ValueError(
-        f"flag store {spec!r}: want sqlite:PATH (e.g. sqlite:/var/lib/tradescore/flags.sqlite) "
-        "or postgresql://user:password@host:5432/database"
-    )
+    """ "sqlite:PATH", "sqlite:///PATH" or "postgresql://..." -> a StoreSpec; "" -> None; else ValueError
+    (the syntax is `engine.config.split_store`'s)."""
+    parts = split_store(spec)
+    return StoreSpec(*parts) if parts is not None else None
 
 
 def ensure_schema(spec: StoreSpec) -> None:

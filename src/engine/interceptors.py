@@ -21,16 +21,20 @@ What is counted, with the labels of go-grpc-prometheus:
 
 Calls gRPC refuses before any handler runs (beyond its own concurrency limit,
 `engine.config.CONTROL_HEADROOM` above `--max-concurrent-rpcs`; unknown
-methods; undecodable requests) are not seen here, as in go-grpc-prometheus.
-Scoring calls the engine refuses at `--max-concurrent-rpcs` are.
+methods) are not seen here, as in go-grpc-prometheus. Scoring calls the
+engine refuses at `--max-concurrent-rpcs` are, and so are requests whose
+bytes do not parse: `MalformedRequestInterceptor` (below, placed inside this
+one) answers them INVALID_ARGUMENT instead of letting grpc.aio's deserializer
+fail the call with UNKNOWN and a logged traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
@@ -39,6 +43,7 @@ from engine.metrics import GRPC_TYPES, EngineMetrics, GrpcMethodMetrics, grpc_se
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _OK = grpc.StatusCode.OK
+log = logging.getLogger(__name__)
 if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not subscriptable
     _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
@@ -270,3 +275,154 @@ class MetricsInterceptor(_Interceptor):
         wrapped = wrap_handler(handler, self._metrics.grpc_method(service, name, grpc_type))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+# -- requests whose bytes do not parse ---------------------------------------------------------
+
+
+class _Malformed:
+    """What a handler's deserializer gives in place of a request whose bytes do not parse."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MALFORMED"
+
+
+MALFORMED: Any = _Malformed()
+#: what a client is told when its request bytes are not the method's message
+MALFORMED_MESSAGE = "malformed request: the bytes are not a valid message of the method's request type"
+
+
+def tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """`deserialize`, giving MALFORMED instead of raising (grpc.aio would answer UNKNOWN and log a
+    traceback per call: a client sending garbage could fill the logs at line rate)."""
+
+    def read(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception:  # noqa: BLE001 - DecodeError, or whatever a parser raises on bytes: the client's
+            return MALFORMED
+
+    read.tolerant = True  # type: ignore[attr-defined]
+    return read
+
+
+class RateLimitedLog:
+    """At most one log line per `every_s` seconds; the lines it held back are counted in the next one."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self._log = logger
+        self._every = every_s
+        self._next = float("-inf")
+        self._held = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        held, self._held = self._held, 0
+        self._next = now + self._every
+        more = f" ({held} more since the last line)" if held else ""
+        self._log.warning(message + "%s", *args, more)
+
+
+async def _checked(requests: AsyncIterator[Any], refuse: Callable[[], Awaitable[None]]) -> AsyncIterator[Any]:
+    async for message in requests:
+        if message is MALFORMED:
+            await refuse()
+        yield message
+
+
+def guard_malformed(handler: Handler, refuse: Callable[[Any], Awaitable[None]]) -> Handler:
+    """`handler` with a tolerant request deserializer, whose behaviour ends the call through
+    `refuse(context)` (which aborts) when a request does not parse. Unchanged: handlers that take
+    raw bytes (no deserializer) or already read tolerantly, and synchronous ones."""
+    deserialize = handler.request_deserializer
+    if deserialize is None or getattr(deserialize, "tolerant", False):
+        return handler
+    streaming_in = handler.request_streaming
+    attr = ("stream_" if streaming_in else "unary_") + ("stream" if handler.response_streaming else "unary")
+    behaviour: Callable[..., Any] = getattr(handler, attr)
+    wrapped: Callable[..., Any]
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def generator(request: Any, context: Any) -> AsyncIterator[Any]:
+            if streaming_in:
+                request = _checked(request, lambda: refuse(context))
+            elif request is MALFORMED:
+                await refuse(context)
+            async for response in behaviour(request, context):
+                yield response
+
+        wrapped = generator
+    elif inspect.iscoroutinefunction(behaviour):
+
+        async def coroutine(request: Any, context: Any) -> Any:
+            if streaming_in:
+                request = _checked(request, lambda: refuse(context))
+            elif request is MALFORMED:
+                await refuse(context)
+            return await behaviour(request, context)
+
+        wrapped = coroutine
+    elif not streaming_in and not handler.response_streaming:
+        # synchronous (e.g. the health servicer's List, inherited from the generated base class):
+        # in the thread pool, as grpc.aio runs it, once the request has parsed
+
+        async def in_thread(request: Any, context: Any) -> Any:
+            if request is MALFORMED:
+                await refuse(context)
+            return await asyncio.get_running_loop().run_in_executor(None, behaviour, request, context)
+
+        wrapped = in_thread
+    else:  # a synchronous stream handler: none is served; left as grpc.aio runs it
+        return handler
+    replaced = {attr: wrapped, "request_deserializer": tolerant(deserialize)}
+    return cast(Handler, cast(Any, handler)._replace(**replaced))
+
+
+class MalformedRequestInterceptor(_Interceptor):
+    """INVALID_ARGUMENT ("malformed request") for every method whose request bytes do not parse.
+
+    Without it grpc.aio's own deserializer raises, the call ends UNKNOWN and a traceback
+    is logged for each one. Each such request is counted in
+    `engine_malformed_requests_total{grpc_service, grpc_method}` and logged in at most one
+    line per `log_every_s` seconds. Placed inside the metrics interceptor, the calls are
+    also in grpc_server_handled_total as InvalidArgument. (Score and ScoreStream take raw
+    bytes: their decoder refuses malformed bytes itself and counts them in the same metric.)
+    """
+
+    def __init__(self, metrics: EngineMetrics, log_every_s: float = 10.0) -> None:
+        self._metrics = metrics
+        self._log = RateLimitedLog(log, log_every_s)
+        self._guarded: dict[str, tuple[Handler, Handler]] = {}
+
+    def _refusal(self, method: str) -> Callable[[Any], Awaitable[None]]:
+        service, name = _split(method)
+        count = self._metrics.malformed_requests.labels(service, name).inc
+
+        async def refuse(context: Any) -> None:
+            count()
+            self._log.warning(
+                "malformed request to %s from %s: answered INVALID_ARGUMENT", method, context.peer()
+            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
+
+        return refuse
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        cached = self._guarded.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, guard_malformed(handler, self._refusal(method)))
+            self._guarded[method] = cached
+        return cached[1]

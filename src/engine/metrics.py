@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 
 from engine import jit
 from engine.jit import compiled
-from engine.models.spec import band_of
+from engine.labels import BAND_NAMES, BREAK_CLASSES, band_of
 
 #: seconds, 10 µs .. 10 s (gRPC A66-style resolution at the low end)
 LATENCY_BUCKETS = (
@@ -121,7 +121,16 @@ SCORE_BUCKETS = (
 )
 _SCORE_EDGES = np.asarray(SCORE_BUCKETS, dtype=np.float64)
 
-REJECT_REASONS = ("overload", "deadline", "invalid", "shutdown")
+#: engine_rejected_calls_total{reason} of each status a call (or stream message) is refused with
+#: before inference: the one map, for every servicer and the REST front door
+REJECT_REASON_BY_CODE: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "overload",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid",
+    grpc.StatusCode.NOT_FOUND: "invalid",  # a model name or version that is not served
+    grpc.StatusCode.UNAVAILABLE: "shutdown",
+}
+REJECT_REASONS = tuple(dict.fromkeys(REJECT_REASON_BY_CODE.values()))
 #: engine_batches_total{lane}: where the micro-batcher ran a batch (engine.batching)
 BATCH_LANES = ("inline", "thread")
 #: engine_call_seconds{trades}: scoring calls by size, so that one-trade calls are judged apart
@@ -138,9 +147,7 @@ def size_class(trades: int) -> int:
 
 
 #: tradescore.v1.RiskBand numbers 1..4, as `RiskBands.assign` returns them
-RISK_BANDS = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
-#: BreakScorer break classes, as the engine_pair_breaks label spells them (the proto enum without prefix)
-BREAK_CLASSES = ("MISSING", "STATUS", "VALUE", "STATIC_DATA", "NONE")
+RISK_BANDS = BAND_NAMES
 
 #: grpc_code label values as grpc-go's codes.Code.String() writes them (what public dashboards filter on)
 GRPC_CODE_NAMES: dict[grpc.StatusCode, str] = {
@@ -325,6 +332,12 @@ class EngineMetrics:
         )
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
+        self.malformed_requests = Counter(
+            "engine_malformed_requests",
+            "Requests whose bytes are not the method's message (answered INVALID_ARGUMENT), by method.",
+            ["grpc_service", "grpc_method"],
+            registry=r,
+        )
         self.batch_failures = Counter("engine_batch_failures", "Batches whose inference raised.", registry=r)
 
         # -- model -------------------------------------------------------------------------------
@@ -539,6 +552,13 @@ class EngineMetrics:
         return bound
 
     # -- gRPC ----------------------------------------------------------------------------------
+
+    def count_rejection(self, code: grpc.StatusCode) -> None:
+        """engine_rejected_calls_total{reason} for a call or stream message refused with `code`
+        (codes that are no refusal before inference, e.g. INTERNAL, are not counted)."""
+        reason = REJECT_REASON_BY_CODE.get(code)
+        if reason is not None:
+            self.rejected.labels(reason).inc()
 
     def grpc_method(self, service: str, method: str, grpc_type: str) -> GrpcMethodMetrics:
         """The label children of one method, created (at 0 for every code) on first use."""

@@ -37,7 +37,7 @@ from engine.config import CONTROL_HEADROOM, Settings
 from engine.events import OutboxPublisher
 from engine.flags import FlagStore, ensure_schema, parse_store
 from engine.http.server import HttpServer, http_front_door
-from engine.interceptors import MetricsInterceptor
+from engine.interceptors import MalformedRequestInterceptor, MetricsInterceptor
 from engine.metrics import EngineMetrics, MultiprocessMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.oip import SERVICE as OIP_SERVICE
@@ -146,6 +146,7 @@ class EngineServer:
         self.certificates: CertificateFiles | None = None
         self._probe: grpc.aio.Server | None = None
         self.http: HttpServer | None = None
+        self.malformed: MalformedRequestInterceptor | None = None
         self.port = 0
         self.probe_port = 0
         self.http_port = 0
@@ -247,6 +248,9 @@ class EngineServer:
         interceptors: list[Any] = [MetricsInterceptor(self.metrics, METERED_SERVICES)]
         if tokens is not None:  # inside the metrics one: refused calls are counted (Unauthenticated)
             interceptors.append(TokenAuthInterceptor(tokens, OPEN_SERVICES))
+        # innermost: a request that does not parse is INVALID_ARGUMENT (counted), on every method
+        self.malformed = MalformedRequestInterceptor(self.metrics)
+        interceptors.append(self.malformed)
         server = grpc.aio.server(
             options=options,
             maximum_concurrent_rpcs=s.max_concurrent_rpcs + CONTROL_HEADROOM,
@@ -315,6 +319,7 @@ class EngineServer:
         probe = grpc.aio.server(
             options=[("grpc.so_reuseport", 1 if s.workers > 1 else 0)],
             maximum_concurrent_rpcs=CONTROL_HEADROOM,
+            interceptors=[self.malformed or MalformedRequestInterceptor(self.metrics)],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, probe)
         reflection.enable_server_reflection(services, probe)

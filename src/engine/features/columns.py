@@ -64,7 +64,7 @@ TEXT_COLUMNS = (
     "currency",
     "settlement_venue",
 )
-BOOL_COLUMNS = ("on_loan_recall_pending", "ssi_matched")
+BOOL_COLUMNS = tuple(f.name for f in pb.Trade.DESCRIPTOR.fields if f.type == f.TYPE_BOOL)
 DATE_COLUMNS = ("trade_date", "settlement_date")
 
 
@@ -118,6 +118,19 @@ class TradeColumns:
                 value = np.where(value == "NaT", "", value)
             out[f.name] = value
         return out
+
+
+def _check_columns() -> None:
+    """TradeColumns has one column per Trade field, in field order; ImportError names the drift."""
+    want = [f.name for f in sorted(pb.Trade.DESCRIPTOR.fields, key=lambda f: f.number)]
+    have = [f.name for f in fields(TradeColumns)]
+    if have != want:
+        raise ImportError(
+            f"engine.features.columns.TradeColumns has columns {have}; tradescore.v1.Trade has fields {want}"
+        )
+
+
+_check_columns()
 
 
 def _names(codes: I32, table: dict[int, str]) -> Str:

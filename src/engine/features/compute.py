@@ -28,6 +28,7 @@ from engine.features.rows import (
     K_FX_ROW,
     K_INSTRUMENT_ROW,
     K_VENUE_CODE,
+    LOOKUP_FIELDS,
     TradeRows,
     rows_from_columns,
 )
@@ -184,13 +185,7 @@ class FeaturePlan:
 
     def rows(self, cols: TradeColumns) -> TradeRows:
         """`TradeRows` for table trades, resolved against this bundle's tables and vocabularies."""
-        text: dict[int, Str] = {
-            K_CP_ROW: cols.counterparty_id,
-            K_INSTRUMENT_ROW: cols.instrument_id,
-            K_FX_ROW: cols.currency,
-            K_VENUE_CODE: cols.settlement_venue,
-            K_CURRENCY_CODE: cols.currency,
-        }
+        text: dict[int, Str] = {c: getattr(cols, name) for c, name in LOOKUP_FIELDS.items()}
         return rows_from_columns(cols, {c: (self.index[c], values) for c, values in text.items()})
 
     def compute_rows(self, rows: TradeRows) -> F32:

@@ -17,7 +17,7 @@ text fields (length in characters, whether the trade id repeats an earlier one).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import repeat
 
 import numpy as np
@@ -57,6 +57,59 @@ K_LEN_CURRENCY = 11
 K_LEN_VENUE = 12
 K_DUP_TRADE_ID = 13  # 1 when the trade id repeats an earlier one in the same request
 NK = 14
+
+# -- where each field of a tradescore.v1.Trade lands: one map for every reader of trades (the
+# compiled wire decoder builds its tables from these and the descriptor; rows_from_columns
+# reads TradeColumns by them). Every Trade field is in X_FIELDS, K_FIELDS or LENGTH_FIELDS.
+#: numbers, flags (1 / 0 / NaN) and dates (days) -> x column
+X_FIELDS: dict[str, int] = {
+    "quantity": X_QUANTITY,
+    "price": X_PRICE,
+    "settlement_cycle_days": X_CYCLE_DAYS,
+    "inventory_ratio": X_INVENTORY,
+    "on_loan_recall_pending": X_ON_LOAN,
+    "ssi_matched": X_SSI,
+    "counterparty_fail_rate": X_CP_FAIL_RATE,
+    "instrument_adv": X_ADV,
+    "trade_date": X_TRADE_DAY,
+    "settlement_date": X_SETTLE_DAY,
+}
+#: enums -> k column of their number
+K_FIELDS: dict[str, int] = {"asset_class": K_ASSET, "side": K_SIDE}
+#: text fields -> k column of their length in characters
+LENGTH_FIELDS: dict[str, int] = {
+    "trade_id": K_LEN_TRADE_ID,
+    "account_id": K_LEN_ACCOUNT,
+    "counterparty_id": K_LEN_CP,
+    "instrument_id": K_LEN_INSTRUMENT,
+    "currency": K_LEN_CURRENCY,
+    "settlement_venue": K_LEN_VENUE,
+}
+#: k column of a look-up (reference row, vocabulary code) -> the text field it resolves
+LOOKUP_FIELDS: dict[int, str] = {
+    K_CP_ROW: "counterparty_id",
+    K_INSTRUMENT_ROW: "instrument_id",
+    K_FX_ROW: "currency",
+    K_VENUE_CODE: "settlement_venue",
+    K_CURRENCY_CODE: "currency",
+}
+#: the one derived column: K_DUP_TRADE_ID (whether the trade id repeats an earlier one)
+_DUP_OF = "trade_id"
+
+
+def _check_fields() -> None:
+    """Every TradeColumns field (one per Trade field) lands somewhere; ImportError names the drift."""
+    mapped = X_FIELDS.keys() | K_FIELDS.keys() | LENGTH_FIELDS.keys()
+    names = {f.name for f in fields(TradeColumns)}
+    unknown = (mapped | set(LOOKUP_FIELDS.values())) - names
+    if names - mapped or unknown:
+        raise ImportError(
+            "engine.features.rows: Trade fields mapped nowhere "
+            f"{sorted(names - mapped)}, mapped names that are no Trade field {sorted(unknown)}"
+        )
+
+
+_check_fields()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,26 +166,15 @@ def rows_from_columns(cols: TradeColumns, lookups: Mapping[int, tuple[Mapping[st
     n = len(cols)
     rows = TradeRows.empty(n)
     x, k = rows.x, rows.k
-    x[:, X_QUANTITY] = cols.quantity
-    x[:, X_PRICE] = cols.price
-    x[:, X_CYCLE_DAYS] = cols.settlement_cycle_days
-    x[:, X_INVENTORY] = cols.inventory_ratio
-    x[:, X_ON_LOAN] = cols.on_loan_recall_pending
-    x[:, X_SSI] = cols.ssi_matched
-    x[:, X_CP_FAIL_RATE] = cols.counterparty_fail_rate
-    x[:, X_ADV] = cols.instrument_adv
-    x[:, X_TRADE_DAY] = _days(cols.trade_date)
-    x[:, X_SETTLE_DAY] = _days(cols.settlement_date)
-    k[:, K_ASSET] = cols.asset_class
-    k[:, K_SIDE] = cols.side
+    for name, column in X_FIELDS.items():
+        value = getattr(cols, name)
+        x[:, column] = _days(value) if value.dtype.kind == "M" else value
+    for name, column in K_FIELDS.items():
+        k[:, column] = getattr(cols, name)
     k[:, K_CP_ROW : K_CURRENCY_CODE + 1] = -1
     for column, (index, values) in lookups.items():
         k[:, column] = lookup(index, values)
-    k[:, K_LEN_TRADE_ID] = _lengths(cols.trade_id)
-    k[:, K_LEN_ACCOUNT] = _lengths(cols.account_id)
-    k[:, K_LEN_CP] = _lengths(cols.counterparty_id)
-    k[:, K_LEN_INSTRUMENT] = _lengths(cols.instrument_id)
-    k[:, K_LEN_CURRENCY] = _lengths(cols.currency)
-    k[:, K_LEN_VENUE] = _lengths(cols.settlement_venue)
-    k[:, K_DUP_TRADE_ID] = _repeats(cols.trade_id)
+    for name, column in LENGTH_FIELDS.items():
+        k[:, column] = _lengths(getattr(cols, name))
+    k[:, K_DUP_TRADE_ID] = _repeats(getattr(cols, _DUP_OF))
     return rows

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engine.config import DEFAULT_BUNDLE as DEFAULT_BUNDLE  # where the bundle's readers look it up
 from engine.errors import BundleError
 from engine.models.reference import ReferenceTables
 from engine.models.spec import FeatureSpec, RiskBands
@@ -42,7 +43,6 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 #: the golden rows must reproduce within this (same runtime, same inputs)
 GOLDEN_TOLERANCE = 1e-6
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default"
 
 F32 = npt.NDArray[np.float32]
 

@@ -10,10 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import BundleError
-from engine.jit import compiled
-
-#: band names in ascending order of risk; LOW has no threshold (it starts at 0)
-BAND_NAMES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+from engine.labels import BAND_NAMES as BAND_NAMES  # the names RiskBands gives thresholds to
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,20 +82,6 @@ class FeatureSpec:
         if len(set(spec.names)) != len(spec.names):
             raise BundleError("manifest declares a feature twice")
         return spec
-
-
-@compiled
-def band_of(probability: float, edges: npt.NDArray[np.float64]) -> int:
-    """The risk band number of one probability: 1 + how many of the rising `edges` are at or
-    below it, NaN in the top band; what `RiskBands.assign` computes with np.searchsorted, for
-    compiled callers (the response encoder, the score metrics)."""
-    if probability != probability:
-        return int(edges.shape[0]) + 1
-    band = 1
-    for e in edges:
-        if e <= probability:
-            band += 1
-    return band
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,14 +17,10 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.errors import InvalidInput
 from engine.features.columns import TradeColumns, parse_dates
 
-_OPTIONAL = (
-    "settlement_cycle_days",
-    "inventory_ratio",
-    "on_loan_recall_pending",
-    "ssi_matched",
-    "counterparty_fail_rate",
-    "instrument_adv",
-)
+#: the Trade fields with presence (proto3 `optional`): NaN in the columns when not set
+_OPTIONAL = tuple(f.name for f in pb.Trade.DESCRIPTOR.fields if f.has_presence)
+#: of them, the flags (1.0 / 0.0 in the columns)
+_FLAGS = tuple(f.name for f in pb.Trade.DESCRIPTOR.fields if f.has_presence and f.type == f.TYPE_BOOL)
 
 
 def trades_to_columns(trades: Sequence[pb.Trade]) -> TradeColumns:
@@ -65,8 +61,7 @@ def columns_to_trades(cols: TradeColumns) -> list[pb.Trade]:
     table = cols.to_table()
     n = len(cols)
     out: list[pb.Trade] = []
-    optional = ("settlement_cycle_days", "inventory_ratio", "counterparty_fail_rate", "instrument_adv")
-    flags = ("on_loan_recall_pending", "ssi_matched")
+    optional = tuple(name for name in _OPTIONAL if name not in _FLAGS)
     for i in range(n):
         t = pb.Trade(
             trade_id=str(table["trade_id"][i]),
@@ -89,7 +84,7 @@ def columns_to_trades(cols: TradeColumns) -> list[pb.Trade]:
                     t.settlement_cycle_days = int(v)
                 else:
                     setattr(t, name, v)
-        for name in flags:
+        for name in _FLAGS:
             v = float(getattr(cols, name)[i])
             if not np.isnan(v):
                 setattr(t, name, bool(v))

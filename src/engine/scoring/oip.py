@@ -77,13 +77,6 @@ _OTHER_CONTENTS = (
     "fp64_contents",
     "bytes_contents",
 )
-_REASON = {
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "overload",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
-    grpc.StatusCode.INVALID_ARGUMENT: "invalid",
-    grpc.StatusCode.NOT_FOUND: "invalid",
-    grpc.StatusCode.UNAVAILABLE: "shutdown",
-}
 
 F32 = npt.NDArray[np.float32]
 Tensor = pb.ModelMetadataResponse.TensorMetadata
@@ -329,17 +322,7 @@ class InferenceService:
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
-        if not self._calls.enter():
-            await self._calls.refuse(context)
-        try:
-            remaining = context.time_remaining()
-            deadline = time.monotonic() + remaining if remaining is not None else None
-            try:
-                return await self.infer(request, deadline)
-            except EngineError as exc:
-                await context.abort(exc.code, exc.client_message())
-        finally:
-            self._calls.leave()
+        return await self._calls.unary(context, lambda deadline: self.infer(request, deadline))
 
     # -- other front doors (engine.http) ------------------------------------------------------
 
@@ -366,9 +349,7 @@ class InferenceService:
             probabilities = await self._batcher.submit(view.model, matrix, deadline)
             return _response(request, view.model, outputs, probabilities, raw)
         except EngineError as exc:
-            reason = _REASON.get(exc.code)
-            if reason is not None:
-                self._metrics.rejected.labels(reason).inc()
+            self._metrics.count_rejection(exc.code)
             raise
         finally:
             if rows:  # its rows were read (calls refused before are in engine_rejected_calls_total)

@@ -41,11 +41,11 @@ from engine.features.pairs import (
     top_reasons,
 )
 from engine.flags import MAX_NOTE_CHARS, Flag, FlagStore
-from engine.metrics import BREAK_CLASSES, EngineMetrics
+from engine.labels import BREAK_CLASSES
+from engine.metrics import EngineMetrics
 from engine.models.registry import ModelRegistry
 from engine.scoring.servable import PairModel, ServingModel
-from engine.scoring.streams import pipelined
-from engine.scoring.trades import count_rejection, request_error
+from engine.scoring.streams import pipelined, request_error
 
 SERVICE = pb.DESCRIPTOR.services_by_name["BreakScorer"].full_name
 F32 = npt.NDArray[np.float32]
@@ -261,26 +261,14 @@ class BreakScorerService:
         return out
 
     def _count_reject(self, error: EngineError) -> None:
-        count_rejection(self._metrics, error)
+        self._metrics.count_rejection(error.code)
 
     # -- RPCs ----------------------------------------------------------------------------
 
     async def ScorePairs(
         self, request: pb.ScorePairsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ScorePairsResponse:
-        if not self._calls.enter():
-            await self._calls.refuse(context)
-        try:
-            remaining = context.time_remaining()
-            deadline = time.monotonic() + remaining if remaining is not None else None
-            try:
-                prepared = self._prepare(request, deadline)
-                return await self._answer(request.request_id, prepared, await prepared.scores)
-            except EngineError as exc:
-                self._count_reject(exc)
-                await context.abort(exc.code, exc.client_message())
-        finally:
-            self._calls.leave()
+        return await self._calls.unary(context, lambda deadline: self.score_pairs(request, deadline))
 
     async def ScorePairsStream(
         self,

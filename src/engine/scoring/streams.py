@@ -20,7 +20,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from engine.errors import EngineError
+from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from engine.errors import EngineError, InvalidInput
 
 Req = TypeVar("Req")
 Prep = TypeVar("Prep")
@@ -100,3 +101,12 @@ async def pipelined(
             _, left = ready.popleft()
             if not isinstance(left, EngineError):
                 drop(left)
+
+
+def request_error(exc: EngineError) -> pb.RequestError:
+    """The error of one refused stream message (ScoreStream, ScorePairsStream): the stream goes on."""
+    err = pb.RequestError(code=exc.code.value[0], message=exc.client_message())
+    if isinstance(exc, InvalidInput):
+        err.field = exc.field
+        err.trade_index = exc.index if exc.index is not None else -1
+    return err

@@ -26,13 +26,13 @@ from google.protobuf.message import DecodeError
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher
-from engine.errors import EngineError, InvalidInput, NoExplainer
+from engine.errors import EngineError, MalformedRequest, NoExplainer
 from engine.metrics import EngineMetrics, size_class
 from engine.models.registry import ModelRegistry
 from engine.models.spec import BAND_NAMES
 from engine.scoring.reasons import reasons_bytes
 from engine.scoring.servable import ServingModel, TradeExplainer, explain_threshold
-from engine.scoring.streams import pipelined
+from engine.scoring.streams import pipelined, request_error
 from engine.scoring.wire import WireRequest, prepare_request, response_bytes, trade_count
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
@@ -40,14 +40,6 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
 log = logging.getLogger(__name__)
-
-#: engine_rejected_calls reason of each refusal status
-REJECT_REASON_BY_CODE = {
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "overload",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
-    grpc.StatusCode.INVALID_ARGUMENT: "invalid",
-    grpc.StatusCode.UNAVAILABLE: "shutdown",
-}
 
 
 @dataclass(slots=True)
@@ -166,28 +158,15 @@ class TradeScorerService:
             explainer.shap.bias,
         )
 
-    def _count_reject(self, error: EngineError) -> None:
-        count_rejection(self._metrics, error)
+    def _count_reject(self, error: EngineError, method: str = "Score") -> None:
+        self._metrics.count_rejection(error.code)
+        if isinstance(error, MalformedRequest):
+            self._metrics.malformed_requests.labels(SERVICE, method).inc()
 
     # -- RPCs ----------------------------------------------------------------------
 
     async def Score(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        if not self._calls.enter():
-            await self._calls.refuse(context)
-        prepared: _Prepared | None = None
-        try:
-            remaining = context.time_remaining()
-            deadline = time.monotonic() + remaining if remaining is not None else None
-            try:
-                prepared = self._prepare(request, deadline)
-                return await self._respond(prepared, await prepared.scores)
-            except EngineError as exc:
-                self._count_reject(exc)
-                await context.abort(exc.code, exc.client_message())
-        finally:
-            if prepared is not None:  # scored, or failed after its trades were read
-                self._call_time[size_class(len(prepared.features))](time.perf_counter() - prepared.started)
-            self._calls.leave()
+        return await self._calls.unary(context, lambda deadline: self.score_bytes(request, deadline))
 
     async def ScoreStream(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
@@ -208,7 +187,7 @@ class TradeScorerService:
                 prepare=lambda raw: self._prepare(raw, None),
                 answer=answer,
                 refused=refused,
-                count_refusal=self._count_reject,
+                count_refusal=lambda exc: self._count_reject(exc, "ScoreStream"),
                 drop=lambda prepared: prepared.scores.cancel(),
                 window=self._stream_window,
             ):
@@ -237,27 +216,12 @@ class TradeScorerService:
                 self._call_time[size_class(len(prepared.features))](time.perf_counter() - prepared.started)
 
 
-def count_rejection(metrics: EngineMetrics, error: EngineError) -> None:
-    """engine_rejected_calls_total{reason} for a call or stream message refused with `error`."""
-    reason = REJECT_REASON_BY_CODE.get(error.code)
-    if reason is not None:
-        metrics.rejected.labels(reason).inc()
-
-
 def _request_id(raw: bytes) -> str:
     """The request_id of a refused stream message, if its bytes parse at all (the error path only)."""
     try:
         return pb.ScoreRequest.FromString(raw).request_id
     except DecodeError:
         return ""
-
-
-def request_error(exc: EngineError) -> pb.RequestError:
-    err = pb.RequestError(code=exc.code.value[0], message=exc.client_message())
-    if isinstance(exc, InvalidInput):
-        err.field = exc.field
-        err.trade_index = exc.index if exc.index is not None else -1
-    return err
 
 
 def model_info(model: ServingModel) -> pb.ModelInfo:

@@ -12,11 +12,18 @@ they are in the request bytes and are copied straight into the response.
 
 The decoder follows the protobuf wire format rules that matter to a
 producer: fields in any order, the last value of a repeated scalar wins,
-unknown fields (any wire type but groups) are skipped, a known field sent with
-an unexpected wire type is treated as unknown, enums are open, and strings must
-be valid UTF-8. Malformed bytes are refused with INVALID_ARGUMENT instead of
-being half-read. tests/test_wire.py checks all of it against the protobuf
-runtime (upb) on random messages, and the encoder byte for byte.
+unknown fields of every wire type are skipped (groups too: nested groups must
+close in order, up to upb's depth limit), a known field sent with an
+unexpected wire type is treated as unknown, enums are open, and strings must
+be valid UTF-8, every occurrence of them. Malformed bytes are refused with
+INVALID_ARGUMENT instead of being half-read. tests/test_wire.py checks all of
+it against the protobuf runtime (upb) on random messages, and the encoder byte
+for byte.
+
+Which field is which comes from `pb.Trade.DESCRIPTOR` and from where
+`engine.features.rows` puts each field (`_trade_layout`): the kernels read
+tables indexed by field number, and a field added to the proto that no table
+maps stops the import.
 """
 
 from __future__ import annotations
@@ -26,43 +33,25 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf import descriptor
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
-from engine.errors import BundleError, InvalidInput
+from engine.errors import BundleError, InvalidInput, MalformedRequest
 from engine.features import kernels as kn
 from engine.features.compute import FeaturePlan
 from engine.features.rows import (
-    K_ASSET,
-    K_CP_ROW,
-    K_CURRENCY_CODE,
     K_DUP_TRADE_ID,
-    K_FX_ROW,
-    K_INSTRUMENT_ROW,
-    K_LEN_ACCOUNT,
-    K_LEN_CP,
-    K_LEN_CURRENCY,
-    K_LEN_INSTRUMENT,
-    K_LEN_TRADE_ID,
-    K_LEN_VENUE,
-    K_SIDE,
-    K_VENUE_CODE,
+    K_FIELDS,
+    LENGTH_FIELDS,
+    LOOKUP_FIELDS,
     NK,
     NX,
-    X_ADV,
-    X_CP_FAIL_RATE,
-    X_CYCLE_DAYS,
-    X_INVENTORY,
-    X_ON_LOAN,
-    X_PRICE,
-    X_QUANTITY,
-    X_SETTLE_DAY,
-    X_SSI,
-    X_TRADE_DAY,
+    X_FIELDS,
     TradeRows,
 )
 from engine.features.validate import LIMITS, check_count, raise_first_problem
 from engine.jit import Int, compiled
-from engine.models.spec import band_of
+from engine.labels import band_of
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -75,18 +64,12 @@ _MAX_FIELD = 536_870_911
 _VARINT = 0
 _I64 = 1
 _LEN = 2
+_SGROUP = 3
+_EGROUP = 4
 _I32 = 5
-
-# text slots of a trade (columns of the span arrays)
-T_TRADE_ID = 0
-T_ACCOUNT = 1
-T_CP = 2
-T_INSTRUMENT = 3
-T_CURRENCY = 4
-T_TRADE_DATE = 5
-T_SETTLE_DATE = 6
-T_VENUE = 7
-N_TEXT = 8
+#: how deep messages and groups may nest, counted from the top-level message (upb's default
+#: limit: a ScoreRequest may hold 100 nested unknown groups, a Trade inside it 99)
+_DEPTH_LIMIT = 100
 
 # error kinds reported in err[0]; err[1] = Trade field number, err[2] = trade index, err[3] = count
 E_NONE = 0
@@ -95,33 +78,105 @@ E_UTF8 = 2
 E_DATE = 3
 E_NAN = 4
 
-#: Trade field number -> name (for error messages)
-TRADE_FIELDS = {
-    1: "trade_id",
-    2: "account_id",
-    3: "counterparty_id",
-    4: "instrument_id",
-    5: "asset_class",
-    6: "side",
-    7: "quantity",
-    8: "price",
-    9: "currency",
-    10: "trade_date",
-    11: "settlement_date",
-    12: "settlement_cycle_days",
-    13: "settlement_venue",
-    14: "inventory_ratio",
-    15: "on_loan_recall_pending",
-    16: "ssi_matched",
-    17: "counterparty_fail_rate",
-    18: "instrument_adv",
+# -- the Trade message, from its descriptor ------------------------------------------------
+#
+# The decoder's tables are built here from `pb.Trade.DESCRIPTOR` (field numbers, types,
+# presence) and from where `engine.features.rows` puts each field (X_FIELDS, K_FIELDS,
+# LENGTH_FIELDS, LOOKUP_FIELDS): nothing below names a field by its number. A field added
+# to the proto and mapped nowhere stops the import (`_trade_layout`).
+
+_FD = descriptor.FieldDescriptor
+#: how the decoder stores a field's value (FIELD_KIND), by the field's protobuf type
+KIND_NONE = 0  # not a Trade field: skipped as unknown
+KIND_TEXT = 1  # string: its span (FIELD_COLUMN: the text slot), checked and resolved later
+KIND_ENUM = 2  # enum: the number as an int32, in k (FIELD_COLUMN: the k column)
+KIND_UINT32 = 3  # uint32: in x
+KIND_BOOL = 4  # bool: 1.0 / 0.0 in x
+KIND_DOUBLE = 5  # double without presence: in x as it is
+KIND_OPTIONAL_DOUBLE = 6  # optional double: in x; NaN refused (unset is the way to say unknown)
+_KIND_OF_TYPE = {
+    _FD.TYPE_STRING: KIND_TEXT,
+    _FD.TYPE_ENUM: KIND_ENUM,
+    _FD.TYPE_UINT32: KIND_UINT32,
+    _FD.TYPE_BOOL: KIND_BOOL,
+    _FD.TYPE_DOUBLE: KIND_DOUBLE,
 }
-_TEXT_FIELD = {1: T_TRADE_ID, 2: T_ACCOUNT, 3: T_CP, 4: T_INSTRUMENT, 9: T_CURRENCY, 10: T_TRADE_DATE}
-_TEXT_FIELD |= {11: T_SETTLE_DATE, 13: T_VENUE}
-#: Trade field number -> text slot (-1: not a text field), as an array for the kernel
-FIELD_TEXT_SLOT = np.full(19, -1, dtype=np.int64)
-for _number, _text_slot in _TEXT_FIELD.items():
-    FIELD_TEXT_SLOT[_number] = _text_slot
+#: Trade field number -> name (for error messages)
+TRADE_FIELDS: dict[int, str] = {f.number: f.name for f in pb.Trade.DESCRIPTOR.fields}
+
+
+def _trade_layout(trade: descriptor.Descriptor) -> tuple[tuple[str, ...], I64, I64, I64, I64, I64, I64]:
+    """The decoder's tables for the message `trade` (tradescore.v1.Trade) from its descriptor:
+    (TEXT_FIELDS, FIELD_KIND, FIELD_COLUMN, SLOT_FIELD, SLOT_LENGTH, SLOT_DAY, SLOT_LOOKUP).
+
+    Raises ImportError for a field the decoder cannot store: a type it does not
+    read, a repeated or message field, or a field `engine.features.rows` maps nowhere.
+    """
+    fields = sorted(trade.fields, key=lambda f: f.number)
+    text_fields = tuple(f.name for f in fields if f.type == _FD.TYPE_STRING)
+    n_text = len(text_fields)
+    top = max(f.number for f in fields)
+    kind = np.zeros(top + 1, dtype=np.int64)
+    column = np.full(top + 1, -1, dtype=np.int64)
+    slot_field = np.zeros(n_text, dtype=np.int64)
+    slot_length = np.full(n_text, -1, dtype=np.int64)
+    slot_day = np.full(n_text, -1, dtype=np.int64)
+    slot_lookup = np.full((n_text, 2), -1, dtype=np.int64)
+    for f in fields:
+        where = f"{trade.full_name}.{f.name} (field {f.number})"
+        k = _KIND_OF_TYPE.get(f.type)
+        if k is None or f.is_repeated:
+            raise ImportError(
+                f"engine.scoring.wire cannot decode {where}: type {f.type}, repeated {f.is_repeated}"
+            )
+        if k == KIND_DOUBLE and f.has_presence:
+            k = KIND_OPTIONAL_DOUBLE
+        kind[f.number] = k
+        if k == KIND_TEXT:
+            t = text_fields.index(f.name)
+            column[f.number] = t
+            slot_field[t] = f.number
+            slot_length[t] = LENGTH_FIELDS.get(f.name, -1)
+            slot_day[t] = X_FIELDS.get(f.name, -1)
+            looked_up = [c for c, name in LOOKUP_FIELDS.items() if name == f.name]
+            if len(looked_up) > slot_lookup.shape[1]:
+                raise ImportError(f"{where} is resolved in {len(looked_up)} k columns; the decoder takes 2")
+            slot_lookup[t, : len(looked_up)] = looked_up
+            if slot_length[t] < 0 and slot_day[t] < 0:
+                raise ImportError(f"{where}: engine.features.rows keeps neither its length nor its date")
+        elif k == KIND_ENUM:
+            if f.name not in K_FIELDS:
+                raise ImportError(f"{where}: no k column in engine.features.rows.K_FIELDS")
+            column[f.number] = K_FIELDS[f.name]
+        else:
+            if f.name not in X_FIELDS:
+                raise ImportError(f"{where}: no x column in engine.features.rows.X_FIELDS")
+            column[f.number] = X_FIELDS[f.name]
+    return text_fields, kind, column, slot_field, slot_length, slot_day, slot_lookup
+
+
+#: the text fields, in field-number order: text slot t (a column of the span arrays) is TEXT_FIELDS[t];
+#: per Trade field number: how its value is stored (KIND_*), and in which column (x, k or text slot)
+#: per text slot: its field number, the k column of its length, the x column of its date, and
+#: the k columns it is resolved in (reference rows, vocabulary codes; -1: none)
+TEXT_FIELDS, FIELD_KIND, FIELD_COLUMN, SLOT_FIELD, SLOT_LENGTH, SLOT_DAY, SLOT_LOOKUP = _trade_layout(
+    pb.Trade.DESCRIPTOR
+)
+N_TEXT = len(TEXT_FIELDS)
+T_TRADE_ID = TEXT_FIELDS.index("trade_id")
+#: x columns of the numbers without presence (proto3 zero when not sent; the rest start NaN, unset),
+#: and the k columns of the enums (zero when not sent)
+_ZERO_X = np.array(
+    [
+        FIELD_COLUMN[f.number]
+        for f in pb.Trade.DESCRIPTOR.fields
+        if not f.has_presence and FIELD_KIND[f.number] in (KIND_UINT32, KIND_BOOL, KIND_DOUBLE)
+    ],
+    dtype=np.int64,
+)
+_ZERO_K = np.array(
+    [c for f, c in zip(FIELD_KIND, FIELD_COLUMN, strict=True) if f == KIND_ENUM], dtype=np.int64
+)
 
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
@@ -151,8 +206,8 @@ def _varint(buf: U8, p: Int, end: Int) -> tuple[np.uint64, Int]:
 
 
 @compiled
-def _skip(buf: U8, p: Int, end: Int, wire: Int) -> Int:
-    """Position after a field's value of `wire` type; -1 when malformed."""
+def _skip_scalar(buf: U8, p: Int, end: Int, wire: Int) -> Int:
+    """Position after a field's value of `wire` type (not a group); -1 when malformed."""
     if wire == _VARINT:
         _, p = _varint(buf, p, end)
         return p
@@ -165,7 +220,55 @@ def _skip(buf: U8, p: Int, end: Int, wire: Int) -> Int:
         if p < 0 or n > np.uint64(end - p):
             return -1
         return p + np.int64(n)
-    return -1  # groups (3, 4) and undefined wire types
+    return -1  # groups (3, 4) and undefined wire types (6, 7)
+
+
+@compiled
+def _skip_group(buf: U8, p: Int, end: Int, field: Int, depth: Int) -> Int:
+    """Position after the end tag of group `field` whose start tag ends at p; -1 when malformed.
+
+    As upb skips an unknown group: what it holds is skipped field by field, groups
+    nested in it must close in order with their own field number, and nesting
+    beyond `_DEPTH_LIMIT` (`depth`: how deep the group's message already is) is malformed.
+    """
+    if depth + 1 > _DEPTH_LIMIT:
+        return -1
+    open_fields = np.empty(_DEPTH_LIMIT - depth, dtype=np.int64)  # the open groups, innermost last
+    open_fields[0] = field
+    top = 0
+    while p < end:
+        tag, p = _varint(buf, p, end)
+        if p < 0:
+            return -1
+        f = np.int64(tag >> np.uint64(3))
+        w = np.int64(tag & np.uint64(7))
+        if f > _MAX_FIELD:  # (field 0 is refused in a message, but upb lets it pass inside a group)
+            return -1
+        if w == _EGROUP:
+            if f != open_fields[top]:
+                return -1
+            if top == 0:
+                return p
+            top -= 1
+        elif w == _SGROUP:
+            top += 1
+            if top >= open_fields.shape[0]:
+                return -1
+            open_fields[top] = f
+        else:
+            p = _skip_scalar(buf, p, end, w)
+            if p < 0:
+                return -1
+    return -1  # the group never closed
+
+
+@compiled
+def _skip(buf: U8, p: Int, end: Int, wire: Int, field: Int, depth: Int) -> Int:
+    """Position after an unknown field's value (field `field`, `wire` type, in a message `depth`
+    levels deep); -1 when malformed. An end-group tag with no group open is malformed."""
+    if wire == _SGROUP:
+        return _skip_group(buf, p, end, field, depth)
+    return _skip_scalar(buf, p, end, wire)
 
 
 @compiled
@@ -387,7 +490,7 @@ def count_trades(buf: U8) -> tuple[Int, Int, Int, Int]:
             # the last occurrence wins, as in protobuf; any value past the enum's is refused later
             explain = np.int64(flag) if flag < np.uint64(256) else 256
         else:
-            p = _skip(buf, p, end, wire)
+            p = _skip(buf, p, end, wire, field, 0)
             if p < 0:
                 return -1, 0, 0, 0
     if rid_len and _utf8_chars(buf, rid_start, rid_len) < 0:
@@ -414,7 +517,6 @@ def decode_trades(
     k: I64,
     text_start: I64,
     text_len: I64,
-    field_slot: I64,
     blob: U8,
     offsets: I32,
     owner: I32,
@@ -443,7 +545,7 @@ def decode_trades(
             field = np.int64(tag >> np.uint64(3))
             wire = np.int64(tag & np.uint64(7))
             if not (wire == _LEN and field == 2):
-                p = _skip(buf, p, end, wire)
+                p = _skip(buf, p, end, wire, field, 0)
                 continue
             length, p = _varint(buf, p, end)
         q: Int = p
@@ -452,10 +554,10 @@ def decode_trades(
         # defaults: proto3 zero values; optional fields unset (NaN)
         for c in range(x.shape[1]):
             x[i, c] = np.nan
-        x[i, X_QUANTITY] = 0.0
-        x[i, X_PRICE] = 0.0
-        k[i, K_ASSET] = 0
-        k[i, K_SIDE] = 0
+        for c in _ZERO_X:
+            x[i, c] = 0.0
+        for c in _ZERO_K:
+            k[i, c] = 0
         for t in range(text_start.shape[1]):
             text_start[i, t] = q
             text_len[i, t] = 0
@@ -478,7 +580,9 @@ def decode_trades(
             if f == 0 or f > _MAX_FIELD:
                 _note(err, E_MALFORMED, 0, i)
                 return
-            if w == _LEN and 0 < f < field_slot.shape[0] and field_slot[f] >= 0:
+            kind = FIELD_KIND[f] if f < FIELD_KIND.shape[0] else KIND_NONE
+            column = FIELD_COLUMN[f] if f < FIELD_KIND.shape[0] else -1
+            if kind == KIND_TEXT and w == _LEN:
                 if q < stop and buf[q] < 0x80:
                     ln = np.uint64(buf[q])
                     r = q + 1
@@ -487,15 +591,17 @@ def decode_trades(
                 if r < 0 or ln > np.uint64(stop - r):
                     _note(err, E_MALFORMED, f, i)
                     return
-                s = field_slot[f]
                 # the field seen again: the last value wins, but protobuf checks every one's UTF-8
                 # (_resolve_text checks the last)
-                if text_len[i, s] > 0 and _utf8_chars(buf, text_start[i, s], text_len[i, s]) < 0:
+                if (
+                    text_len[i, column] > 0
+                    and _utf8_chars(buf, text_start[i, column], text_len[i, column]) < 0
+                ):
                     _note(err, E_UTF8, f, i)
-                text_start[i, s] = r
-                text_len[i, s] = np.int64(ln)
+                text_start[i, column] = r
+                text_len[i, column] = np.int64(ln)
                 q = r + np.int64(ln)
-            elif w == _VARINT and (f == 5 or f == 6 or f == 12 or f == 15 or f == 16):
+            elif (kind == KIND_ENUM or kind == KIND_UINT32 or kind == KIND_BOOL) and w == _VARINT:
                 if q < stop and buf[q] < 0x80:
                     v = np.uint64(buf[q])
                     q += 1
@@ -505,13 +611,13 @@ def decode_trades(
                     _note(err, E_MALFORMED, f, i)
                     return
                 low = np.int64(v & np.uint64(0xFFFFFFFF))
-                if f == 5 or f == 6:
-                    k[i, K_ASSET if f == 5 else K_SIDE] = low - (1 << 32) if low >= (1 << 31) else low
-                elif f == 12:
-                    x[i, X_CYCLE_DAYS] = float(low)
+                if kind == KIND_ENUM:  # an int32, as protobuf reads an open enum
+                    k[i, column] = low - (1 << 32) if low >= (1 << 31) else low
+                elif kind == KIND_UINT32:
+                    x[i, column] = float(low)
                 else:
-                    x[i, X_ON_LOAN if f == 15 else X_SSI] = 1.0 if v != 0 else 0.0
-            elif w == _I64 and (f == 7 or f == 8 or f == 14 or f == 17 or f == 18):
+                    x[i, column] = 1.0 if v != 0 else 0.0
+            elif (kind == KIND_DOUBLE or kind == KIND_OPTIONAL_DOUBLE) and w == _I64:
                 if q + 8 > stop:
                     _note(err, E_MALFORMED, f, i)
                     return
@@ -521,36 +627,17 @@ def decode_trades(
                 bits[0] = u
                 d = value_of_bits[0]
                 q += 8
-                if f == 7:
-                    x[i, X_QUANTITY] = d
-                elif f == 8:
-                    x[i, X_PRICE] = d
-                else:
-                    if d != d:
-                        _note(err, E_NAN, f, i)
-                    x[i, X_INVENTORY if f == 14 else (X_CP_FAIL_RATE if f == 17 else X_ADV)] = d
+                if kind == KIND_OPTIONAL_DOUBLE and d != d:
+                    _note(err, E_NAN, f, i)
+                x[i, column] = d
             else:
-                q = _skip(buf, q, stop, w)
+                q = _skip(buf, q, stop, w, f, 1)
                 if q < 0 or q > stop:
                     _note(err, E_MALFORMED, f, i)
                     return
         i += 1
-    _resolve_text(buf, x, k, text_start, text_len, field_slot, blob, offsets, owner, value, slots, err)
+    _resolve_text(buf, x, k, text_start, text_len, blob, offsets, owner, value, slots, err)
     _mark_repeats(buf, text_start, text_len, k)
-
-
-#: K_* column resolved from each text slot (-1: none), and the second one for currency
-_SLOT_LOOKUP = (-1, -1, K_CP_ROW, K_INSTRUMENT_ROW, K_FX_ROW, -1, -1, K_VENUE_CODE)
-_SLOT_LENGTH = (
-    K_LEN_TRADE_ID,
-    K_LEN_ACCOUNT,
-    K_LEN_CP,
-    K_LEN_INSTRUMENT,
-    K_LEN_CURRENCY,
-    -1,
-    -1,
-    K_LEN_VENUE,
-)
 
 
 @compiled
@@ -560,7 +647,6 @@ def _resolve_text(
     k: I64,
     text_start: I64,
     text_len: I64,
-    field_slot: I64,
     blob: U8,
     offsets: I32,
     owner: I32,
@@ -594,26 +680,26 @@ def _resolve_text(
                     p += size
                 chars += 1
             if chars < 0:
-                for number in range(field_slot.shape[0]):
-                    if field_slot[number] == t:
-                        _note(err, E_UTF8, number, i)
+                _note(err, E_UTF8, SLOT_FIELD[t], i)
                 chars = 0
-            if t == T_TRADE_DATE or t == T_SETTLE_DATE:
+            if SLOT_DAY[t] >= 0:
                 day = parse_day(buf, s0, ln)
                 if day == -np.inf:
-                    _note(err, E_DATE, 10 if t == T_TRADE_DATE else 11, i)
+                    _note(err, E_DATE, SLOT_FIELD[t], i)
                     day = np.nan
-                x[i, X_TRADE_DAY if t == T_TRADE_DATE else X_SETTLE_DAY] = day
-                continue
-            k[i, _SLOT_LENGTH[t]] = chars
-            table = _SLOT_LOOKUP[t]
-            if table < 0:
+                x[i, SLOT_DAY[t]] = day
+            if SLOT_LENGTH[t] >= 0:
+                k[i, SLOT_LENGTH[t]] = chars
+            if SLOT_LOOKUP[t, 0] < 0:
                 continue
             # FNV-1a + murmur3 finaliser (as _hash), then linear probing (as WireTables.build)
             h0 = _FNV_OFFSET
             for j in range(s0, end):
                 h0 = (h0 ^ np.uint64(buf[j])) * _FNV_PRIME
-            for column in (table, K_CURRENCY_CODE):
+            for m in range(SLOT_LOOKUP.shape[1]):
+                column = SLOT_LOOKUP[t, m]
+                if column < 0:
+                    break
                 h = h0 ^ np.uint64(column)  # the salt, mixed in after the bytes
                 h ^= h >> np.uint64(33)
                 h *= _MIX1
@@ -638,8 +724,6 @@ def _resolve_text(
                             break
                     s = (s + 1) & mask
                 k[i, column] = found
-                if t != T_CURRENCY:
-                    break  # only the currency resolves twice: fx row and vocabulary code
 
 
 @compiled
@@ -689,9 +773,11 @@ class WireRequest:
         return bytes(self.buf[s0 : s0 + ln]).decode("utf-8")
 
 
-def _malformed(index: int, field: int) -> InvalidInput:
+def _malformed(index: int, field: int) -> MalformedRequest:
     where = f"trades[{index}]" + (f".{TRADE_FIELDS.get(field, f'field {field}')}" if field else "")
-    return InvalidInput("request", f"is not a valid tradescore.v1.ScoreRequest (malformed bytes at {where})")
+    return MalformedRequest(
+        "request", f"is not a valid tradescore.v1.ScoreRequest (malformed bytes at {where})"
+    )
 
 
 F32 = npt.NDArray[np.float32]
@@ -701,7 +787,6 @@ F32 = npt.NDArray[np.float32]
 def prepare_trades(
     buf: U8,
     max_trades: Int,
-    field_slot: I64,
     blob: U8,
     offsets: I32,
     owner: I32,
@@ -733,7 +818,7 @@ def prepare_trades(
     features = np.empty((m, width), dtype=np.float32)
     if m == 0:
         return False, n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
-    decode_trades(buf, x, k, text_start, text_len, field_slot, blob, offsets, owner, value, slots, err)
+    decode_trades(buf, x, k, text_start, text_len, blob, offsets, owner, value, slots, err)
     if err[0] != E_NONE:
         return False, n, rid_start, rid_len, explain, x, k, text_start, text_len, err, first, count, features
     first, count = kn.check_rows(x, k, limits, np.zeros(0, dtype=np.bool_))
@@ -772,7 +857,6 @@ def prepare_request(
         prepare_trades(
             buf,
             max_trades,
-            FIELD_TEXT_SLOT,
             tables.blob,
             tables.offsets,
             tables.owner,
@@ -816,7 +900,7 @@ def trade_count(raw: bytes) -> int:
 
 def _count_errors(n: int) -> None:
     if n == -1:
-        raise InvalidInput("request", "is not a valid tradescore.v1.ScoreRequest (malformed bytes)")
+        raise MalformedRequest("request", "is not a valid tradescore.v1.ScoreRequest (malformed bytes)")
     if n == -2:
         raise InvalidInput("request_id", "is not valid UTF-8")
 
@@ -829,7 +913,7 @@ def _decode_errors(request: WireRequest, err: I64) -> None:
     if kind == E_UTF8:
         raise InvalidInput(TRADE_FIELDS[field], "is not valid UTF-8", index, count)
     if kind == E_DATE:
-        got = request.text(index, T_TRADE_DATE if field == 10 else T_SETTLE_DATE)
+        got = request.text(index, int(FIELD_COLUMN[field]))
         raise InvalidInput(
             TRADE_FIELDS[field], f"must be a calendar date YYYY-MM-DD, got {got[:40]!r}", index, count
         )
@@ -862,7 +946,6 @@ def decode_request(raw: bytes, tables: WireTables, max_trades: int) -> WireReque
         rows.k,
         text_start,
         text_len,
-        FIELD_TEXT_SLOT,
         tables.blob,
         tables.offsets,
         tables.owner,
