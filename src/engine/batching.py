@@ -122,7 +122,8 @@ def concat_matrices(parts: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
 
 def _voluntary_switches() -> int:
     """Times the calling thread has blocked (waited for I/O, a lock, a timer) so far: Linux counts
-    them per thread (getrusage RUSAGE_THREAD, ~0.6 us). Elsewhere -1: never known to be busy."""
+    them per thread (getrusage RUSAGE_THREAD, well under a microsecond). Elsewhere -1: never known
+    to be busy."""
     return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw if _RUSAGE_THREAD is not None else -1
 
 

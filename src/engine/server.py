@@ -109,9 +109,9 @@ def _explain_with_metrics(
 def freeze_heap() -> None:
     """Move everything alive now (modules, the model, its tables) out of the garbage collector's sight.
 
-    A full collection walks every tracked object: ~130,000 after start-up, 40-50 ms
-    on this project's VM, and it used to land in the middle of calls (p99 at 500
-    single-trade calls/s: 14-25 ms with such pauses, 2-4 ms without). Frozen objects
+    A full collection walks every tracked object (over a hundred thousand after start-up),
+    and it used to land in the middle of calls, multiplying the p99 of single-trade calls
+    (docs/design-figures.md). Frozen objects
     are never scanned; what calls allocate is collected as before.
     """
     gc.collect()
@@ -196,7 +196,8 @@ class EngineServer:
             thread_name="pairs",
         )
         self.pair_batcher.start()
-        # trade reasons (TreeSHAP, ~0.3 ms of CPU per trade) run in a thread of their own, so that
+        # trade reasons (TreeSHAP, the costliest per-trade work: docs/design-figures.md) run in a
+        # thread of their own, so that
         # explaining one call's flagged trades never delays another call's scores; it takes
         # whatever queued while it worked (no wait: batching saves nothing per explained trade)
         self.explain_batcher = MicroBatcher(

@@ -1,9 +1,9 @@
 """proto3 JSON <-> protobuf messages for the HTTP front door.
 
 The reference is `google.protobuf.json_format` (the protobuf project's own implementation of the
-proto3 JSON mapping). It walks every field in Python: about 60 µs per trade to parse, far more than
-the engine spends scoring one. The hot path, `ScoreRequest` in and `ScoreResponse` out, has a
-faster road with the same results; everything else uses json_format as it is:
+proto3 JSON mapping). It walks every field in Python: parsing a trade costs more
+than the engine spends scoring one (docs/design-figures.md). The hot path, `ScoreRequest` in and
+`ScoreResponse` out, has a faster road with the same results; everything else uses json_format as it is:
 
 - **in**: the body is parsed by orjson into dicts, which go to the message's constructor (upb, in
   C: enum names, nested messages and repeated fields as the mapping has them). What the

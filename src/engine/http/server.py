@@ -1,10 +1,10 @@
 """uvicorn, embedded: the HTTP/JSON front door on the engine's own event loop, in the same process.
 
 Chosen by measurement (`loadtest/http_server_choice.py`: one JSON handler, 64 connections, the
-server pinned to one core): uvicorn with httptools took 36-40 µs of server CPU per call, granian's
-embedded server 47-50 µs (with Rust threads of its own beside the loop, and its embedded mode
-marked experimental by granian), aiohttp 57-65 µs, uvicorn with h11 170-210 µs, hypercorn
-~300 µs. uvicorn's protocol runs on the loop it is given (uvloop here), so a REST call's decode,
+server pinned to one core; figures in docs/design-figures.md): uvicorn with httptools took the
+least server CPU per call, then granian's embedded server (with Rust threads of its own beside
+the loop, and its embedded mode marked experimental by granian), aiohttp, uvicorn with h11 and
+hypercorn. uvicorn's protocol runs on the loop it is given (uvloop here), so a REST call's decode,
 batching and answer happen where a gRPC call's do, sharing the micro-batcher's inline lane.
 
 uvicorn is used as a library: `startup` with a socket of ours (SO_REUSEPORT with `--workers`,

@@ -65,7 +65,7 @@ def fast_run(session: Any) -> Callable[[list[str], dict[str, Any]], list[Any]]:
 
     onnxruntime's `InferenceSession.run` checks the input names in Python, then calls
     its C++ session with no RunOptions, which it then makes anew for every call: for a
-    one-row batch that is about 5 of the call's 16 us. The engine's inputs are right by
+    one-row batch that is a third of the call (docs/design-figures.md). The engine's inputs are right by
     construction (one float32 input, named from the model), so it calls the C++
     session (`_sess`, onnxruntime's own attribute) with one RunOptions made once; an
     onnxruntime without it gets the public method.

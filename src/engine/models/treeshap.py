@@ -1,8 +1,8 @@
 """TreeSHAP contributions of the bundle's LightGBM model, from its model text, in compiled kernels.
 
-Why the engine's own: LightGBM's `pred_contrib` costs about 0.7 ms of CPU per row
-for the default model (141 trees of 31 leaves, paths up to 17 deep; one thread,
-lightgbm 4.6 on this project's VM) and would make lightgbm and libgomp runtime
+Why the engine's own: LightGBM's `pred_contrib` costs several times these kernels' CPU per row
+for the default model (141 trees of 31 leaves, paths up to 17 deep; docs/design-figures.md,
+`loadtest/explain_cost.py`) and would make lightgbm and libgomp runtime
 dependencies of the image. These kernels compute the same path-dependent TreeSHAP values
 (Lundberg et al. 2020, "From local explanations to global understanding with
 explainable AI for trees", Algorithm 2), checked against `pred_contrib` in

@@ -1,7 +1,7 @@
 """Compiled protobuf codec for the scoring hot path: request bytes -> TradeRows, scores -> response bytes.
 
 Reading 18 fields of 256 `Trade` messages through the protobuf runtime costs
-~1 ms of Python attribute access, more than the model itself. Here the
+more Python attribute access than the model's own time (docs/design-figures.md). Here the
 `ScoreRequest` wire bytes are walked once by compiled code (numba) that
 writes the `TradeRows` matrices directly: numbers and enums as they are,
 text fields checked as UTF-8 and measured in characters, dates parsed, and

@@ -8,7 +8,7 @@ generator labels each pair with its class, so the model (trained unsupervised
 on the unlabelled history) can be judged on held-out labelled pairs.
 
 The ONNX graph is written here, not by skl2onnx: skl2onnx emits about twenty
-nodes per tree (1.1 ms for one row with 100 trees on this project's VM), where
+nodes per tree, several times slower for one row (docs/design-figures.md), where
 the forest is one `TreeEnsembleRegressor` whose leaves hold each tree's path
 length (depth + the expected depth of the leaf's remaining samples) / trees,
 followed by score = 2 ** (-E[path] / c(max_samples)), i.e. `-score_samples`.
