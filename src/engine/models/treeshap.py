@@ -30,7 +30,7 @@ pattern P of the edges it follows, one table entry per feature of the leaf, and 
 multiply-add: no polynomial per row. Two kernels run it: `_tree_shap_rows` row by
 row, and, from `BLOCK_MIN_ROWS` rows on, `_tree_shap_block`, all rows at once per
 leaf with no branch that depends on a row (its inner loops run over contiguous
-rows). `loadtest/explain_cost.py` measures both against `pred_contrib` side by side.
+rows). `loadtest/bench.py --scenarios explain_cost` measures both against `pred_contrib` side by side.
 Contributions are in the model's raw (log-odds) space; with the bias they add
 up to the raw score. `engine.scoring.servable` checks on the bundle's golden rows
 that they reproduce ONNX Runtime's probabilities before the bundle may serve.
