@@ -50,7 +50,7 @@ async def test_a_call_during_the_drain_is_refused_while_a_held_call_is_scored(
         await stopping
     # a server that stopped taking calls ends a new one CANCELLED on a connection it had, or
     # UNAVAILABLE once the GOAWAY reached the client: either way refused, not held and not scored
-    for exc in (info_refused, refused.value):
-        assert exc.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE), exc
+    for error in (info_refused, refused.value):
+        assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE), error
     assert len(answer.scores) == 3 and not answer.HasField("error")
     assert engine.metrics.batches_run() == 1  # the held batch; the refused call never reached the model
