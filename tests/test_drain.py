@@ -29,7 +29,9 @@ async def test_a_call_during_the_drain_is_refused_while_a_held_call_is_scored(
     stub = pb_grpc.TradeScorerStub(channel)
     with HeldBatches(engine) as held:
         in_flight = asyncio.ensure_future(stub.Score(sample_request(3, seed=5), timeout=60))
-        await held.wait_entered()  # the call is in the model, its batch waits at the gate
+        while not held.entered.is_set():  # however long a loaded machine takes to get it there
+            await held.wait_entered()
+        # the call is in the model, its batch waits at the gate
         stopping = asyncio.ensure_future(engine.stop(grace=30.0))
         # GetModelInfo does not queue behind the held batch: answered until the engine stops
         # taking calls, then refused; the held call keeps the engine draining meanwhile
