@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
@@ -25,6 +26,9 @@ from engine.flags import StoreSpec
 from .conftest import EngineProcess
 from .rabbit import Broker, bind_consumer, drain, outbox_left
 from .test_pairs import T0, pair, view
+
+#: kills an engine under load and starts another, with RabbitMQ and PostgreSQL (slow: not in --fast)
+pytestmark = pytest.mark.slow
 
 CLIENTS = 4
 

@@ -11,12 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 
 from .conftest import ROOT, EngineProcess, sample_request
+
+#: runs libFuzzer for 200,000 inputs, then a server (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
 
 HARNESS = ROOT / "tests" / "fuzz" / "fuzz_request.py"
 #: how many inputs the fuzzer runs in the suite (TRADESCORE_FUZZ_RUNS for longer runs); how long

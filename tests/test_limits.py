@@ -95,6 +95,7 @@ CLIENT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 async def test_keepalive_frees_the_streams_of_a_client_that_stopped_answering(
     start_engine: ServerFactory,
 ) -> None:
@@ -122,6 +123,7 @@ async def test_keepalive_frees_the_streams_of_a_client_that_stopped_answering(
             client.stdout.close()
 
 
+@pytest.mark.slow
 async def test_a_client_that_pings_too_often_is_sent_away(start_engine: ServerFactory) -> None:
     engine, _ = await start_engine(min_client_ping_interval_s=5.0)
     eager = [
@@ -188,6 +190,7 @@ async def test_cancelled_streams_and_closed_connections_give_back_what_they_held
     assert len((await stub.Score(request, timeout=10)).scores) == 200
 
 
+@pytest.mark.slow
 async def test_a_client_that_does_not_read_holds_at_most_its_stream_window(
     start_engine: ServerFactory,
 ) -> None:

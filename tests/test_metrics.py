@@ -280,6 +280,7 @@ async def test_interceptor_wraps_raw_bytes_handlers_of_every_shape(
     assert value(r, "grpc_server_handling_seconds_bucket", **echo("SyncUnary"), le="0.01") == 1
 
 
+@pytest.mark.slow
 def test_cost_measurement_scenario_runs_and_counts_its_calls(tmp_path: Path) -> None:
     """The benchmark's metrics_cost scenario (the per-call cost report) works in both modes;
     timings are not asserted."""

@@ -19,11 +19,15 @@ from collections.abc import Callable
 
 import grpc
 import numpy as np
+import pytest
 from tradescore_locust.server_metrics import QUEUE_WAIT, histogram_quantile, scrape, server_p99, window
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 
 from .conftest import EngineProcess, free_port, sample_request
+
+#: saturates an engine process (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
 
 TRADES = 500
 #: the queue holds four such calls beyond the one being scored: a call waits for at most ~5 batches

@@ -19,12 +19,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
+import pytest
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 
 from .conftest import EngineProcess, make_trade, sample_request
 from .test_pairs import T0, pair, view
+
+#: 32,000 calls against an engine process (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
 
 #: calls per client task (four tasks)
 SOAK_CALLS = int(os.environ.get("TRADESCORE_SOAK_CALLS", "8000"))
