@@ -211,18 +211,15 @@ async def test_a_client_that_does_not_read_holds_at_most_its_stream_window(
     assert isinstance(first, pb.ScoreResponse)
     # the engine answers until the answers fill HTTP/2's flow-control windows, then its writes
     # wait, it stops reading (its read-ahead is the stream window) and the client cannot send
-    counts = []
-    for _ in range(40):
+    # (however long that takes on a loaded machine: the suite's timeout ends a client never stopped)
+    counts: list[int] = []
+    queued: list[int] = []
+    while len(counts) < 4 or counts[-1] != counts[-4]:
         await asyncio.sleep(0.25)
         counts.append(sent)
-        if len(counts) >= 4 and counts[-1] == counts[-4]:
-            break
-    assert counts[-1] == counts[-4], f"the client could still send after 10 s: {counts}"
-    assert batcher.queued_rows <= 8 * 50
+        queued.append(batcher.queued_rows)
+    assert max(queued) <= 8 * 50, queued  # never more than the stream window's trades queued
     print(f"a client that does not read: {sent} requests sent before flow control stopped it")
     call.cancel()
-    for _ in range(100):
-        if calls.active == 0 and batcher.queued_rows == 0:
-            break
+    while calls.active or batcher.queued_rows:  # the cancelled stream gives back what it held
         await asyncio.sleep(0.02)
-    assert calls.active == 0 and batcher.queued_rows == 0
