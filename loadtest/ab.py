@@ -9,13 +9,13 @@ load (scenario (b): 256 trades x 4 in flight, (a): 1 trade x 64, or (d): one-tra
 ScoreStream messages, 64 in flight on one stream) paused by
 SIGSTOP; then runs one load at a time for `--slice-seconds`, alternating A and
 B (ABBA order), and reads each server's CPU time (schedstat, ns) and rows
-scored (its /metrics batch counters): `bench.interleave_engines`. The VM's
+scored (its /metrics batch counters): `tradescore_bench.slices.interleave_engines`. The VM's
 speed drifts by tens of percent within a minute; slices seconds apart compare
 like with like, where two runs minutes apart do not. Prints microseconds of
 server CPU per row for each slice and the median of the per-slice B/A ratios
 (below 1: B is cheaper), each server's CPU per row by thread group
-(`bench.THREAD_GROUPS`) and the p99 latency of the calls made in each slice
-(`bench.slice_p99_ms`). Not a test; nothing is asserted.
+(`tradescore_bench.system.THREAD_GROUPS`) and the p99 latency of the calls made in each slice
+(`tradescore_bench.slices.slice_p99_ms`). Not a test; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench  # noqa: E402  (this folder's benchmark: its servers, loads and interleaving)
+from tradescore_bench.options import parse_args as bench_args  # noqa: E402
+from tradescore_bench.slices import SliceRate, interleave_engines  # noqa: E402
+from tradescore_bench.system import THREAD_GROUPS  # noqa: E402
+from tradescore_bench.trades import build_requests  # noqa: E402
 
 from engine.models.bundle import DEFAULT_BUNDLE  # noqa: E402
 
@@ -69,22 +72,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     o = parse_args(argv)
-    args = bench.parse_args(
+    args = bench_args(
         [
             *("--bundle", str(o.bundle), "--server-cpus", o.server_cpus, "--client-cpus", o.client_cpus),
             *("--slices", str(o.slices), "--slice-seconds", str(o.slice_seconds)),
         ]
     )
-    reqs = bench.build_requests(args.singles, args.batches, args.batch_trades, args.seed, args.bundle)
+    reqs = build_requests(args.singles, args.batches, args.batch_trades, args.seed, args.bundle)
     engines = {"A": (o.a_flags.split(), _env(o.a_env)), "B": (o.b_flags.split(), _env(o.b_env))}
     for name, (flags, env) in engines.items():
         print(f"server {name}: flags {flags}, environment {env}", flush=True)
 
-    def report(i: int, rates: dict[str, bench.SliceRate]) -> None:
+    def report(i: int, rates: dict[str, SliceRate]) -> None:
         a, b = (1e6 / rates[k].rows_per_server_cpu_s for k in ("A", "B"))
         print(f"slice {i + 1}/{o.slices}: A {a:.3f}, B {b:.3f} us of server CPU per row; B/A {b / a:.3f}")
 
-    slices = bench.interleave_engines(
+    slices = interleave_engines(
         args, reqs, engines, single=o.scenario == "a", on_slice=report, stream=o.scenario == "d"
     )
     a_us = [1e6 / s["A"].rows_per_server_cpu_s for s in slices]
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("A", "B"):
         split = {
             group: statistics.median(s[name].us_per_row_by_thread[group] for s in slices)
-            for group in bench.THREAD_GROUPS
+            for group in THREAD_GROUPS
         }
         print(f"{name} by thread (medians, us/row): " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()))
     p99 = {name: [s[name].p99_ms for s in slices] for name in ("A", "B")}

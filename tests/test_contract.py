@@ -25,16 +25,19 @@ def _buf(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BUF), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_buf_lint_passes() -> None:
     run = _buf("lint")
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+@pytest.mark.slow
 def test_no_breaking_change_against_the_released_contract() -> None:
     run = _buf("breaking", "--against", str(RELEASED))
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+@pytest.mark.slow
 def test_buf_breaking_catches_a_breaking_change(tmp_path: Path) -> None:
     shutil.copy(ROOT / "buf.yaml", tmp_path / "buf.yaml")
     shutil.copytree(ROOT / "proto", tmp_path / "proto")

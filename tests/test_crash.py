@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
@@ -25,6 +26,9 @@ from engine.flags import StoreSpec
 from .conftest import EngineProcess
 from .rabbit import Broker, bind_consumer, drain, outbox_left
 from .test_pairs import T0, pair, view
+
+#: kills an engine under load and starts another, with RabbitMQ and PostgreSQL (slow: not in --fast)
+pytestmark = pytest.mark.slow
 
 CLIENTS = 4
 
@@ -81,16 +85,16 @@ def test_kill_9_under_load_loses_no_flag_feedback_or_event(
     threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(CLIENTS)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 30
-    while len(confirmed) < 200 and time.monotonic() < deadline:
+    # the load gets going: 200 verdicts acknowledged (however long that takes here)
+    while len(confirmed) < 200 and all(t.is_alive() for t in threads):
         time.sleep(0.05)
     first.proc.kill()  # SIGKILL while the clients are mid-call
-    killed_at = time.monotonic()
     for t in threads:
         t.join(timeout=30)
     stop.set()
     first.proc.communicate(timeout=30)
-    assert time.monotonic() - killed_at < 30
+    # every client's call ended (refused) instead of hanging on the dead engine
+    assert not any(t.is_alive() for t in threads), "a client is still waiting on the killed engine"
     with lock:
         got_flags, got_verdicts = list(flagged), list(confirmed)
     assert len(got_verdicts) >= 200, "the load did not get going before the kill"

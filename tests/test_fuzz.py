@@ -1,4 +1,4 @@
-"""The atheris harness (tests/fuzz/fuzz_request.py) runs for a bounded time and finds no crash; what it
+"""The atheris harness (tests/fuzz/fuzz_request.py) runs a fixed number of inputs and finds no crash; what it
 kept is then replayed against a real server, which answers every input and stays responsive."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
@@ -18,9 +19,13 @@ from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 
 from .conftest import ROOT, EngineProcess, sample_request
 
+#: runs libFuzzer for 200,000 inputs, then a server (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
+
 HARNESS = ROOT / "tests" / "fuzz" / "fuzz_request.py"
-#: how long the fuzzer runs in the suite (TRADESCORE_FUZZ_SECONDS for longer runs)
-FUZZ_SECONDS = int(os.environ.get("TRADESCORE_FUZZ_SECONDS", "20"))
+#: how many inputs the fuzzer runs in the suite (TRADESCORE_FUZZ_RUNS for longer runs); how long
+#: that takes is printed, not asserted
+FUZZ_RUNS = int(os.environ.get("TRADESCORE_FUZZ_RUNS", "200000"))
 
 
 def _seed_corpus(folder: Path) -> None:
@@ -37,14 +42,14 @@ def test_fuzzing_the_request_path_finds_no_crash(
     corpus = tmp_path / "corpus"
     _seed_corpus(corpus)
     run = subprocess.run(
-        [sys.executable, str(HARNESS), f"-max_total_time={FUZZ_SECONDS}", "-seed=20261130",
+        [sys.executable, str(HARNESS), f"-runs={FUZZ_RUNS}", "-seed=20261130",
          "-use_value_profile=1", "-max_len=4096", "-rss_limit_mb=4096", f"-artifact_prefix={tmp_path}/",
          str(corpus)],
-        capture_output=True, text=True, timeout=FUZZ_SECONDS + 180,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    done = re.search(r"Done (\d+) runs", run.stderr)
-    assert done is not None and int(done.group(1)) > 10_000, run.stderr[-1000:]
+    done = re.search(r"Done (\d+) runs in (\d+) second", run.stderr)
+    assert done is not None and int(done.group(1)) >= FUZZ_RUNS, run.stderr[-1000:]
     assert not list(tmp_path.glob("crash-*")), "libFuzzer saved a crashing input"
     kept = sorted(corpus.iterdir())
     assert len(kept) > 8, "the fuzzer kept no new inputs"
@@ -73,5 +78,5 @@ def test_fuzzing_the_request_path_finds_no_crash(
         assert len(ok.scores) == 5
     assert server.proc.poll() is None, "the server exited"
     print(
-        f"fuzz: {done.group(1)} runs in {FUZZ_SECONDS} s, no crash; {len(kept)} inputs, replayed: {answered}"
+        f"fuzz: {done.group(1)} runs in {done.group(2)} s, no crash; {len(kept)} inputs, replayed: {answered}"
     )

@@ -28,6 +28,9 @@ from engine.scoring.servable import ServingModel, load_serving_model
 from engine.scoring.wire import TRADE_FIELDS, prepare_request
 from tests.conftest import make_trade, sample_request
 
+#: property-based and mutation runs of hostile requests (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
+
 settings.register_profile(
     "ci", max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -132,6 +132,7 @@ def test_profiles_follow_domain_multiples() -> None:
     assert profiles.target_users(scaled, 0.8 * profiles.duration(scaled)) == 800
 
 
+@pytest.mark.slow
 def test_oms_mix_is_mostly_single_trades_from_the_engines_generator() -> None:
     assert 6.5 < mean_trades_per_call(OMS_MIX) < 7.5
     mix = build_mix(OMS_MIX, singles=64, batches_per_tier=4)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -279,16 +280,28 @@ async def test_interceptor_wraps_raw_bytes_handlers_of_every_shape(
     assert value(r, "grpc_server_handling_seconds_bucket", **echo("SyncUnary"), le="0.01") == 1
 
 
-def test_cost_measurement_script_runs_and_counts_its_calls() -> None:
-    """loadtest/metrics_cost.py (the per-call cost report) works in both modes; timings are not asserted."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "loadtest" / "metrics_cost.py"), "--calls", "40", "--json"],
+@pytest.mark.slow
+def test_cost_measurement_scenario_runs_and_counts_its_calls(tmp_path: Path) -> None:
+    """The benchmark's metrics_cost scenario (the per-call cost report) works in both modes;
+    timings are not asserted."""
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "loadtest" / "bench.py"),
+            "--scenarios",
+            "metrics_cost",
+            "--cost-calls",
+            "40",
+            "--output-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
-    ).stdout
-    results = [json.loads(line) for line in out.splitlines()]
+    )
+    (report,) = tmp_path.glob("bench-*-costs.json")
+    results = json.loads(report.read_text())["costs"]["metrics_cost"]["modes"]
     assert [r["multiprocess"] for r in results] == [False, True]
     for r in results:
         assert r["calls_counted"] == 5 * 40  # best of 5 runs, each through the wrapped handler

@@ -92,6 +92,7 @@ def test_engine_and_tritonclient_share_a_process() -> None:
     assert grpc_predict_v2_pb2.ModelInferRequest.DESCRIPTOR.full_name == "inference.ModelInferRequest"
 
 
+@pytest.mark.slow
 def test_health_and_metadata_through_tritonclient(client: Any) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL, VERSION)

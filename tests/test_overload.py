@@ -1,12 +1,13 @@
 """Overload: offered three times what the engine can score, it sheds the excess with RESOURCE_EXHAUSTED
-at once, keeps scoring at about its capacity, and is back to normal within seconds of the spike.
+at once, keeps scoring through it, and scores the next call after it.
 
 A real `engine serve` subprocess; the test's client offers an open-loop spike (calls started on a
 fixed schedule whatever the answers) of 500-trade calls, so that this VM's second core is enough
 to offer three times the engine's saturation rate. Latency figures are printed, not asserted
 (timing belongs to `loadtest/`); what is asserted is the behaviour: every call ends with a score
 or RESOURCE_EXHAUSTED (no timeouts, no other errors), some are shed, the engine keeps scoring
-through the spike, and calls after it succeed without a backlog.
+through the spike, and the call after it is scored (its latency against the same call before the
+spike is printed).
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from collections.abc import Callable
 
 import grpc
 import numpy as np
+import pytest
 from tradescore_locust.server_metrics import QUEUE_WAIT, histogram_quantile, scrape, server_p99, window
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 
 from .conftest import EngineProcess, free_port, sample_request
+
+#: saturates an engine process (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
 
 TRADES = 500
 #: the queue holds four such calls beyond the one being scored: a call waits for at most ~5 batches
@@ -86,24 +91,18 @@ async def _drive(target: str, metrics_url: str) -> dict[str, float]:
         saturation = await _closed_loop_rate(score, raw)
         before = scrape([metrics_url])
         outcomes, latencies = await _spike(score, raw, 3 * saturation)
-        spike_end = time.monotonic()
         during = window(before, scrape([metrics_url]))
-        # after the spike: calls one at a time, until one is answered as fast as before it
-        after = []
-        while time.monotonic() - spike_end < 10:
-            t0 = time.perf_counter()
-            out = await score(raw, timeout=10)
-            after.append((time.perf_counter() - t0) * 1000)
-            assert len(pb.ScoreResponse.FromString(out).scores) == TRADES
-            if after[-1] <= 3 * before_ms + 20:
-                break
-        recovered_s = time.monotonic() - spike_end
+        # after the spike (every call of it has ended): the next call is scored, not shed; how
+        # fast, against the same call before the spike, is printed, not asserted
+        t0 = time.perf_counter()
+        out = await score(raw, timeout=10)
+        after_ms = (time.perf_counter() - t0) * 1000
+        assert len(pb.ScoreResponse.FromString(out).scores) == TRADES
     assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
     assert outcomes.get("RESOURCE_EXHAUSTED", 0) > 0, (
         f"nothing was shed at three times saturation: {outcomes}"
     )
     assert outcomes.get("OK", 0) > 0, outcomes
-    assert recovered_s < 10, f"still slow {recovered_s:.1f} s after the spike: {after}"
     return {
         "saturation_calls_s": saturation,
         "offered_calls_s": 3 * saturation,
@@ -118,7 +117,7 @@ async def _drive(target: str, metrics_url: str) -> dict[str, float]:
         "queue_wait_p99_ms": (histogram_quantile(0.99, during.histograms.get(QUEUE_WAIT, {})) or math.nan)
         * 1000,
         "before_ms": before_ms,
-        "recovered_s": recovered_s,
+        "after_ms": after_ms,
     }
 
 

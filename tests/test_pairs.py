@@ -176,6 +176,7 @@ def test_synthetic_pairs_carry_every_break_class() -> None:
     assert set(data.broken_side[data.is_break]) <= {0, 1}
 
 
+@pytest.mark.slow
 def test_trained_model_lands_in_the_bundle_and_finds_breaks(tmp_path: Path) -> None:
     bundle = copy_bundle(tmp_path / "b")
     lines: list[str] = []
@@ -324,6 +325,7 @@ async def test_autonomy_modes_per_break_class(start_engine: ServerFactory) -> No
     assert clean.autonomy == pb.AUTONOMY_MODE_MONITOR and not clean.is_break and not clean.auto_approvable
 
 
+@pytest.mark.slow
 async def test_a_bundle_serving_the_supervised_classifier(
     start_engine: ServerFactory, tmp_path: Path
 ) -> None:

@@ -22,6 +22,9 @@ from engine.training.pairs import generate_pairs, retrain_pair_model
 from .conftest import ServerFactory, copy_bundle
 from .test_pairs import T0, pair, view
 
+#: trains candidate models (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
+
 
 async def verdicts(bundle: Path, spec: StoreSpec, n: int = 3000) -> tuple[int, int]:
     """Flags and verdicts as operators would leave them: real breaks confirmed, false alarms rejected."""

@@ -19,11 +19,15 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 
 def main(argv: list[str]) -> int:
     os.sched_setaffinity(0, {int(c) for c in argv[0].split(",")})
+    # run as a script, this folder is sys.path[0]: its modules must not shadow anyone's imports
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     batch_trades = int(argv[1])
     event_loop = argv[2] if len(argv) > 2 else "uvloop"
 

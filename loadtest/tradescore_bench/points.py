@@ -35,10 +35,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import bench
 import numpy as np
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
+from tradescore_bench.client import LoadSpec, WorkerResult, client_main
+from tradescore_bench.server import ServerProcess
+from tradescore_bench.slices import SLICE_TAIL_S, PausedLoad, stop_load
+from tradescore_bench.system import thread_cpu_ns
+from tradescore_bench.trades import RequestSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,20 +147,20 @@ class SliceFigures:
 @dataclass(slots=True)
 class _Running:
     contestant: Contestant
-    server: bench.ServerProcess
-    load: bench.PausedLoad
+    server: ServerProcess
+    load: PausedLoad
     slices: list[tuple[tuple[float, float], float]] = field(default_factory=list)  # window, cpu ns
 
 
 def _start_load(
-    args: argparse.Namespace, pools: Mapping[str, list[bytes]], c: Contestant, server: bench.ServerProcess
-) -> bench.PausedLoad:
+    args: argparse.Namespace, pools: Mapping[str, list[bytes]], c: Contestant, server: ServerProcess
+) -> PausedLoad:
     """`c`'s client process against `server`, warmed up and paused (SIGSTOP)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     rounds = args.point_slices * 12  # every contestant runs once per round
-    spec = bench.LoadSpec(
+    spec = LoadSpec(
         target=server.target,
         mode=c.mode,
         requests=pools[c.pool],
@@ -175,14 +179,14 @@ def _start_load(
     )
     barrier = ctx.Barrier(2)
     recv, send = ctx.Pipe(duplex=False)
-    client = ctx.Process(target=bench._client_main, args=(spec, barrier, send), name=f"bench-{c.name}")
+    client = ctx.Process(target=client_main, args=(spec, barrier, send), name=f"bench-{c.name}")
     client.start()
     send.close()
-    load = bench.PausedLoad(client, recv)
+    load = PausedLoad(client, recv)
     try:
         barrier.wait(args.warmup + 120)
     except Exception:
-        bench._stop_load(load)
+        stop_load(load)
         raise
     if client.pid is not None:
         os.kill(client.pid, signal.SIGSTOP)
@@ -196,9 +200,9 @@ def _slice(run: _Running, seconds: float) -> None:
         return
     os.kill(pid, signal.SIGCONT)
     time.sleep(0.25)  # the pipeline refills
-    cpu0, t0 = bench.thread_cpu_ns(run.server.pid), time.perf_counter()
+    cpu0, t0 = thread_cpu_ns(run.server.pid), time.perf_counter()
     time.sleep(seconds)
-    cpu1, t1 = bench.thread_cpu_ns(run.server.pid), time.perf_counter()
+    cpu1, t1 = thread_cpu_ns(run.server.pid), time.perf_counter()
     os.kill(pid, signal.SIGSTOP)
     time.sleep(0.15)  # calls in flight finish: the server is idle for the next slice
     ns = sum(cpu for _, cpu in cpu1.values()) - sum(
@@ -207,12 +211,12 @@ def _slice(run: _Running, seconds: float) -> None:
     run.slices.append(((t0, t1), ns))
 
 
-def _figures(result: bench.WorkerResult, window: tuple[float, float], cpu_ns: float) -> SliceFigures:
+def _figures(result: WorkerResult, window: tuple[float, float], cpu_ns: float) -> SliceFigures:
     lo, hi = window
     answered = (result.recorded_at_s >= lo) & (result.recorded_at_s < hi)
     calls = int(answered.sum())
     started = result.recorded_at_s - result.latencies_s
-    mine = (started >= lo) & (started < hi - bench.SLICE_TAIL_S) & (result.recorded_at_s <= hi)
+    mine = (started >= lo) & (started < hi - SLICE_TAIL_S) & (result.recorded_at_s <= hi)
     ms = 1e3 * result.latencies_s[mine]
     p50 = float(np.quantile(ms, 0.5)) if ms.size else math.nan
     p99 = float(np.quantile(ms, 0.99, method="higher")) if ms.size else math.nan
@@ -222,7 +226,7 @@ def _figures(result: bench.WorkerResult, window: tuple[float, float], cpu_ns: fl
 
 
 def run_points(
-    args: argparse.Namespace, reqs: bench.RequestSet, points: Sequence[Point], say: Callable[[str], None]
+    args: argparse.Namespace, reqs: RequestSet, points: Sequence[Point], say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Measure `points` in `args.point_slices` interleaved rounds; the per-point verdicts."""
     pools = {
@@ -234,20 +238,20 @@ def run_points(
     for p in points:
         for c in (p.measured, p.reference):
             contestants.setdefault(c.name, c)
-    servers: dict[str, bench.ServerProcess] = {}
+    servers: dict[str, ServerProcess] = {}
     running: dict[str, _Running] = {}
-    results: dict[str, bench.WorkerResult | None] = {}
+    results: dict[str, WorkerResult | None] = {}
     try:
         wanted = {c.server for c in contestants.values()}
         if "engine" in wanted:
             # the defaults, unless the run says otherwise; but a paused load cannot answer the
             # engine's keepalive pings, and a stream open across a pause would be closed as dead
             flags = ["--keepalive-timeout-s=600", *args.server_arg]
-            servers["engine"] = bench.ServerProcess.engine(args.bundle, args.server_cpus, flags)
+            servers["engine"] = ServerProcess.engine(args.bundle, args.server_cpus, flags)
             say(f"  engine at its defaults, pid {servers['engine'].pid} on {servers['engine'].target}")
         for floor, loop in (("floor", "asyncio"), ("floor_uvloop", "uvloop")):
             if floor in wanted:
-                servers[floor] = bench.ServerProcess.floor(args.server_cpus, reqs.batch_trades, loop)
+                servers[floor] = ServerProcess.floor(args.server_cpus, reqs.batch_trades, loop)
                 say(f"  {floor} ({loop}), pid {servers[floor].pid} on {servers[floor].target}")
         for c in contestants.values():
             running[c.name] = _Running(c, servers[c.server], _start_load(args, pools, c, servers[c.server]))
@@ -257,10 +261,10 @@ def run_points(
                 _slice(running[name], args.slice_seconds)
             say(f"  points: round {i + 1}/{args.point_slices}")
         for name, run in running.items():
-            results[name] = bench._stop_load(run.load, collect=args.call_timeout + 30.0)
+            results[name] = stop_load(run.load, collect=args.call_timeout + 30.0)
     finally:
         for run in running.values():
-            bench._stop_load(run.load)
+            stop_load(run.load)
         for server in servers.values():
             server.stop()
     per_slice: dict[str, list[SliceFigures]] = {}

@@ -177,8 +177,8 @@ class Settings:
         "HIGH",
         "trades scored in this risk band or above come back with reasons (their features' TreeSHAP "
         "contributions, computed in the explain-0 thread: CPU per explained trade, measured by "
-        "loadtest/explain_cost.py), unless the request's explain says otherwise: LOW (every trade), "
-        "MEDIUM, HIGH, CRITICAL, or OFF (only requests with explain = EXPLAIN_ALL)",
+        "loadtest/bench.py --scenarios explain_cost), unless the request's explain says otherwise: "
+        "LOW (every trade), MEDIUM, HIGH, CRITICAL, or OFF (only requests with explain = EXPLAIN_ALL)",
     )
     break_autonomy: str = _opt(
         "",

@@ -34,6 +34,9 @@ from engine.metrics import EngineMetrics
 from engine.scoring.trades import SERVICE as SCORER_SERVICE
 from tests.conftest import ROOT
 
+#: renders every overlay and validates it against the published schemas (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
+
 K8S = ROOT / "k8s"
 SCHEMAS = Path(__file__).parent / "schemas"
 BIN = Path(sys.executable).parent

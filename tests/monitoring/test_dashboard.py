@@ -12,6 +12,9 @@ import pytest
 from tests.monitoring.conftest import Recording
 from tests.monitoring.prom import ROOT, PrometheusError
 
+#: a real Prometheus scraping real engines (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
+
 DASHBOARD = ROOT / "k8s" / "monitoring" / "dashboards" / "tradescore.json"
 
 #: queries over kube-state-metrics and KEDA's own metrics: they parse here, but only a cluster has data

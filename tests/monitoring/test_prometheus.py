@@ -19,6 +19,9 @@ from tests.conftest import EngineProcess, free_port, sample_request
 from tests.monitoring.conftest import RAMP, TRADES_PER_CALL, Recording
 from tests.monitoring.prom import Prometheus
 
+#: a real Prometheus scraping real engines (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
+
 SCORE_OK = 'grpc_server_handled_total{job="tradescore",grpc_method="Score",grpc_code="OK"}'
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.monitoring.prom import ROOT, RULES_DIR, promtool
+
+#: promtool checks and unit tests (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
 
 TESTS_DIR = Path(__file__).parent / "rules"
 

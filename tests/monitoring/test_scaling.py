@@ -28,9 +28,14 @@ import math
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.monitoring.conftest import DILATION, RAMP, SCALED_OBJECT, Recording, load_scaled_object
 from tests.monitoring.hpa import SYNC_PERIOD_S, Controller, spec_from_scaled_object
 from tests.monitoring.prom import Prometheus, promtool
+
+#: a real Prometheus scraping real engines (slow: not in scripts/test --fast)
+pytestmark = pytest.mark.slow
 
 
 def _replay(rec: Recording, tmp_path: Path) -> tuple[Prometheus, float, float, float]:

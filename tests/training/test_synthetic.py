@@ -227,6 +227,7 @@ def _python_calls(n: int) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_million_rows_are_generated_without_per_row_python() -> None:
     """Vectorised: a million rows cost the same number of Python calls as a thousand.
 

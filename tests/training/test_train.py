@@ -277,6 +277,7 @@ def test_generate_command(tmp_path: Path, suffix: str) -> None:
     assert cli.main(["generate", "--rows", "10", "--out", str(tmp_path / "g.xlsx")]) == 1
 
 
+@pytest.mark.slow
 def test_every_option_has_help_with_its_default() -> None:
     import argparse
 

@@ -2,7 +2,7 @@
 
 Why the engine's own: LightGBM's `pred_contrib` costs several times these kernels' CPU per row
 for the default model (141 trees of 31 leaves, paths up to 17 deep; docs/design-figures.md,
-`loadtest/explain_cost.py`) and would make lightgbm and libgomp runtime
+`loadtest/bench.py --scenarios explain_cost`) and would make lightgbm and libgomp runtime
 dependencies of the image. These kernels compute the same path-dependent TreeSHAP values
 (Lundberg et al. 2020, "From local explanations to global understanding with
 explainable AI for trees", Algorithm 2), checked against `pred_contrib` in
@@ -30,7 +30,7 @@ pattern P of the edges it follows, one table entry per feature of the leaf, and 
 multiply-add: no polynomial per row. Two kernels run it: `_tree_shap_rows` row by
 row, and, from `BLOCK_MIN_ROWS` rows on, `_tree_shap_block`, all rows at once per
 leaf with no branch that depends on a row (its inner loops run over contiguous
-rows). `loadtest/explain_cost.py` measures both against `pred_contrib` side by side.
+rows). `loadtest/bench.py --scenarios explain_cost` measures both against `pred_contrib` side by side.
 Contributions are in the model's raw (log-odds) space; with the bias they add
 up to the raw score. `engine.scoring.servable` checks on the bundle's golden rows
 that they reproduce ONNX Runtime's probabilities before the bundle may serve.
