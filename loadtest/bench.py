@@ -803,7 +803,12 @@ def model_info(target: str) -> dict[str, Any]:
 
     with grpc.insecure_channel(target) as channel:
         info = pb_grpc.TradeScorerStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
-    return {"name": info.name, "version": info.version, "content_hash": info.content_hash}
+    return {
+        "name": info.name,
+        "version": info.version,
+        "content_hash": info.content_hash,
+        "backend": info.backend,
+    }
 
 
 # -- load generation (client processes) ---------------------------------------------------------
@@ -2129,9 +2134,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--scenarios",
-        default="points,a,b,oip_b,c,d,a_nobatch,floor_a,floor_b,floor_d,curve",
+        default="points,a,b,oip_b,c,d,a_nobatch,floor_a,floor_b,floor_d,curve,backends",
         help="which to run, comma separated: points (the engine at its defaults against the floors, "
-        "interleaved: tradescore_bench/points.py), a, b, c (open loop at each of --rates), d "
+        "interleaved: tradescore_bench/points.py), backends (--model-backend onnx vs compiled, in "
+        "process at batch 1/64/256/1024 beside LightGBM's predictor, and served (b) with reasons "
+        "off: tradescore_bench/backends.py), a, b, c (open loop at each of --rates), d "
         "(ScoreStream) against the engine; the same with _nobatch (a_nobatch, ...) against a second "
         "engine started with --no-batching, and with _w2 (a_w2, b_w2, ...) against one started with "
         "--workers 2 on the server and client CPUs together; floor_a, floor_b, floor_c, floor_d "
@@ -2180,6 +2187,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the event loop of the floor server of the single scenarios (floor_a, ...): asyncio's, as "
         "the benchmark always had it; the points measure against both",
     )
+    p.add_argument(
+        "--backend-rounds",
+        type=int,
+        default=3,
+        help="backends: served (b) rounds per backend, alternating (in process: twice as many + 1)",
+    )
     p.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where the JSON report goes")
     args = p.parse_args(argv)
     args.rate_list = [float(r) for r in str(args.rates).split(",") if r.strip()]
@@ -2223,6 +2236,42 @@ def _points_only(
     return 0
 
 
+def _backends_only(
+    args: argparse.Namespace,
+    reqs: RequestSet,
+    machine: dict[str, Any],
+    stamp: str,
+    started: float,
+    say: Callable[[str], None],
+) -> int:
+    from tradescore_bench.backends import print_backends, run_backends
+
+    backends = run_backends(args, reqs, say)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    path = args.output_dir / f"bench-{stamp}-backends.json"
+    report = {
+        "schema": 1,
+        "timestamp": stamp,
+        "command": [sys.executable, *sys.argv],
+        "machine": machine,
+        "config": {
+            "bundle": str(args.bundle),
+            "server_cpus": cpus_text(args.server_cpus),
+            "client_cpus": cpus_text(args.client_cpus),
+            "server_args": args.server_arg,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+        },
+        "backends": backends,
+        "elapsed_s": time.perf_counter() - started,
+    }
+    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    print(f"TradeScore benchmark {stamp}: model backends")
+    print_backends(backends)
+    print(f"JSON: {path}  ({report['elapsed_s']:.0f} s)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
@@ -2243,6 +2292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if wanted == {"points"}:  # the points alone: no in-process or single-scenario runs
         return _points_only(args, reqs, machine, stamp, started, say)
+    if wanted == {"backends"}:  # the backend dimension alone
+        return _backends_only(args, reqs, machine, stamp, started, say)
 
     say(f"in-process ONNX Runtime on CPUs {cpus_text(args.server_cpus)}")
     others0, t_ip = others_cpu_seconds(), time.perf_counter()
@@ -2357,6 +2408,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         say(f"points at the defaults, {args.point_slices} interleaved rounds")
         points = run_points(args, reqs, default_points(args.batch_trades), say)
+    backends: dict[str, Any] | None = None
+    if "backends" in wanted:
+        from tradescore_bench.backends import run_backends
+
+        backends = run_backends(args, reqs, say)
     a_slices: list[dict[str, Any]] = []
     if "a" in wanted and "a_nobatch" in wanted and args.slices > 0:
         say(f"(a) batching on vs off in {args.slices} interleaved slices (two servers at once)")
@@ -2388,6 +2444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "b_slices": slices,
         "a_slices": a_slices,
         "points": points,
+        "backends": backends,
         "verdicts": {**verdicts(ip, by_key, slices, a_slices), **oip_verdicts(ip, by_key)},
         "curve": curve_verdict(results),
         "elapsed_s": time.perf_counter() - started,
@@ -2407,6 +2464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tradescore_bench.points import print_points
 
         print_points(points)
+    if backends is not None:
+        from tradescore_bench.backends import print_backends
+
+        print_backends(backends)
     print(f"JSON: {path}  ({report['elapsed_s']:.0f} s)")
     if profile_dir is not None:
         print(f"profiles: {profile_dir}")

@@ -7,16 +7,20 @@ carries and the reference every compiled model is checked against.
 What runs
 ---------
 `forest_ir` turns the bundle's LightGBM model text (parsed once, by
-`engine.models.treeshap.parse_trees`, the parser TreeSHAP uses) into LLVM IR:
-one function per tree whose internal nodes are basic blocks (a load of the
-row's feature, one compare with the threshold as a constant, one branch) and
-whose leaves return their value; and a `forest(x, out, n)` loop that sums the
-trees row by row. LLVM (llvmlite, the one numba compiles with) optimises it and
-emits machine code for the same CPU target as the engine's numba kernels
-(`NUMBA_CPU_NAME`/`NUMBA_CPU_FEATURES`, else the host's). A call is one
-ctypes call (GIL released) plus one numba kernel for the logistic. Why this
-design and not a flattened node layout in numba, or C from TL2cgen: see
-docs/compiled-backend.md (figures from `loadtest/backend_designs.py`).
+`engine.models.treeshap.parse_trees`, the parser TreeSHAP uses) into LLVM IR, and
+LLVM (llvmlite, the one numba compiles with) optimises it and emits machine code
+for the same CPU target as the engine's numba kernels (`NUMBA_CPU_NAME` /
+`NUMBA_CPU_FEATURES`, else the host's). The layout served ("bitvector") is
+QuickScorer's (Lucchese et al., SIGIR 2015) vectorised over rows: leaves are
+numbered left to right, each split that a row does not take left clears its left
+subtree's leaves from the tree's bit vector, and the row's leaf is the lowest bit
+left. Eight rows at a time, every split is one vector compare and two bit
+operations against constants, with no branch a row's values could mispredict;
+the leaves' values are gathered from a table per tree. Trees of more than 64
+leaves get native branches instead ("tree": one basic block per split). A call
+is one ctypes call (GIL released) plus one numba kernel for the logistic. Why
+this design and not branches, a flattened node layout in numba, or C from
+TL2cgen: docs/compiled-backend.md (figures from `loadtest/backend_designs.py`).
 
 Decisions as ONNX Runtime takes them
 ------------------------------------
@@ -89,7 +93,7 @@ RANDOM_ROWS = 100_000
 #: the random rows' seed: the same rows at every load of the same model
 RANDOM_SEED = 20
 #: bump when the generated code changes meaning: part of the machine code's cache key
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 #: LLVM's optimisation level for the forest
 OPT_LEVEL = 3
 PARITY_METHOD = (
@@ -136,11 +140,178 @@ class ForestSource:
         return h.hexdigest()[:32]
 
 
-#: how the generated code is laid out (`forest_ir`): "tree" (the winner, see docs/compiled-backend.md),
-#: "row" (trees called one after the other for each row) and "row-inline" (the same, all inlined)
-LAYOUTS = ("tree", "row", "row-inline")
+#: how the generated code is laid out (`forest_ir`): "bitvector" (served; see the module docstring),
+#: and the designs it was measured against (loadtest/backend_designs.py): "tree" (branches, each tree
+#: walks a block of rows), "row" (each row calls every tree in turn) and "row-inline" (all inlined)
+LAYOUTS = ("bitvector", "tree", "row", "row-inline")
 #: rows one pass of the "tree" layout takes through every tree (its running sums stay in L1)
 BLOCK_ROWS = 128
+
+
+def _decision(k: int, tree: Any, i: int, where: str) -> tuple[float, bool]:
+    """Split i of tree k as ONNX Runtime takes it: (float32 threshold, whether NaN goes left)."""
+    decision = tree.decision_type[i]
+    missing = (decision >> 2) & 3
+    if decision & _CATEGORICAL:
+        raise BundleError(f"{where}: tree {k} has a categorical split (the ONNX export has none)")
+    if missing == _MISSING_ZERO:
+        raise BundleError(f"{where}: tree {k} treats zero as missing (the ONNX export refuses it)")
+    t32 = _nearest_f32(tree.threshold[i])
+    if missing == _MISSING_NONE:  # LightGBM reads NaN as 0.0: NaN goes where 0.0 goes
+        return t32, 0.0 <= t32
+    return t32, bool(decision & _DEFAULT_LEFT)
+
+
+def _in_order(tree: Any) -> tuple[list[int], list[tuple[int, int]]]:
+    """Leaves numbered left to right (LightGBM leaf -> position), and each split's left subtree as
+    the range of positions [first, last) of its leaves."""
+    position = [0] * len(tree.leaf_value)
+    spans = [(0, 0)] * len(tree.split_feature)
+    counter = 0
+
+    def walk(node: int) -> tuple[int, int]:
+        nonlocal counter
+        if node < 0:
+            position[~node] = counter
+            counter += 1
+            return counter - 1, counter
+        first, middle = walk(tree.left[node])
+        spans[node] = (first, middle)
+        _, last = walk(tree.right[node])
+        return first, last
+
+    if tree.split_feature:
+        walk(0)
+    return position, spans
+
+
+#: rows one pass of the "bitvector" layout scores at once: one SIMD lane each
+LANES = 8
+#: the most leaves a tree may have for the "bitvector" layout (one bit each in an i64)
+MAX_BITVECTOR_LEAVES = 64
+
+
+def _bitvector_ir(
+    trees: list[Any], n_features: int, sigmoid: float, where: str
+) -> tuple[list[str], list[list[float]]]:
+    """The "bitvector" layout (QuickScorer's bitvectors, vectorised over rows as in RapidScorer).
+
+    Leaves are numbered left to right; a split that a row does not take left clears the bits
+    of its left subtree's leaves, and the row's leaf is the lowest bit left. For `LANES` rows at
+    once: every split of a tree is one vector compare and two bit operations, with no branch;
+    the leaf values are gathered from the tree's table, and added in tree order.
+    """
+    per_feature: list[list[float]] = [[] for _ in range(n_features)]
+    lines: list[str] = []
+    vf = f"<{LANES} x float>"
+    gather = f"llvm.masked.gather.v{LANES}f32.v{LANES}p0"
+    store = f"llvm.masked.store.v{LANES}f32.p0"
+    for k, tree in enumerate(trees):
+        leaves = len(tree.leaf_value)
+        if leaves > MAX_BITVECTOR_LEAVES:
+            raise ValueError(f"tree {k} has {leaves} leaves")
+        width = 32 if leaves <= 32 else 64
+        vi = f"<{LANES} x i{width}>"
+        position, spans = _in_order(tree)
+        table = [0.0] * leaves
+        for leaf, pos in enumerate(position):
+            table[pos] = tree.leaf_value[leaf]
+        values = ", ".join(f"float {_hex(v)}" for v in table)
+        lines.append(f"@leaves{k} = internal unnamed_addr constant [{leaves} x float] [{values}]")
+        lines += [
+            f"define internal {vf} @tree{k}(ptr noalias nocapture readonly %cols) noinline {{",
+            "entry:",
+        ]
+        current = f"splat (i{width} -1)"
+        loaded: set[int] = set()
+        for i, feature in enumerate(tree.split_feature):
+            t32, nan_left = _decision(k, tree, i, where)
+            per_feature[feature].append(t32)
+            if feature not in loaded:
+                loaded.add(feature)
+                lines += [
+                    f"  %pf{feature} = getelementptr inbounds {vf}, ptr %cols, i64 {feature}",
+                    f"  %f{feature} = load {vf}, ptr %pf{feature}, align 32",
+                ]
+            first, last = spans[i]
+            keep = ((1 << width) - 1) ^ (((1 << last) - 1) ^ ((1 << first) - 1))
+            keep_signed = keep - (1 << width) if keep >= 1 << (width - 1) else keep
+            op = "ule" if nan_left else "ole"
+            lines += [
+                f"  %c{i} = fcmp {op} {vf} %f{feature}, splat (float {_hex(t32)})",
+                f"  %s{i} = sext <{LANES} x i1> %c{i} to {vi}",
+                f"  %m{i} = or {vi} %s{i}, splat (i{width} {keep_signed})",
+                f"  %v{i} = and {vi} {current}, %m{i}",
+            ]
+            current = f"%v{i}"
+        if tree.split_feature:
+            lines += [
+                f"  %leaf = call {vi} @llvm.cttz.v{LANES}i{width}({vi} {current}, i1 true)",
+                f"  %at = getelementptr inbounds float, ptr @leaves{k}, {vi} %leaf",
+                f"  %value = call {vf} @{gather}(<{LANES} x ptr> %at, i32 4, <{LANES} x i1> splat (i1 true), "
+                f"{vf} poison)",
+                f"  ret {vf} %value",
+            ]
+        else:
+            lines.append(f"  ret {vf} splat (float {_hex(table[0])})")
+        lines.append("}")
+    lines += [
+        f"declare <{LANES} x i32> @llvm.cttz.v{LANES}i32(<{LANES} x i32>, i1)",
+        f"declare <{LANES} x i64> @llvm.cttz.v{LANES}i64(<{LANES} x i64>, i1)",
+        f"declare {vf} @{gather}(<{LANES} x ptr>, i32, <{LANES} x i1>, {vf})",
+        f"declare void @{store}({vf}, ptr, i32, <{LANES} x i1>)",
+        "define void @forest(ptr noalias nocapture readonly %x, ptr noalias nocapture %out, i64 %n) {",
+        "entry:",
+        f"  %cols = alloca [{n_features} x {vf}], align 32",
+        "  %empty = icmp sle i64 %n, 0",
+        "  br i1 %empty, label %done, label %block",
+        "block:",
+        "  %b = phi i64 [0, %entry], [%b_next, %block]",
+    ]
+    # each lane's row (the block's first row for lanes past the end: computed, never stored)
+    for lane in range(LANES):
+        lines += [
+            f"  %r{lane} = add i64 %b, {lane}",
+            f"  %ok{lane} = icmp slt i64 %r{lane}, %n",
+            f"  %row{lane} = select i1 %ok{lane}, i64 %r{lane}, i64 %b",
+            f"  %o{lane} = mul i64 %row{lane}, {n_features}",
+        ]
+    for f in range(n_features):  # the block's columns, one vector per feature
+        prev = "poison"
+        for lane in range(LANES):
+            lines += [
+                f"  %i{f}_{lane} = add i64 %o{lane}, {f}",
+                f"  %p{f}_{lane} = getelementptr inbounds float, ptr %x, i64 %i{f}_{lane}",
+                f"  %x{f}_{lane} = load float, ptr %p{f}_{lane}, align 4",
+                f"  %col{f}_{lane} = insertelement {vf} {prev}, float %x{f}_{lane}, i64 {lane}",
+            ]
+            prev = f"%col{f}_{lane}"
+        lines += [
+            f"  %at{f} = getelementptr inbounds {vf}, ptr %cols, i64 {f}",
+            f"  store {vf} {prev}, ptr %at{f}, align 32",
+        ]
+    total = "splat (float 0.0)"
+    for k in range(len(trees)):  # in tree order, in float32, as ONNX Runtime sums
+        lines += [f"  %t{k} = call {vf} @tree{k}(ptr %cols)", f"  %s{k} = fadd {vf} {total}, %t{k}"]
+        total = f"%s{k}"
+    if sigmoid != 1.0:
+        lines.append(f"  %scaled = fmul {vf} {total}, splat (float {_hex(sigmoid)})")
+        total = "%scaled"
+    mask = "poison"
+    for lane in range(LANES):
+        lines.append(f"  %mask{lane} = insertelement <{LANES} x i1> {mask}, i1 %ok{lane}, i64 {lane}")
+        mask = f"%mask{lane}"
+    lines += [
+        "  %out_b = getelementptr inbounds float, ptr %out, i64 %b",
+        f"  call void @{store}({vf} {total}, ptr %out_b, i32 4, <{LANES} x i1> {mask})",
+        f"  %b_next = add i64 %b, {LANES}",
+        "  %more = icmp slt i64 %b_next, %n",
+        "  br i1 %more, label %block, label %done",
+        "done:",
+        "  ret void",
+        "}",
+    ]
+    return lines, per_feature
 
 
 def _tree_blocks(
@@ -148,18 +319,9 @@ def _tree_blocks(
 ) -> list[str]:
     """Basic blocks of tree `k` walking the row at %x_i: n<i> per split, l<j> per leaf (`leaf` ends it)."""
     lines: list[str] = []
-    nodes = zip(tree.split_feature, tree.threshold, tree.decision_type, tree.left, tree.right, strict=True)
-    for i, (feature, threshold, decision, left, right) in enumerate(nodes):
-        missing = (decision >> 2) & 3
-        if decision & _CATEGORICAL:
-            raise BundleError(f"{where}: tree {k} has a categorical split (the ONNX export has none)")
-        if missing == _MISSING_ZERO:
-            raise BundleError(f"{where}: tree {k} treats zero as missing (the ONNX export refuses it)")
-        t32 = _nearest_f32(threshold)
-        if missing == _MISSING_NONE:  # LightGBM reads NaN as 0.0: NaN goes where 0.0 goes
-            nan_left = 0.0 <= t32
-        else:
-            nan_left = bool(decision & _DEFAULT_LEFT)
+    nodes = zip(tree.split_feature, tree.left, tree.right, strict=True)
+    for i, (feature, left, right) in enumerate(nodes):
+        t32, nan_left = _decision(k, tree, i, where)
         per_feature[feature].append(t32)
         go_left = f"n{left}" if left >= 0 else f"l{~left}"
         go_right = f"n{right}" if right >= 0 else f"l{~right}"
@@ -175,19 +337,29 @@ def _tree_blocks(
     return lines
 
 
-def forest_ir(text: str, where: str = "model text", layout: str = "tree") -> ForestSource:
+def forest_ir(text: str, where: str = "model text", layout: str = "bitvector") -> ForestSource:
     """LLVM IR of a LightGBM binary model's raw score, `forest(x, out, n)` (see the module docstring).
 
     `out[i]` gets row i's raw score (times the model's sigmoid scale), summed in float32 in tree
-    order. Layout "tree": for each block of `BLOCK_ROWS` rows, each tree in turn walks every row
-    of the block and adds its leaf to the row's sum (one call per tree and block, the tree's code
-    and branch history stay hot); "row" and "row-inline": each row calls every tree in turn.
+    order. Layout "bitvector": see `_bitvector_ir`; "tree": for each block of `BLOCK_ROWS` rows,
+    each tree in turn walks every row of the block and adds its leaf to the row's sum (one call
+    per tree and block); "row" and "row-inline": each row calls every tree in turn.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
     trees, n_features, sigmoid = parse_trees(text, where)
-    per_feature: list[list[float]] = [[] for _ in range(n_features)]
-    lines: list[str] = []
+    if layout == "bitvector" and max(len(t.leaf_value) for t in trees) > MAX_BITVECTOR_LEAVES:
+        layout = "tree"  # wider trees: native branches
+    if layout == "bitvector":
+        lines, per_feature = _bitvector_ir(trees, n_features, sigmoid, where)
+        return ForestSource(
+            "\n".join(lines) + "\n",
+            n_features,
+            len(trees),
+            tuple(np.unique(np.asarray(t, dtype=np.float32)) for t in per_feature),
+        )
+    per_feature = [[] for _ in range(n_features)]
+    lines = []
     for k, tree in enumerate(trees):
         if layout == "tree":
             lines += [
