@@ -104,7 +104,9 @@ def test_fresh_models_of_both_layouts_match_onnx_runtime(num_leaves: int, layout
     forest = CompiledForest.from_text(text)
     session = onnx_session(graph)
     parity = check_parity(
-        forest, lambda x: session.run(["probabilities"], {"features": x})[0][:, 1], {"none": np.zeros((0, 6))}
+        forest,
+        lambda x: session.run(["probabilities"], {"features": x})[0][:, 1],
+        {"none": np.zeros((0, 6), dtype=np.float32)},
     )
     assert parity["passed"], parity
     assert parity["rows"]["random"]["rows"] == RANDOM_ROWS
