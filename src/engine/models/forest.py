@@ -565,10 +565,12 @@ class CompiledForest:
             except RuntimeError as exc:  # llvmlite's parse / verify errors
                 raise BundleError(f"{where}: LLVM cannot compile the model: {exc}") from exc
             _store(cached, data)
-        machine = _target_machine()
-        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
-        engine.add_object_file(llvm.ObjectFileRef.from_data(data))
-        engine.finalize_object()
+        from numba.core.compiler_lock import global_compiler_lock
+
+        with global_compiler_lock:  # LLVM's state is shared with numba's compiler
+            engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine())
+            engine.add_object_file(llvm.ObjectFileRef.from_data(data))
+            engine.finalize_object()
         return CompiledForest(source, engine, origin, time.perf_counter() - started)
 
     @staticmethod
