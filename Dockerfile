@@ -33,7 +33,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # every kernel of the serving path, compiled once here into engine/_kernels/<key> of the venv
 # (key: the engine's sources, numba/NumPy/Python versions, the CPU target): a new pod copies
-# them to its writable cache and compiles nothing (engine serve logs "0 compiled")
+# them to its writable cache and compiles nothing (engine serve logs "0 compiled"); the default
+# model's machine code for ENGINE_MODEL_BACKEND=compiled (LLVM via llvmlite: no C compiler) too
 RUN "$VIRTUAL_ENV/bin/engine" compile --ship
 
 

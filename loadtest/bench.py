@@ -100,6 +100,40 @@ def points_only(
     return 0
 
 
+def backends_only(
+    args: argparse.Namespace,
+    reqs: RequestSet,
+    machine: dict[str, Any],
+    stamp: str,
+    started: float,
+    say: Callable[[str], None],
+) -> int:
+    from tradescore_bench.backends import print_backends, run_backends
+
+    backends = run_backends(args, reqs, say)
+    report = {
+        "schema": 1,
+        "timestamp": stamp,
+        "command": [sys.executable, *sys.argv],
+        "machine": machine,
+        "config": {
+            "bundle": str(args.bundle),
+            "server_cpus": cpus_text(args.server_cpus),
+            "client_cpus": cpus_text(args.client_cpus),
+            "server_args": args.server_arg,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+        },
+        "backends": backends,
+        "elapsed_s": time.perf_counter() - started,
+    }
+    path = write_json(args.output_dir, f"bench-{stamp}-backends", report)
+    print(f"TradeScore benchmark {stamp}: model backends")
+    print_backends(backends)
+    print(f"JSON: {path}  ({report['elapsed_s']:.0f} s)")
+    return 0
+
+
 def costs_only(
     args: argparse.Namespace,
     keys: Sequence[str],
@@ -149,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if wanted == {"points"}:  # the points alone: no in-process or single-scenario runs
         return points_only(args, reqs, machine, stamp, started, say)
+    if wanted == {"backends"}:  # the backend dimension alone
+        return backends_only(args, reqs, machine, stamp, started, say)
 
     say(f"in-process ONNX Runtime on CPUs {cpus_text(args.server_cpus)}")
     others0, t_ip = others_cpu_seconds(), time.perf_counter()
@@ -221,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         say(f"points at the defaults, {args.point_slices} interleaved rounds")
         points = run_points(args, reqs, default_points(args.batch_trades), say)
+    backends: dict[str, Any] | None = None
+    if "backends" in wanted:
+        from tradescore_bench.backends import run_backends
+
+        backends = run_backends(args, reqs, say)
     a_slices: list[dict[str, Any]] = []
     if "a" in wanted and "a_nobatch" in wanted and args.slices > 0:
         say(f"(a) batching on vs off in {args.slices} interleaved slices (two servers at once)")
@@ -253,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "b_slices": slices,
         "a_slices": a_slices,
         "points": points,
+        "backends": backends,
         "costs": cost_results,
         "verdicts": {**verdicts(ip, by_key, slices, a_slices), **oip_verdicts(ip, by_key)},
         "curve": curve_verdict(results),
@@ -273,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tradescore_bench.points import print_points
 
         print_points(points)
+    if backends is not None:
+        from tradescore_bench.backends import print_backends
+
+        print_backends(backends)
     if cost_results is not None:
         costs.print_costs(cost_results)
     print(f"JSON: {path}  ({report['elapsed_s']:.0f} s)")

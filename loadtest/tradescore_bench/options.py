@@ -90,9 +90,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--scenarios",
-        default="points,a,b,oip_b,c,d,a_nobatch,floor_a,floor_b,floor_d,curve",
+        default="points,a,b,oip_b,c,d,a_nobatch,floor_a,floor_b,floor_d,curve,backends",
         help="which to run, comma separated: points (the engine at its defaults against the floors, "
-        "interleaved: tradescore_bench/points.py), a, b, c (open loop at each of --rates), d "
+        "interleaved: tradescore_bench/points.py), backends (--model-backend onnx vs compiled, in "
+        "process at batch 1/64/256/1024 beside LightGBM's predictor, and served (b) with reasons "
+        "off: tradescore_bench/backends.py), a, b, c (open loop at each of --rates), d "
         "(ScoreStream) against the engine; the same with _nobatch (a_nobatch, ...) against a second "
         "engine started with --no-batching, and with _w2 (a_w2, b_w2, ...) against one started with "
         "--workers 2 on the server and client CPUs together; floor_a, floor_b, floor_c, floor_d "
@@ -141,6 +143,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="asyncio",
         help="the event loop of the floor server of the single scenarios (floor_a, ...): asyncio's, as "
         "the benchmark always had it; the points measure against both",
+    )
+    p.add_argument(
+        "--backend-rounds",
+        type=int,
+        default=3,
+        help="backends: served (b) rounds per backend, alternating (in process: twice as many + 1)",
     )
     p.add_argument(
         "--cost-rounds",

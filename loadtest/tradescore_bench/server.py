@@ -207,4 +207,9 @@ def model_info(target: str) -> dict[str, Any]:
 
     with grpc.insecure_channel(target) as channel:
         info = pb_grpc.TradeScorerStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
-    return {"name": info.name, "version": info.version, "content_hash": info.content_hash}
+    return {
+        "name": info.name,
+        "version": info.version,
+        "content_hash": info.content_hash,
+        "backend": info.backend,
+    }

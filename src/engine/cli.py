@@ -26,6 +26,7 @@ from typing import Any
 
 from engine import __version__
 from engine.config import SettingsError, add_arguments, from_sources
+from engine.models.bundle import BACKENDS
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -68,10 +69,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     import engine.jit as jit
     from engine.errors import BundleError
+    from engine.models.bundle import LGB_FILE
     from engine.scoring.servable import load_serving_model
 
     try:
         load_serving_model(args.bundle)  # its warm-up runs every kernel the server runs
+        if (Path(args.bundle) / LGB_FILE).is_file():  # and the compiled backend's machine code
+            load_serving_model(args.bundle, backend="compiled")
     except BundleError as exc:
         print(f"engine compile: {exc}", file=sys.stderr)
         return 1
@@ -177,13 +181,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
         from engine.scoring.servable import load_serving_model
 
         try:
-            model = load_serving_model(Path(args.bundle))
+            model = load_serving_model(Path(args.bundle), backend=args.model_backend)
         except BundleError as exc:
             print(f"engine info: invalid bundle: {exc}", file=sys.stderr)
             return 1
         manifest = dict(model.bundle.manifest.raw)
         manifest.pop("golden", None)
         manifest["path"] = str(model.bundle.path)
+        manifest["backend"] = model.backend
+        if model.bundle.backend_parity is not None:  # this load's check against ONNX Runtime
+            manifest["backend_parity"] = model.bundle.backend_parity
         print(json.dumps(manifest, indent=2))
         return 0
     import grpc
@@ -304,13 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser(
         "info",
         help="describe a bundle on disk or the model a server runs",
-        description="Print the manifest of a bundle (validating it) or, with --target, the "
-        "GetModelInfo answer of a running server, as JSON.",
+        description="Print the manifest of a bundle (validating it), with the backend it was loaded "
+        "for, or, with --target, the GetModelInfo answer of a running server (its `backend` among "
+        "it), as JSON.",
     )
     info.add_argument(
         "--bundle", type=Path, default=None, help="bundle folder (default: the bundle shipped in the package)"
     )
     info.add_argument("--target", default=None, help="ask this server instead, e.g. 127.0.0.1:50051")
+    info.add_argument(
+        "--model-backend",
+        choices=BACKENDS,
+        default="onnx",
+        help="load the bundle as `engine serve --model-backend` would: compiled also compiles the "
+        "model text and checks it against ONNX Runtime, and prints that check (default onnx)",
+    )
     info.add_argument("--timeout", type=float, default=5.0, help="deadline with --target (default 5 s)")
     info.set_defaults(func=_cmd_info)
 
@@ -336,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
         "their machine code is in the kernel cache: ENGINE_KERNEL_CACHE (else NUMBA_CACHE_DIR, "
         "else ~/.cache/tradescore/kernels), one directory per build and CPU target. With --ship, "
         "also into the installed package, where a start with an empty cache finds it: the "
-        "container image runs `NUMBA_CPU_NAME=generic engine compile --ship` when it is built.",
+        "container image runs `NUMBA_CPU_NAME=generic engine compile --ship` when it is built. A "
+        "bundle with model.lgb.txt also gets its compiled model (--model-backend compiled) cached.",
     )
     compile_.add_argument(
         "--bundle", type=Path, default=None, help="bundle folder (default: the bundle shipped in the package)"

@@ -124,10 +124,10 @@ class EngineServer:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.metrics = EngineMetrics(registry)
-        threads = settings.intra_op_threads
+        threads, backend = settings.intra_op_threads, settings.model_backend
         self.models: ModelRegistry[ServingModel] = ModelRegistry(
             settings.bundle,
-            lambda path: load_serving_model(path, threads),
+            lambda path: load_serving_model(path, threads, backend),
             on_swap=self._swapped,
             on_outcome=lambda ok: self.metrics.model_reloads.labels("success" if ok else "failure").inc(),
         )
@@ -169,7 +169,9 @@ class EngineServer:
                 self.metrics,
             )
         model = self.models.load_initial()
-        log.info("model %s %s loaded from %s", model.name, model.version, s.bundle)
+        log.info(
+            "model %s %s loaded from %s (backend %s)", model.name, model.version, s.bundle, model.backend
+        )
         self.batcher = MicroBatcher(
             _predict_with_metrics(self.metrics),
             concat_matrices,

@@ -280,3 +280,48 @@ def test_rerooting_keeps_system_paths() -> None:
     assert reroot("/opt/venv/bin:/usr/local/bin") == "/tmp/x/opt/venv/bin:/usr/local/bin"
     assert reroot('"$VIRTUAL_ENV/bin/pip"') == '"$VIRTUAL_ENV/bin/pip"'
     assert expand("$A/b:${A}", {"A": "/x"}) == "/x/b:/x"
+
+
+def test_compiled_backend_starts_from_the_machine_code_shipped_in_the_image(built: Built) -> None:
+    """`ENGINE_MODEL_BACKEND=compiled`: the builder's `engine compile --ship` compiled the default
+    model too, so a start loads its machine code (llvmlite, already a numba dependency: no C
+    compiler in the image) and compiles nothing, and still checks it against ONNX Runtime."""
+    venv = copied_venv(built)
+    env = runtime_env(built)
+    env["ENGINE_PORT"], env["ENGINE_METRICS_PORT"] = str(free_port()), str(free_port())
+    env["ENGINE_MODEL_BACKEND"] = "compiled"
+    env["ENGINE_KERNEL_CACHE"] = str(built.root / "tmp" / "compiled-backend-kernels")  # a new pod's
+    argv = built.runtime.one("ENTRYPOINT").exec_form()
+    exe = shutil.which(argv[0], path=env["PATH"])
+    assert exe is not None and Path(exe).parent == venv / "bin"
+    server = subprocess.Popen(
+        [exe, *argv[1:]], env=env, cwd=built.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    try:
+        assert server.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = server.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if re.search(r"serving \S+ on ", line):
+                break
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    log = "".join(lines) + (out or "")
+    assert server.returncode == 0, log
+    compiled = re.search(
+        r"compiled backend, \d+ trees, (\w+) in [\d.]+ s; max \|compiled - ONNX Runtime\| (\S+)", log
+    )
+    assert compiled is not None, log
+    assert compiled.group(1) == "cached", log  # shipped by the builder, not compiled at start
+    assert float(compiled.group(2)) <= 1e-6
+    assert "(backend compiled)" in log
+    started = re.search(r"kernels: (\d+) from the cache, (\d+) compiled", log)
+    assert started is not None and int(started.group(2)) == 0, log

@@ -34,6 +34,11 @@ def test_bundle_round_trip(small_model: TrainedModel, small_bundle: Path, small_
     assert parity["max_abs_diff"] <= 1e-5 and parity["threshold"] == 1e-5
     assert parity["rows"] == small_model.heldout.shape[0]  # every held-out row (fewer than 100k exist)
     assert {"rows", "max_abs_diff", "mean_abs_diff", "threshold", "method"} <= set(parity)
+    # the compiled backend against ONNX Runtime, on the held-out rows and 100k random rows
+    compiled = parity["compiled"]
+    assert compiled["passed"] is True and compiled["max_abs_diff"] <= 1e-6 and compiled["threshold"] == 1e-6
+    assert compiled["rows"]["heldout"]["rows"] == small_model.heldout.shape[0]
+    assert compiled["rows"]["random"]["rows"] == 100_000
     for key in ("roc_auc", "pr_auc", "brier", "log_loss", "base_rate", "rows"):
         assert isinstance(manifest["metrics"][key], float), key
     assert manifest["name"] == "settlement-fail" and manifest["version"] == "0.0.1-test"

@@ -14,6 +14,10 @@ Layout::
 A bundle is valid when every file listed in the manifest is present with the
 recorded sha256, the content hash over those matches, the ONNX model loads with
 the declared input width, and the model reproduces the manifest's golden rows.
+Loaded for the compiled backend (`backend="compiled"`, `engine serve --model-backend
+compiled`), the bundle must also carry `model.lgb.txt`, which is compiled to machine
+code (`engine.models.forest`) and must match ONNX Runtime within 1e-6 on the golden
+rows and on 100,000 random rows, or the bundle is refused (BundleError, logged).
 Writers put the manifest last (`write_manifest`), so a half-written bundle fails
 the hash check instead of being served.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engine.config import BACKENDS as BACKENDS  # what evaluates the model: ONNX Runtime or compiled
 from engine.config import DEFAULT_BUNDLE as DEFAULT_BUNDLE  # where the bundle's readers look it up
 from engine.errors import BundleError
 from engine.models.reference import ReferenceTables
@@ -41,10 +47,14 @@ from engine.models.spec import FeatureSpec, RiskBands
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
+#: the LightGBM model text the ONNX graph was exported from (reasons, the compiled backend)
+LGB_FILE = "model.lgb.txt"
 #: the golden rows must reproduce within this (same runtime, same inputs)
 GOLDEN_TOLERANCE = 1e-6
 
 F32 = npt.NDArray[np.float32]
+
+log = logging.getLogger(__name__)
 
 
 def onnx_session(model: str | bytes, intra_op_threads: int = 1) -> Any:
@@ -171,6 +181,9 @@ class ModelBundle:
         self._input_name = input_name
         self._output = [output_name]
         self._run = fast_run(session)
+        self._forest: Any = None
+        #: the compiled backend's parity figures at this load (None on ONNX Runtime)
+        self.backend_parity: dict[str, Any] | None = None
         self.loaded_at = time.time()
 
     @property
@@ -186,14 +199,51 @@ class ModelBundle:
         """The ONNX model's input tensor: float32 [n, features]."""
         return self._input_name
 
+    @property
+    def backend(self) -> str:
+        """ "onnx" or "compiled": what `predict` runs."""
+        return "onnx" if self._forest is None else "compiled"
+
     def predict(self, features: F32) -> F32:
         """Failure probability for each row of a float32 [n, F] matrix."""
+        if self._forest is not None:
+            result: F32 = self._forest.predict(features)
+            return result
+        return self.predict_onnx(features)
+
+    def predict_onnx(self, features: F32) -> F32:
+        """`predict` on ONNX Runtime, whatever the backend (the compiled backend's reference)."""
         probs = self._run(self._output, {self._input_name: features})[0]
         return np.ascontiguousarray(probs[:, 1])
 
+    def _use_compiled(self) -> None:
+        """Compile the bundle's model text and serve with it if it matches ONNX Runtime, else BundleError."""
+        from engine.models.forest import CompiledForest, check_parity, parity_summary
+
+        root = self.path
+        if LGB_FILE not in self.manifest.files:
+            raise BundleError(f"{root}: the compiled backend needs {LGB_FILE} in the bundle, and it has none")
+        forest = CompiledForest.load(root / LGB_FILE)
+        if forest.n_features != len(self.manifest.features):
+            raise BundleError(
+                f"{root / LGB_FILE}: takes {forest.n_features} features, the spec has "
+                f"{len(self.manifest.features)}"
+            )
+        parity = check_parity(forest, self.predict_onnx, {"golden": self.manifest.golden_inputs})
+        if not parity["passed"]:
+            log.error("%s: compiled model refused: %s", root, parity_summary(parity))
+            raise BundleError(
+                f"{root}: the compiled model does not match ONNX Runtime: {parity_summary(parity)}"
+            )
+        log.info("%s: compiled backend, %s; %s", root, forest.describe(), parity_summary(parity))
+        self._forest = forest
+        self.backend_parity = parity
+
     @staticmethod
-    def load(path: Path | str, intra_op_threads: int = 1) -> ModelBundle:
-        """Load and validate the bundle at `path`; raises BundleError when it must not serve."""
+    def load(path: Path | str, intra_op_threads: int = 1, backend: str = "onnx") -> ModelBundle:
+        """Load and validate the bundle at `path` for `backend`; raises BundleError when it must not serve."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         root = Path(path).resolve()
         try:
             raw = json.loads((root / MANIFEST).read_text())
@@ -235,6 +285,8 @@ class ModelBundle:
         diff = float(np.max(np.abs(got - manifest.golden_probabilities), initial=0.0))
         if not np.isfinite(got).all() or diff > GOLDEN_TOLERANCE:
             raise BundleError(f"{root}: model does not reproduce its golden rows (max diff {diff:.3g})")
+        if backend == "compiled":
+            bundle._use_compiled()
         return bundle
 
 

@@ -83,7 +83,7 @@ class _Tree:
     internal_count: list[float]
 
 
-def _parse_trees(text: str, where: str) -> tuple[list[_Tree], int, float]:
+def parse_trees(text: str, where: str) -> tuple[list[_Tree], int, float]:
     """The trees of a LightGBM model text, its feature count and its sigmoid scale."""
     header: dict[str, str] = {}
     blocks: list[dict[str, str]] = []
@@ -178,7 +178,7 @@ class TreeExplainer:
 
     @staticmethod
     def from_text(text: str, where: str = "model text") -> TreeExplainer:
-        trees, n_features, sigmoid = _parse_trees(text, where)
+        trees, n_features, sigmoid = parse_trees(text, where)
         node_feature: list[int] = []
         node_threshold: list[float] = []
         node_default_left: list[bool] = []

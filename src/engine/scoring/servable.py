@@ -157,8 +157,13 @@ class ServingModel:
     def loaded_at(self) -> float:
         return self.bundle.loaded_at
 
+    @property
+    def backend(self) -> str:
+        """ "onnx" or "compiled" (--model-backend): what evaluates the trade model."""
+        return self.bundle.backend
+
     def predict(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Failure probabilities for a feature matrix (one ONNX Runtime call)."""
+        """Failure probabilities for a feature matrix (one ONNX Runtime or compiled-model call)."""
         return self.bundle.predict(features)
 
     def score(self, trades: TradeColumns) -> npt.NDArray[np.float32]:
@@ -206,9 +211,13 @@ def _warm_up(model: ServingModel) -> None:
             reasons_bytes(request, rows, features, contributions, model.explainer.fields, 0.0)
 
 
-def load_serving_model(path: Path, intra_op_threads: int = 1) -> ServingModel:
-    """Load a bundle, check its feature spec against the catalog (BundleError if not servable), warm up."""
-    bundle = ModelBundle.load(path, intra_op_threads=intra_op_threads)
+def load_serving_model(path: Path, intra_op_threads: int = 1, backend: str = "onnx") -> ServingModel:
+    """Load a bundle, check its feature spec against the catalog (BundleError if not servable), warm up.
+
+    `backend` "compiled" scores trades with the bundle's model text compiled to machine code,
+    refused unless it matches ONNX Runtime (`ModelBundle.load`); the pair model stays on ONNX Runtime.
+    """
+    bundle = ModelBundle.load(path, intra_op_threads=intra_op_threads, backend=backend)
     plan = FeaturePlan(bundle.manifest.features, bundle.references)
     model = ServingModel(
         bundle,

@@ -233,6 +233,7 @@ def model_info(model: ServingModel) -> pb.ModelInfo:
         parity_max_abs_diff=float(m.parity.get("max_abs_diff", float("nan"))),
         parity_rows=int(m.parity.get("rows", 0)),
         manifest_json=json.dumps(m.raw, sort_keys=True),
+        backend=model.backend,
     )
     info.created_at.FromSeconds(int(m.created_at_unix()))
     info.loaded_at.FromNanoseconds(int(model.loaded_at * 1e9))

@@ -56,6 +56,28 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def compiled_parity(
+    booster_text: str, model: bytes, heldout: F32, log: Printer = _log.info
+) -> dict[str, Any]:
+    """The compiled backend (`engine.models.forest`) against ONNX Runtime on the held-out rows and
+    100,000 random rows, as the manifest records it (`parity.compiled`). A model that fails is still
+    written (ONNX Runtime serves it); a server on `--model-backend compiled` refuses it."""
+    from engine.errors import BundleError
+    from engine.models.forest import CompiledForest, check_parity, parity_summary
+
+    session = onnx_session(model)
+    try:
+        forest = CompiledForest.from_text(booster_text, "model text")
+    except BundleError as exc:
+        log(f"compiled backend: cannot compile the model ({exc}); it will serve on ONNX Runtime only")
+        return {"passed": False, "error": str(exc)}
+    figures = check_parity(forest, lambda x: onnx_predict(session, x), {"heldout": heldout})
+    figures["compile"] = forest.describe()
+    state = "" if figures["passed"] else "; a server on --model-backend compiled will refuse this bundle"
+    log(f"compiled backend: {parity_summary(figures)}{state}")
+    return figures
+
+
 def package(
     out: Path | str,
     *,
@@ -92,6 +114,7 @@ def package(
         f"parity: {parity['rows']:,} held-out rows, max |LightGBM - ONNX| {parity['max_abs_diff']:.3g}, "
         f"mean {parity['mean_abs_diff']:.3g} (limit {tolerance:g})"
     )
+    parity["compiled"] = compiled_parity(booster_text, model, rows, log)
     probabilities = onnx_predict(onnx_session(model), rows)
     golden = pick_golden_rows(probabilities, GOLDEN_ROWS)
     manifest: dict[str, Any] = {

@@ -652,6 +652,7 @@ class ModelInfo(_message.Message):
     PARITY_MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
     PARITY_ROWS_FIELD_NUMBER: _builtins.int
     MANIFEST_JSON_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     content_hash: _builtins.str
@@ -661,6 +662,11 @@ class ModelInfo(_message.Message):
     parity_rows: _builtins.int
     manifest_json: _builtins.str
     """The whole manifest as JSON, for tools that want everything."""
+    backend: _builtins.str
+    """What evaluates the model: "onnx" (ONNX Runtime) or "compiled" (the
+    bundle's trees as machine code, checked against ONNX Runtime at load);
+    `engine serve --model-backend`.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -687,10 +693,11 @@ class ModelInfo(_message.Message):
         parity_max_abs_diff: _builtins.float = ...,
         parity_rows: _builtins.int = ...,
         manifest_json: _builtins.str = ...,
+        backend: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "loaded_at", b"loaded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "created_at", b"created_at", "features", b"features", "loaded_at", b"loaded_at", "manifest_json", b"manifest_json", "metrics", b"metrics", "name", b"name", "parity_max_abs_diff", b"parity_max_abs_diff", "parity_rows", b"parity_rows", "risk_bands", b"risk_bands", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "content_hash", b"content_hash", "created_at", b"created_at", "features", b"features", "loaded_at", b"loaded_at", "manifest_json", b"manifest_json", "metrics", b"metrics", "name", b"name", "parity_max_abs_diff", b"parity_max_abs_diff", "parity_rows", b"parity_rows", "risk_bands", b"risk_bands", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
