@@ -355,7 +355,7 @@ def score_batch_vs_ort(work: Path, rows: int) -> dict[str, Any]:
     from engine.features.columns import from_table
     from engine.models.bundle import DEFAULT_BUNDLE
     from engine.scoring.servable import load_serving_model
-    from engine.tables import read_table
+    from engine.trade_files import read_table
     from engine.training.data import write_trades
     from engine.training.synthetic import generate_trades
 

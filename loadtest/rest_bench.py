@@ -76,7 +76,7 @@ def trades_json(n: int, seed: int) -> tuple[list[dict[str, Any]], bytes]:
     from google.protobuf import json_format
 
     from engine._proto.tradescore.v1 import tradescore_pb2 as pb
-    from engine.scoring.codec import columns_to_trades
+    from engine.scoring.messages import columns_to_trades
     from engine.training.synthetic import generate_trades
 
     trades = columns_to_trades(generate_trades(n, seed=seed).trades)
@@ -195,7 +195,7 @@ def main() -> int:
         if py is not None:
             import numpy as np
 
-            from engine.scoring.codec import trades_to_columns
+            from engine.scoring.messages import trades_to_columns
             from engine.scoring.servable import load_serving_model
 
             model = load_serving_model(bundle, 1)

@@ -220,7 +220,7 @@ def engine_process() -> Iterator[Callable[..., EngineProcess]]:
 
 @functools.cache
 def _sample_pool() -> list[pb.Trade]:
-    from engine.scoring.codec import columns_to_trades
+    from engine.scoring.messages import columns_to_trades
     from engine.training.synthetic import generate_trades
 
     return columns_to_trades(generate_trades(4000, seed=20261121).trades)
@@ -235,7 +235,7 @@ def sample_request(n: int, seed: int = 3, request_id: str = "r") -> pb.ScoreRequ
 
 def in_process_probabilities(engine: EngineServer, request: pb.ScoreRequest) -> np.ndarray:
     """What ONNX Runtime gives for the same trades, without gRPC or batching."""
-    from engine.scoring.codec import trades_to_columns
+    from engine.scoring.messages import trades_to_columns
 
     model = engine.models.current
     cols = trades_to_columns(request.trades)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.flags import StoreSpec
+from engine.flag_store import StoreSpec
 
 from .conftest import free_port
 

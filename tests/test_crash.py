@@ -21,7 +21,7 @@ import pytest
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
-from engine.flags import StoreSpec
+from engine.flag_store import StoreSpec
 
 from .conftest import EngineProcess
 from .rabbit import Broker, bind_consumer, drain, outbox_left

@@ -14,8 +14,8 @@ from engine.features.compute import CATALOG, OTHER, FeaturePlan, default_spec
 from engine.features.validate import validate
 from engine.models.bundle import DEFAULT_BUNDLE, ModelBundle
 from engine.models.spec import FeatureDef, FeatureSpec, RiskBands
-from engine.scoring.codec import columns_to_trades, trades_to_columns
-from engine.tables import read_table, write_table
+from engine.scoring.messages import columns_to_trades, trades_to_columns
+from engine.trade_files import read_table, write_table
 from tests.conftest import make_trade
 
 

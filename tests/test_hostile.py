@@ -2,7 +2,7 @@
 accept what the protobuf runtime refuses, and never let an invalid trade through to a score.
 
 The oracle is the plain path: the protobuf runtime (upb) parses the bytes, the trades become
-columns (`engine.scoring.codec.trades_to_columns`), then rows of the bundle's tables, then
+columns (`engine.scoring.messages.trades_to_columns`), then rows of the bundle's tables, then
 `engine.features.validate.validate_rows`. The serving path is the compiled one
 (`engine.scoring.wire.prepare_request`). Examples are drawn deterministically (the same ones on
 every run, `derandomize`), so CI is reproducible; `HYPOTHESIS_PROFILE=deep` draws 20x more, at random.
@@ -23,7 +23,7 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.errors import InvalidInput
 from engine.features.validate import validate_rows
 from engine.models.bundle import DEFAULT_BUNDLE
-from engine.scoring.codec import trades_to_columns
+from engine.scoring.messages import trades_to_columns
 from engine.scoring.servable import ServingModel, load_serving_model
 from engine.scoring.wire import TRADE_FIELDS, prepare_request
 from tests.conftest import make_trade, sample_request

@@ -24,8 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("server", "http", "batch"),
     ("scoring", "training", "client"),
-    ("features", "tables"),
-    ("models", "batching", "admission", "flags", "events", "security", "interceptors"),
+    ("features", "trade_files"),
+    ("models", "batching", "admission", "flag_store", "events", "security", "interceptors"),
     ("metrics", "config"),
     ("errors", "jit", "labels", "_proto", ""),
 )

@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 from engine._proto.inference import grpc_predict_v2_pb2
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.models.bundle import DEFAULT_BUNDLE
-from engine.scoring.codec import trades_to_columns
+from engine.scoring.messages import trades_to_columns
 from engine.scoring.servable import ServingModel, load_serving_model
 from tests.conftest import (
     ROOT,

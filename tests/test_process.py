@@ -20,8 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.features.columns import TradeColumns
-from engine.scoring.codec import trades_to_columns
-from engine.tables import write_table
+from engine.scoring.messages import trades_to_columns
+from engine.trade_files import write_table
 from tests.conftest import EngineProcess, copy_bundle, make_trade, resign
 
 pytestmark = pytest.mark.slow

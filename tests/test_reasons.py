@@ -19,7 +19,7 @@ from engine.errors import BundleError, InvalidInput
 from engine.models.bundle import DEFAULT_BUNDLE, MANIFEST, ModelBundle
 from engine.models.spec import BAND_NAMES
 from engine.models.treeshap import BLOCK_MIN_ROWS, TreeExplainer
-from engine.scoring.codec import trades_to_columns
+from engine.scoring.messages import trades_to_columns
 from engine.scoring.reasons import REASONS_PER_TRADE, reasons_bytes
 from engine.scoring.servable import LGB_FILE, explain_threshold, load_serving_model
 from engine.scoring.wire import decode_request, prepare_request

@@ -14,7 +14,7 @@ import pytest
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.features.pairs import PairStats, pair_features
-from engine.flags import Flag, FlagStore, StoreSpec
+from engine.flag_store import Flag, FlagStore, StoreSpec
 from engine.models.bundle import MANIFEST, ModelBundle
 from engine.scoring.servable import PairModel
 from engine.training.pairs import generate_pairs, retrain_pair_model

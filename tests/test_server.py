@@ -155,7 +155,7 @@ async def test_unset_optional_signals_are_missing_not_zero(engine_stub: Stub) ->
     engine, stub = engine_stub
     unset = make_trade(0, inventory_ratio=None, ssi_matched=None)
     zero = make_trade(0, inventory_ratio=0.0, ssi_matched=False)
-    from engine.scoring.codec import trades_to_columns
+    from engine.scoring.messages import trades_to_columns
 
     cols = trades_to_columns([unset, zero])
     assert np.isnan(cols.inventory_ratio[0]) and cols.inventory_ratio[1] == 0.0

@@ -10,7 +10,7 @@ import pytest
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.errors import InvalidInput
 from engine.features.validate import MAX_CYCLE_DAYS, MAX_ID_LENGTH, RULES, problems, validate
-from engine.scoring.codec import trades_to_columns
+from engine.scoring.messages import trades_to_columns
 from tests.conftest import make_trade
 
 EDGE_VALUES: dict[str, list[object]] = {

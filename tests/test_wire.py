@@ -22,7 +22,7 @@ from engine.features.rows import (
 )
 from engine.features.validate import validate_rows
 from engine.models.bundle import DEFAULT_BUNDLE
-from engine.scoring.codec import trades_to_columns
+from engine.scoring.messages import trades_to_columns
 from engine.scoring.servable import ServingModel, load_serving_model
 from engine.scoring.wire import WireTables, decode_request, parse_day, prepare_request, response_bytes
 from tests.conftest import make_trade, sample_request

@@ -81,9 +81,9 @@ def make_trades(n: int, seed: int, bundle: Path) -> tuple[list[pb.Trade], str]:
     """`n` trades from the engine's synthetic generator, or the fallback above; and their source."""
     try:
         synthetic = importlib.import_module("engine.training.synthetic")
-        codec = importlib.import_module("engine.scoring.codec")
+        messages = importlib.import_module("engine.scoring.messages")
         cols, _labels, _history = synthetic.generate_trades(n, seed=seed)
-        trades: list[pb.Trade] = list(codec.columns_to_trades(cols))
+        trades: list[pb.Trade] = list(messages.columns_to_trades(cols))
         source = "engine.training.synthetic.generate_trades"
     except Exception as exc:  # noqa: BLE001 - the generator is optional: say why it was not used
         trades = _fallback_trades(n, seed, bundle)

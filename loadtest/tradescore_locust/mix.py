@@ -113,7 +113,7 @@ def build_mix(
     multi-trade tier, with sizes drawn uniformly from its range. Trade ids are
     unique within the pool, so no request repeats one.
     """
-    from engine.scoring.codec import columns_to_trades
+    from engine.scoring.messages import columns_to_trades
     from engine.training.synthetic import generate_trades
 
     rng = random.Random(seed)

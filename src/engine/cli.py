@@ -94,7 +94,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _load_trades(args: argparse.Namespace) -> Any:
     from engine.features.columns import from_table
-    from engine.tables import read_table
+    from engine.trade_files import read_table
 
     if args.file is not None:
         return from_table(read_table(args.file))
@@ -114,8 +114,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from engine.client import Client
     from engine.errors import InvalidInput
     from engine.features.columns import RISK_BANDS
-    from engine.scoring.codec import columns_to_trades
-    from engine.tables import TableError
+    from engine.scoring.messages import columns_to_trades
+    from engine.trade_files import TableError
 
     try:
         trades = columns_to_trades(_load_trades(args))
@@ -156,7 +156,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_export_labels(args: argparse.Namespace) -> int:
     from engine.features.pairs import PAIR_FEATURES
-    from engine.flags import export_labels, parse_store
+    from engine.flag_store import export_labels, parse_store
 
     try:
         spec = parse_store(args.flag_store)

@@ -75,7 +75,7 @@ def parse_autonomy(spec: str) -> dict[str, tuple[str, float]]:
 
 def split_store(spec: str) -> tuple[str, str] | None:
     """ "sqlite:PATH", "sqlite:///PATH" or "postgresql://..." -> (kind, target); "" -> None; else
-    ValueError. The flag store's syntax (`engine.flags.parse_store` makes a StoreSpec of it)."""
+    ValueError. The flag store's syntax (`engine.flag_store.parse_store` makes a StoreSpec of it)."""
     if not spec:
         return None
     if spec.startswith(("postgresql://", "postgres://")):

@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from engine.batching import name_os_thread
-from engine.flags import StoreSpec, waiting_events
+from engine.flag_store import StoreSpec, waiting_events
 from engine.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)

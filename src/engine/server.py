@@ -35,7 +35,7 @@ from engine.admission import ScoringCalls
 from engine.batching import MicroBatcher, concat_matrices
 from engine.config import CONTROL_HEADROOM, Settings
 from engine.events import OutboxPublisher
-from engine.flags import FlagStore, ensure_schema, parse_store
+from engine.flag_store import FlagStore, ensure_schema, parse_store
 from engine.http.server import HttpServer, http_front_door
 from engine.interceptors import MalformedRequestInterceptor, MetricsInterceptor
 from engine.metrics import EngineMetrics, MultiprocessMetrics

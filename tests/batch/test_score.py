@@ -39,7 +39,7 @@ def test_scores_equal_the_in_process_serving_model(cluster: Any, trades_dir: Pat
     assert summary["scored"] == summary["rows"] == len(got) == 3_000 and summary["partitions"] == 3
     model = load_serving_model(DEFAULT_BUNDLE)
     from engine.features.columns import from_table
-    from engine.tables import read_table
+    from engine.trade_files import read_table
 
     trades = from_table(read_table(trades_dir / "trades.csv"))
     want = model.score(trades)

@@ -34,7 +34,7 @@ def read_trades(piece: sources.Piece, drop_invalid: bool) -> TradePiece:
     from engine.errors import InvalidInput
     from engine.features.columns import from_table
     from engine.features.validate import problems
-    from engine.tables import arrow_columns
+    from engine.trade_files import arrow_columns
 
     table = arrow_columns(sources.read_arrow(piece, sources.columns_of(piece)))
     try:

@@ -2,7 +2,7 @@
 
 A `TradeColumns` holds one numpy array per field of `tradescore.v1.Trade`.
 Missing optional signals are NaN (never 0); enums are their proto numbers.
-It is built from protobuf messages (`engine.scoring.codec`), from a table
+It is built from protobuf messages (`engine.scoring.messages`), from a table
 (CSV / Parquet / the synthetic generator, `from_table` here), and consumed by
 `engine.features.validate` and `engine.features.compute`.
 """

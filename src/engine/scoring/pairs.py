@@ -40,7 +40,7 @@ from engine.features.pairs import (
     pair_features,
     top_reasons,
 )
-from engine.flags import MAX_NOTE_CHARS, Flag, FlagStore
+from engine.flag_store import MAX_NOTE_CHARS, Flag, FlagStore
 from engine.labels import BREAK_CLASSES
 from engine.metrics import EngineMetrics
 from engine.models.registry import ModelRegistry

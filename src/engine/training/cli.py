@@ -688,7 +688,7 @@ EXIT_NOT_PROMOTED = 4
 
 
 def _retrain(args: argparse.Namespace, log: Printer) -> int:
-    from engine.flags import parse_store
+    from engine.flag_store import parse_store
     from engine.training.errors import DataError
     from engine.training.pairs import retrain_pair_model
 

@@ -5,7 +5,7 @@ of `engine.features.columns.REQUIRED_TABLE_COLUMNS`, any optional signals, and
 `settlement_date` and/or `settlement_cycle_days`) plus a label column, `failed`
 by default: 1/0, true/false, yes/no.
 
-Reading goes through the engine's one table reader (`engine.tables.read_table`)
+Reading goes through the engine's one table reader (`engine.trade_files.read_table`)
 and one column builder (`engine.features.columns.from_table`), then applies the
 serving path's validation rules (`engine.features.validate`). A bad row is
 refused with its index and the file line, never silently dropped; with
@@ -91,7 +91,7 @@ def read_trades(
     log: Printer | None = None,
 ) -> LabelledTrades:
     """Read, parse and validate a trade file; raises DataError naming the column and row."""
-    from engine.tables import TableError, read_table
+    from engine.trade_files import TableError, read_table
 
     p = Path(path)
     if p.suffix.lower() not in SUFFIXES:
@@ -167,7 +167,7 @@ def write_trades(path: Path | str, trades: TradeColumns, labels: Labels | None =
     Missing values are empty CSV cells / Parquet nulls / JSON nulls, booleans
     are true/false, dates ISO "YYYY-MM-DD", enums by short name ("EQUITY").
     """
-    from engine.tables import TableError, write_table
+    from engine.trade_files import TableError, write_table
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

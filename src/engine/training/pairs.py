@@ -40,7 +40,7 @@ from engine.features.pairs import (
     likely_right,
     pair_features,
 )
-from engine.flags import StoreSpec, decided_flags
+from engine.flag_store import StoreSpec, decided_flags
 from engine.models.bundle import MANIFEST, ModelBundle, PairSection, onnx_session, utc_now_iso, write_manifest
 from engine.training.errors import DataError, ParityError
 from engine.training.export import PAIRS_DIR, stage_bundle, swap_bundle

@@ -17,7 +17,7 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine._proto.tradescore.v1 import tradescore_pb2_grpc as pb_grpc
 from engine.errors import FlagNotFound, FlagStoreUnavailable, VerdictConflict
 from engine.features.pairs import PAIR_FEATURES
-from engine.flags import Flag, FlagStore, StoreSpec, export_labels, parse_store
+from engine.flag_store import Flag, FlagStore, StoreSpec, export_labels, parse_store
 
 from .conftest import ServerFactory
 from .test_pairs import T0, pair, view
