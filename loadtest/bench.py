@@ -72,91 +72,74 @@ def write_json(out_dir: Path, name: str, report: dict[str, Any]) -> Path:
     return path
 
 
-def points_only(
+def part_report(
     args: argparse.Namespace,
-    reqs: RequestSet,
     machine: dict[str, Any],
     stamp: str,
     started: float,
-    say: Callable[[str], None],
+    part: str,
+    title: str,
+    config: dict[str, Any],
+    results: Any,
+    show: Callable[[Any], None],
 ) -> int:
+    """A run of one part alone (points, backends, costs): its JSON report and its printout."""
+    report = {
+        "schema": 1,
+        "timestamp": stamp,
+        "command": [sys.executable, *sys.argv],
+        "machine": machine,
+        "config": config,
+        part: results,
+        "elapsed_s": time.perf_counter() - started,
+    }
+    path = write_json(args.output_dir, f"bench-{stamp}-{part}", report)
+    print(f"TradeScore benchmark {stamp}: {title}")
+    show(results)
+    print(f"JSON: {path}  ({report['elapsed_s']:.0f} s)")
+    return 0
+
+
+def points_only(
+    args: argparse.Namespace, reqs: RequestSet, machine: dict[str, Any], stamp: str, started: float,
+    say: Callable[[str], None],
+) -> int:  # fmt: skip
     from tradescore_bench.points import default_points, print_points, run_points
 
     say(f"points at the defaults, {args.point_slices} interleaved rounds")
     points = run_points(args, reqs, default_points(args.batch_trades), say)
-    report = {
-        "schema": 1,
-        "timestamp": stamp,
-        "command": [sys.executable, *sys.argv],
-        "machine": machine,
-        "config": {"server_args": args.server_arg, "slice_seconds": args.slice_seconds},
-        "points": points,
-        "elapsed_s": time.perf_counter() - started,
-    }
-    path = write_json(args.output_dir, f"bench-{stamp}-points", report)
-    print(f"TradeScore benchmark {stamp}: points at the defaults")
-    print_points(points)
-    print(f"JSON: {path}  ({report['elapsed_s']:.0f} s)")
-    return 0
+    config = {"server_args": args.server_arg, "slice_seconds": args.slice_seconds}
+    title = "points at the defaults"
+    return part_report(args, machine, stamp, started, "points", title, config, points, print_points)
 
 
 def backends_only(
-    args: argparse.Namespace,
-    reqs: RequestSet,
-    machine: dict[str, Any],
-    stamp: str,
-    started: float,
+    args: argparse.Namespace, reqs: RequestSet, machine: dict[str, Any], stamp: str, started: float,
     say: Callable[[str], None],
-) -> int:
+) -> int:  # fmt: skip
     from tradescore_bench.backends import print_backends, run_backends
 
     backends = run_backends(args, reqs, say)
-    report = {
-        "schema": 1,
-        "timestamp": stamp,
-        "command": [sys.executable, *sys.argv],
-        "machine": machine,
-        "config": {
-            "bundle": str(args.bundle),
-            "server_cpus": cpus_text(args.server_cpus),
-            "client_cpus": cpus_text(args.client_cpus),
-            "server_args": args.server_arg,
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-        },
-        "backends": backends,
-        "elapsed_s": time.perf_counter() - started,
+    config = {
+        "bundle": str(args.bundle),
+        "server_cpus": cpus_text(args.server_cpus),
+        "client_cpus": cpus_text(args.client_cpus),
+        "server_args": args.server_arg,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
     }
-    path = write_json(args.output_dir, f"bench-{stamp}-backends", report)
-    print(f"TradeScore benchmark {stamp}: model backends")
-    print_backends(backends)
-    print(f"JSON: {path}  ({report['elapsed_s']:.0f} s)")
-    return 0
+    title = "model backends"
+    return part_report(args, machine, stamp, started, "backends", title, config, backends, print_backends)
 
 
 def costs_only(
-    args: argparse.Namespace,
-    keys: Sequence[str],
-    machine: dict[str, Any],
-    stamp: str,
-    started: float,
+    args: argparse.Namespace, keys: Sequence[str], machine: dict[str, Any], stamp: str, started: float,
     say: Callable[[str], None],
-) -> int:
+) -> int:  # fmt: skip
     results = costs.run_costs(keys, costs.CostOptions.from_args(args), say)
-    report = {
-        "schema": 1,
-        "timestamp": stamp,
-        "command": [sys.executable, *sys.argv],
-        "machine": machine,
-        "config": {"bundle": str(args.bundle), "server_cpus": cpus_text(args.server_cpus)},
-        "costs": results,
-        "elapsed_s": time.perf_counter() - started,
-    }
-    path = write_json(args.output_dir, f"bench-{stamp}-costs", report)
-    print(f"TradeScore benchmark {stamp}: in-process costs on CPU {min(args.server_cpus)}")
-    costs.print_costs(results)
-    print(f"JSON: {path}  ({report['elapsed_s']:.0f} s)")
-    return 0
+    config = {"bundle": str(args.bundle), "server_cpus": cpus_text(args.server_cpus)}
+    title = f"in-process costs on CPU {min(args.server_cpus)}"
+    return part_report(args, machine, stamp, started, "costs", title, config, results, costs.print_costs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

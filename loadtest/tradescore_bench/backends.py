@@ -20,12 +20,10 @@ compiled's time per call <= ONNX Runtime's; served 256-trade calls >= 2x.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ import numpy.typing as npt
 
 from tradescore_bench.scenarios import Scenario, run_scenario
 from tradescore_bench.server import ServerProcess, model_info
-from tradescore_bench.system import cpus_text, pin_process
+from tradescore_bench.system import cpus_text, pin_process, run_in_child
 from tradescore_bench.trades import RequestSet
 
 BACKENDS = ("onnx", "compiled")
@@ -107,29 +105,9 @@ def _inprocess(job: InProcessBackends) -> dict[str, Any]:
     return out
 
 
-def _inprocess_main(job: InProcessBackends, conn: Connection) -> None:
-    try:
-        conn.send(_inprocess(job))
-    except BaseException as exc:  # noqa: BLE001 - report any failure to the parent
-        conn.send({"error": f"{type(exc).__name__}: {exc}"})
-    finally:
-        conn.close()
-
-
 def run_inprocess(job: InProcessBackends) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_inprocess_main, args=(job, child), name="bench-backends")
-    proc.start()
-    child.close()
-    if not parent.poll(600 + job.rounds * len(BATCHES) * 3 * (job.slice_s + 1)):
-        proc.kill()
-        raise RuntimeError("in-process backend measurement did not finish in time")
-    result: dict[str, Any] = parent.recv()
-    proc.join(10)
-    if "error" in result:
-        raise RuntimeError(f"in-process backend measurement failed: {result['error']}")
-    return result
+    timeout = 600 + job.rounds * len(BATCHES) * 3 * (job.slice_s + 1)
+    return run_in_child(_inprocess, job, "bench-backends", timeout)
 
 
 def run_served(args: argparse.Namespace, reqs: RequestSet, say: Callable[[str], None]) -> dict[str, Any]:

@@ -6,7 +6,6 @@ response encoder); and the child that times ORT on command for the interleaved (
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tradescore_bench.system import CpuTimes, pin_process
+from tradescore_bench.system import CpuTimes, pin_process, run_in_child
 from tradescore_bench.trades import RequestSet
 
 F64 = npt.NDArray[np.float64]
@@ -54,15 +53,6 @@ def timed(fn: Callable[[Any], object], items: Sequence[Any], seconds: float, min
         if i >= min_calls and t1 >= end:
             break
     return np.asarray(times, dtype=np.float64) / 1e9
-
-
-def _inprocess_main(job: InProcessJob, conn: Connection) -> None:
-    try:
-        conn.send(_inprocess(job))
-    except BaseException as exc:  # noqa: BLE001 - report any failure to the parent
-        conn.send({"error": f"{type(exc).__name__}: {exc}"})
-    finally:
-        conn.close()
 
 
 def _inprocess(job: InProcessJob) -> dict[str, Any]:
@@ -163,20 +153,7 @@ def inprocess_job(
 
 
 def run_inprocess(job: InProcessJob) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_inprocess_main, args=(job, child), name="bench-inprocess")
-    proc.start()
-    child.close()
-    timeout = 120 + 4 * (job.warmup_s + job.duration_s)
-    if not parent.poll(timeout):
-        proc.kill()
-        raise RuntimeError("in-process measurement did not finish in time")
-    result: dict[str, Any] = parent.recv()
-    proc.join(10)
-    if "error" in result:
-        raise RuntimeError(f"in-process measurement failed: {result['error']}")
-    return result
+    return run_in_child(_inprocess, job, "bench-inprocess", 120 + 4 * (job.warmup_s + job.duration_s))
 
 
 def slices_main(job: InProcessJob, conn: Connection) -> None:

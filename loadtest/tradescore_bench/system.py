@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import multiprocessing as mp
 import os
 import platform
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +194,33 @@ def machine_info() -> dict[str, Any]:
         "commit": git("rev-parse", "HEAD"),
         "worktree_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
     }
+
+
+def _child_main(measure: Callable[[Any], dict[str, Any]], job: Any, conn: Connection) -> None:
+    try:
+        conn.send(measure(job))
+    except BaseException as exc:  # noqa: BLE001 - report any failure to the parent
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        conn.close()
+
+
+def run_in_child(
+    measure: Callable[[Any], dict[str, Any]], job: Any, name: str, timeout_s: float
+) -> dict[str, Any]:
+    """`measure(job)` in a fresh (spawned) process named `name`: its result, or RuntimeError when it
+    raised or did not answer within `timeout_s` (then it is killed). `measure` must be importable
+    (a module-level function) and pin itself."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, args=(measure, job, child), name=name)
+    proc.start()
+    child.close()
+    if not parent.poll(timeout_s):
+        proc.kill()
+        raise RuntimeError(f"{name} did not finish in {timeout_s:.0f} s")
+    result: dict[str, Any] = parent.recv()
+    proc.join(10)
+    if "error" in result:
+        raise RuntimeError(f"{name} failed: {result['error']}")
+    return result
