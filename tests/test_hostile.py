@@ -25,7 +25,8 @@ from engine.features.validate import validate_rows
 from engine.models.bundle import DEFAULT_BUNDLE
 from engine.scoring.messages import trades_to_columns
 from engine.scoring.servable import ServingModel, load_serving_model
-from engine.scoring.wire import TRADE_FIELDS, prepare_request
+from engine.scoring.trade_layout import TRADE_FIELDS
+from engine.scoring.wire import prepare_request
 from tests.conftest import make_trade, sample_request
 
 #: property-based and mutation runs of hostile requests (slow: not in scripts/test --fast)

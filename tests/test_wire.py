@@ -23,8 +23,9 @@ from engine.features.rows import (
 from engine.features.validate import validate_rows
 from engine.models.bundle import DEFAULT_BUNDLE
 from engine.scoring.messages import trades_to_columns
+from engine.scoring.response import response_bytes
 from engine.scoring.servable import ServingModel, load_serving_model
-from engine.scoring.wire import WireTables, decode_request, parse_day, prepare_request, response_bytes
+from engine.scoring.wire import WireTables, decode_request, parse_day, prepare_request
 from tests.conftest import make_trade, sample_request
 
 
@@ -373,16 +374,18 @@ def test_every_trade_field_has_a_place_in_the_decoder_and_a_new_one_stops_the_im
     from google.protobuf.descriptor import FieldDescriptor as FD
 
     from engine.features.columns import TradeColumns
-    from engine.scoring import wire
+    from engine.scoring import trade_layout
 
     numbers = {f.number for f in pb.Trade.DESCRIPTOR.fields}
-    assert set(wire.TRADE_FIELDS) == numbers
-    assert all(wire.FIELD_KIND[n] != wire.KIND_NONE for n in numbers)
+    assert set(trade_layout.TRADE_FIELDS) == numbers
+    assert all(trade_layout.FIELD_KIND[n] != trade_layout.KIND_NONE for n in numbers)
     assert [f.name for f in dataclasses.fields(TradeColumns)] == [f.name for f in pb.Trade.DESCRIPTOR.fields]
     # the tables the module holds are the ones the descriptor gives
-    again = wire._trade_layout(pb.Trade.DESCRIPTOR)
-    assert again[0] == wire.TEXT_FIELDS
-    for built, held in zip(again[1:], (wire.FIELD_KIND, wire.FIELD_COLUMN, wire.SLOT_FIELD), strict=False):
+    again = trade_layout.trade_layout(pb.Trade.DESCRIPTOR)
+    assert again[0] == trade_layout.TEXT_FIELDS
+    for built, held in zip(
+        again[1:], (trade_layout.FIELD_KIND, trade_layout.FIELD_COLUMN, trade_layout.SLOT_FIELD), strict=False
+    ):
         np.testing.assert_array_equal(built, held)
     for name, number, type_ in (
         ("risk_score", 19, FD.TYPE_DOUBLE),  # a number nobody gave an x column
@@ -390,9 +393,9 @@ def test_every_trade_field_has_a_place_in_the_decoder_and_a_new_one_stops_the_im
         ("urgency", 21, FD.TYPE_INT64),  # a type the decoder does not read
     ):
         with pytest.raises(ImportError, match=name):
-            wire._trade_layout(_trade_with(name, number, type_))
+            trade_layout.trade_layout(_trade_with(name, number, type_))
     with pytest.raises(ImportError, match="legs"):
-        wire._trade_layout(_trade_with("legs", 22, FD.TYPE_DOUBLE, label=3))  # repeated
+        trade_layout.trade_layout(_trade_with("legs", 22, FD.TYPE_DOUBLE, label=3))  # repeated
 
 
 def _group(number: int, payload: bytes = b"") -> bytes:

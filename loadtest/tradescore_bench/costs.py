@@ -368,13 +368,16 @@ def metrics_cost(o: CostOptions) -> dict[str, Any]:
 # -- path_ab --------------------------------------------------------------------------------------
 
 
-def _other_wire(checkout: Path) -> ModuleType:
-    path = checkout / "src" / "engine" / "scoring" / "wire.py"
-    spec = importlib.util.spec_from_file_location("other_wire", path)
+def _other_module(checkout: Path, name: str) -> ModuleType | None:
+    """`engine/scoring/NAME.py` of `checkout`, loaded beside this checkout's (None: it has none)."""
+    path = checkout / "src" / "engine" / "scoring" / f"{name}.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location(f"other_{name}", path)
     if spec is None or spec.loader is None:
         raise RuntimeError(f"path_ab: no {path}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["other_wire"] = module  # dataclasses look their module up
+    sys.modules[f"other_{name}"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -384,20 +387,23 @@ def _prepare(module: ModuleType, tables: Any, plan: Any, raw: bytes) -> object:
 
 
 def _respond(
-    module: ModuleType, decoded: dict[bytes, Any], probabilities: F32, model: Any, raw: bytes
+    respond: Callable[..., bytes], decoded: dict[bytes, Any], probabilities: F32, model: Any, raw: bytes
 ) -> object:
-    return module.response_bytes(
-        decoded[raw], probabilities, model.band_edges, model.name_bytes, model.version_bytes
-    )
+    return respond(decoded[raw], probabilities, model.band_edges, model.name_bytes, model.version_bytes)
 
 
 def path_ab(o: CostOptions) -> dict[str, Any]:
-    from engine.scoring import wire
+    from engine.scoring import response, wire
     from engine.scoring.servable import load_serving_model
 
     if o.other_checkout is None:
         raise RuntimeError("path_ab needs --other-checkout PATH (e.g. a `git worktree` of HEAD~1)")
-    other = _other_wire(o.other_checkout)
+    other = _other_module(o.other_checkout, "wire")
+    if other is None:
+        raise RuntimeError(f"path_ab: {o.other_checkout} has no engine/scoring/wire.py")
+    # the encoder is engine.scoring.response since the decoder and encoder were split; before, wire
+    other_response = _other_module(o.other_checkout, "response") or other
+    responders = {"this": response.response_bytes, "other": other_response.response_bytes}
     model = load_serving_model(o.bundle)
     tables = {"this": model.wire, "other": other.WireTables.build(model.plan)}
     modules = {"this": wire, "other": other}
@@ -408,7 +414,7 @@ def path_ab(o: CostOptions) -> dict[str, Any]:
         t = tables[name]
         decoded = {raw: module.decode_request(raw, t, 1000) for raw in raws}
         steps["prepare_request"][name] = partial(_prepare, module, t, model.plan)
-        steps["response_bytes"][name] = partial(_respond, module, decoded, probabilities, model)
+        steps["response_bytes"][name] = partial(_respond, responders[name], decoded, probabilities, model)
     out: dict[str, Any] = {"other_checkout": str(o.other_checkout), "lines": []}
     for step, fns in steps.items():
         times: dict[str, list[int]] = {name: [] for name in fns}

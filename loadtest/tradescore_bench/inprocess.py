@@ -58,8 +58,9 @@ def timed(fn: Callable[[Any], object], items: Sequence[Any], seconds: float, min
 def _inprocess(job: InProcessJob) -> dict[str, Any]:
     pin_process(job.cpus)
     from engine.config import Settings
+    from engine.scoring.response import response_bytes
     from engine.scoring.servable import load_serving_model
-    from engine.scoring.wire import WireRequest, prepare_request, response_bytes
+    from engine.scoring.wire import WireRequest, prepare_request
 
     model = load_serving_model(job.bundle, job.intra_op_threads)
     max_trades = Settings().max_trades_per_request

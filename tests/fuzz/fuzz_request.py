@@ -36,7 +36,8 @@ from engine._proto.tradescore.v1 import tradescore_pb2 as pb  # noqa: E402
 from engine.errors import InvalidInput  # noqa: E402
 from engine.models.bundle import DEFAULT_BUNDLE  # noqa: E402
 from engine.scoring.servable import load_serving_model  # noqa: E402
-from engine.scoring.wire import TRADE_FIELDS, prepare_request  # noqa: E402
+from engine.scoring.trade_layout import TRADE_FIELDS
+from engine.scoring.wire import prepare_request  # noqa: E402
 from tests.conftest import sample_request  # noqa: E402
 
 MAX_TRADES = 100

@@ -23,7 +23,9 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.jit import Int, compiled
-from engine.scoring.wire import T_TRADE_ID, WireRequest
+from engine.scoring.protowire import put_varint, varint_size
+from engine.scoring.trade_layout import T_TRADE_ID
+from engine.scoring.wire import WireRequest
 
 #: reasons per explained trade: the features with the largest positive contributions
 REASONS_PER_TRADE = 3
@@ -115,25 +117,6 @@ def reasons_bytes(
 
 
 @compiled
-def _varint_into(out: U8, p: Int, v: Int) -> Int:
-    while v >= 0x80:
-        out[p] = (v & 0x7F) | 0x80
-        v >>= 7
-        p += 1
-    out[p] = v
-    return p + 1
-
-
-@compiled
-def _varint_len(v: Int) -> Int:
-    n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
-
-
-@compiled
 def _double_into(out: U8, p: Int, tag: Int, value: float) -> Int:
     """A proto3 double field (fixed64): nothing when its bits are all zero (+0.0), as the runtime."""
     bits = np.array([value], dtype=np.float64).view(np.uint64)[0]
@@ -179,10 +162,10 @@ def encode_reasons(
         row = rows[i]
         size: Int = 0
         if row != 0:
-            size += 1 + _varint_len(row)
+            size += 1 + varint_size(row)
         id_len = text_len[row, T_TRADE_ID]
         if id_len:
-            size += 1 + _varint_len(id_len) + id_len
+            size += 1 + varint_size(id_len) + id_len
         for r in range(k):
             c = top_contribution[i, r]
             if not c > 0.0:
@@ -198,23 +181,23 @@ def encode_reasons(
                 e = category_first[j] + int(v)
                 n += category_at[e + 1] - category_at[e]
             reason_len[i, r] = n
-            size += 1 + _varint_len(n) + n
+            size += 1 + varint_size(n) + n
         size += base_len
         entry_len[i] = size
-        total += 1 + _varint_len(size) + size
+        total += 1 + varint_size(size) + size
     out = np.empty(total, dtype=np.uint8)
     p: Int = 0
     for i in range(m):
         row = rows[i]
         out[p] = (6 << 3) | 2
-        p = _varint_into(out, p + 1, entry_len[i])
+        p = put_varint(out, p + 1, entry_len[i])
         if row != 0:
             out[p] = (1 << 3) | 0
-            p = _varint_into(out, p + 1, row)
+            p = put_varint(out, p + 1, row)
         id_len = text_len[row, T_TRADE_ID]
         if id_len:
             out[p] = (2 << 3) | 2
-            p = _varint_into(out, p + 1, id_len)
+            p = put_varint(out, p + 1, id_len)
             s0 = text_start[row, T_TRADE_ID]
             for b in range(id_len):
                 out[p + b] = buf[s0 + b]
@@ -225,7 +208,7 @@ def encode_reasons(
                 break
             j = top[i, r]
             out[p] = (3 << 3) | 2
-            p = _varint_into(out, p + 1, reason_len[i, r])
+            p = put_varint(out, p + 1, reason_len[i, r])
             for b in range(code_at[j], code_at[j + 1]):
                 out[p] = codes[b]
                 p += 1

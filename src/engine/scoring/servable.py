@@ -21,7 +21,8 @@ from engine.models.bundle import ModelBundle, PairSection
 from engine.models.spec import BAND_NAMES
 from engine.models.treeshap import BLOCK_MIN_ROWS, TreeExplainer
 from engine.scoring.reasons import ReasonFields, reasons_bytes
-from engine.scoring.wire import WireTables, prepare_request, response_bytes, trade_count
+from engine.scoring.response import response_bytes
+from engine.scoring.wire import WireTables, prepare_request, trade_count
 
 
 @dataclass(frozen=True, slots=True, eq=False)

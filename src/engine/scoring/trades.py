@@ -31,9 +31,10 @@ from engine.metrics import EngineMetrics, size_class
 from engine.models.registry import ModelRegistry
 from engine.models.spec import BAND_NAMES
 from engine.scoring.reasons import reasons_bytes
+from engine.scoring.response import response_bytes
 from engine.scoring.servable import ServingModel, TradeExplainer, explain_threshold
 from engine.scoring.streams import pipelined, request_error
-from engine.scoring.wire import WireRequest, prepare_request, response_bytes, trade_count
+from engine.scoring.wire import WireRequest, prepare_request, trade_count
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TradeScorer"].full_name
 F32 = npt.NDArray[np.float32]

@@ -1,4 +1,5 @@
-"""Compiled protobuf codec for the scoring hot path: request bytes -> TradeRows, scores -> response bytes.
+"""Compiled decoder for the scoring hot path: ScoreRequest bytes -> TradeRows (the response is
+`engine.scoring.response`; the wire format's pieces are `engine.scoring.protowire`).
 
 Reading 18 fields of 256 `Trade` messages through the protobuf runtime costs
 more Python attribute access than the model's own time (docs/design-figures.md). Here the
@@ -8,7 +9,8 @@ text fields checked as UTF-8 and measured in characters, dates parsed, and
 counterparty / instrument / currency / venue ids looked up in the bundle's
 tables through an open-addressing hash table built once per bundle
 (`WireTables`). No Python object is created per trade; trade ids stay where
-they are in the request bytes and are copied straight into the response.
+they are in the request bytes and are copied straight into the response
+(`engine.scoring.response`).
 
 The decoder follows the protobuf wire format rules that matter to a
 producer: fields in any order, the last value of a repeated scalar wins,
@@ -21,55 +23,60 @@ it against the protobuf runtime (upb) on random messages, and the encoder byte
 for byte.
 
 Which field is which comes from `pb.Trade.DESCRIPTOR` and from where
-`engine.features.rows` puts each field (`_trade_layout`): the kernels read
+`engine.features.rows` puts each field (`engine.scoring.trade_layout`): the kernels read
 tables indexed by field number, and a field added to the proto that no table
 maps stops the import.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from google.protobuf import descriptor
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
 from engine.errors import BundleError, InvalidInput, MalformedRequest
 from engine.features import kernels as kn
 from engine.features.compute import FeaturePlan
-from engine.features.rows import (
-    K_DUP_TRADE_ID,
-    K_FIELDS,
-    LENGTH_FIELDS,
-    LOOKUP_FIELDS,
-    NK,
-    NX,
-    X_FIELDS,
-    TradeRows,
-)
+from engine.features.rows import K_DUP_TRADE_ID, NK, NX, TradeRows
 from engine.features.validate import LIMITS, check_count, raise_first_problem
 from engine.jit import Int, compiled
-from engine.labels import band_of
+from engine.scoring.protowire import (
+    MAX_FIELD,
+    WT_I64,
+    WT_LEN,
+    WT_VARINT,
+    read_varint,
+    skip_field,
+    utf8_chars,
+    utf8_sequence,
+)
+from engine.scoring.trade_layout import (
+    FIELD_COLUMN,
+    FIELD_KIND,
+    KIND_BOOL,
+    KIND_DOUBLE,
+    KIND_ENUM,
+    KIND_NONE,
+    KIND_OPTIONAL_DOUBLE,
+    KIND_TEXT,
+    KIND_UINT32,
+    N_TEXT,
+    SLOT_DAY,
+    SLOT_FIELD,
+    SLOT_LENGTH,
+    SLOT_LOOKUP,
+    T_TRADE_ID,
+    TRADE_FIELDS,
+    ZERO_K,
+    ZERO_X,
+)
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 
-
-# wire types
-#: the largest field number protobuf allows (2^29 - 1); a tag beyond it is malformed, as upb says
-_MAX_FIELD = 536_870_911
-_VARINT = 0
-_I64 = 1
-_LEN = 2
-_SGROUP = 3
-_EGROUP = 4
-_I32 = 5
-#: how deep messages and groups may nest, counted from the top-level message (upb's default
-#: limit: a ScoreRequest may hold 100 nested unknown groups, a Trade inside it 99)
-_DEPTH_LIMIT = 100
 
 # error kinds reported in err[0]; err[1] = Trade field number, err[2] = trade index, err[3] = count
 E_NONE = 0
@@ -78,244 +85,10 @@ E_UTF8 = 2
 E_DATE = 3
 E_NAN = 4
 
-# -- the Trade message, from its descriptor ------------------------------------------------
-#
-# The decoder's tables are built here from `pb.Trade.DESCRIPTOR` (field numbers, types,
-# presence) and from where `engine.features.rows` puts each field (X_FIELDS, K_FIELDS,
-# LENGTH_FIELDS, LOOKUP_FIELDS): nothing below names a field by its number. A field added
-# to the proto and mapped nowhere stops the import (`_trade_layout`).
-
-_FD = descriptor.FieldDescriptor
-#: how the decoder stores a field's value (FIELD_KIND), by the field's protobuf type
-KIND_NONE = 0  # not a Trade field: skipped as unknown
-KIND_TEXT = 1  # string: its span (FIELD_COLUMN: the text slot), checked and resolved later
-KIND_ENUM = 2  # enum: the number as an int32, in k (FIELD_COLUMN: the k column)
-KIND_UINT32 = 3  # uint32: in x
-KIND_BOOL = 4  # bool: 1.0 / 0.0 in x
-KIND_DOUBLE = 5  # double without presence: in x as it is
-KIND_OPTIONAL_DOUBLE = 6  # optional double: in x; NaN refused (unset is the way to say unknown)
-_KIND_OF_TYPE = {
-    _FD.TYPE_STRING: KIND_TEXT,
-    _FD.TYPE_ENUM: KIND_ENUM,
-    _FD.TYPE_UINT32: KIND_UINT32,
-    _FD.TYPE_BOOL: KIND_BOOL,
-    _FD.TYPE_DOUBLE: KIND_DOUBLE,
-}
-#: Trade field number -> name (for error messages)
-TRADE_FIELDS: dict[int, str] = {f.number: f.name for f in pb.Trade.DESCRIPTOR.fields}
-
-
-def _trade_layout(trade: descriptor.Descriptor) -> tuple[tuple[str, ...], I64, I64, I64, I64, I64, I64]:
-    """The decoder's tables for the message `trade` (tradescore.v1.Trade) from its descriptor:
-    (TEXT_FIELDS, FIELD_KIND, FIELD_COLUMN, SLOT_FIELD, SLOT_LENGTH, SLOT_DAY, SLOT_LOOKUP).
-
-    Raises ImportError for a field the decoder cannot store: a type it does not
-    read, a repeated or message field, or a field `engine.features.rows` maps nowhere.
-    """
-    fields = sorted(trade.fields, key=lambda f: f.number)
-    text_fields = tuple(f.name for f in fields if f.type == _FD.TYPE_STRING)
-    n_text = len(text_fields)
-    top = max(f.number for f in fields)
-    kind = np.zeros(top + 1, dtype=np.int64)
-    column = np.full(top + 1, -1, dtype=np.int64)
-    slot_field = np.zeros(n_text, dtype=np.int64)
-    slot_length = np.full(n_text, -1, dtype=np.int64)
-    slot_day = np.full(n_text, -1, dtype=np.int64)
-    slot_lookup = np.full((n_text, 2), -1, dtype=np.int64)
-    for f in fields:
-        where = f"{trade.full_name}.{f.name} (field {f.number})"
-        k = _KIND_OF_TYPE.get(f.type)
-        if k is None or f.is_repeated:
-            raise ImportError(
-                f"engine.scoring.wire cannot decode {where}: type {f.type}, repeated {f.is_repeated}"
-            )
-        if k == KIND_DOUBLE and f.has_presence:
-            k = KIND_OPTIONAL_DOUBLE
-        kind[f.number] = k
-        if k == KIND_TEXT:
-            t = text_fields.index(f.name)
-            column[f.number] = t
-            slot_field[t] = f.number
-            slot_length[t] = LENGTH_FIELDS.get(f.name, -1)
-            slot_day[t] = X_FIELDS.get(f.name, -1)
-            looked_up = [c for c, name in LOOKUP_FIELDS.items() if name == f.name]
-            if len(looked_up) > slot_lookup.shape[1]:
-                raise ImportError(f"{where} is resolved in {len(looked_up)} k columns; the decoder takes 2")
-            slot_lookup[t, : len(looked_up)] = looked_up
-            if slot_length[t] < 0 and slot_day[t] < 0:
-                raise ImportError(f"{where}: engine.features.rows keeps neither its length nor its date")
-        elif k == KIND_ENUM:
-            if f.name not in K_FIELDS:
-                raise ImportError(f"{where}: no k column in engine.features.rows.K_FIELDS")
-            column[f.number] = K_FIELDS[f.name]
-        else:
-            if f.name not in X_FIELDS:
-                raise ImportError(f"{where}: no x column in engine.features.rows.X_FIELDS")
-            column[f.number] = X_FIELDS[f.name]
-    return text_fields, kind, column, slot_field, slot_length, slot_day, slot_lookup
-
-
-#: the text fields, in field-number order: text slot t (a column of the span arrays) is TEXT_FIELDS[t];
-#: per Trade field number: how its value is stored (KIND_*), and in which column (x, k or text slot)
-#: per text slot: its field number, the k column of its length, the x column of its date, and
-#: the k columns it is resolved in (reference rows, vocabulary codes; -1: none)
-TEXT_FIELDS, FIELD_KIND, FIELD_COLUMN, SLOT_FIELD, SLOT_LENGTH, SLOT_DAY, SLOT_LOOKUP = _trade_layout(
-    pb.Trade.DESCRIPTOR
-)
-N_TEXT = len(TEXT_FIELDS)
-T_TRADE_ID = TEXT_FIELDS.index("trade_id")
-#: x columns of the numbers without presence (proto3 zero when not sent; the rest start NaN, unset),
-#: and the k columns of the enums (zero when not sent)
-_ZERO_X = np.array(
-    [
-        FIELD_COLUMN[f.number]
-        for f in pb.Trade.DESCRIPTOR.fields
-        if not f.has_presence and FIELD_KIND[f.number] in (KIND_UINT32, KIND_BOOL, KIND_DOUBLE)
-    ],
-    dtype=np.int64,
-)
-_ZERO_K = np.array(
-    [c for f, c in zip(FIELD_KIND, FIELD_COLUMN, strict=True) if f == KIND_ENUM], dtype=np.int64
-)
-
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
 _MIX1 = np.uint64(0xFF51AFD7ED558CCD)
 _MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
-
-
-# -- small helpers -----------------------------------------------------------------------
-
-
-@compiled
-def _varint(buf: U8, p: Int, end: Int) -> tuple[np.uint64, Int]:
-    """(value, next position); next position -1 when the varint is truncated or too long."""
-    result = np.uint64(0)
-    shift = np.uint64(0)
-    while p < end:
-        b = buf[p]
-        p += 1
-        if shift < 64:
-            result |= np.uint64(b & 0x7F) << shift
-        if b < 0x80:
-            return result, p
-        shift += np.uint64(7)
-        if shift >= 70:
-            return result, -1
-    return result, -1
-
-
-@compiled
-def _skip_scalar(buf: U8, p: Int, end: Int, wire: Int) -> Int:
-    """Position after a field's value of `wire` type (not a group); -1 when malformed."""
-    if wire == _VARINT:
-        _, p = _varint(buf, p, end)
-        return p
-    if wire == _I64:
-        return p + 8 if p + 8 <= end else -1
-    if wire == _I32:
-        return p + 4 if p + 4 <= end else -1
-    if wire == _LEN:
-        n, p = _varint(buf, p, end)
-        if p < 0 or n > np.uint64(end - p):
-            return -1
-        return p + np.int64(n)
-    return -1  # groups (3, 4) and undefined wire types (6, 7)
-
-
-@compiled
-def _skip_group(buf: U8, p: Int, end: Int, field: Int, depth: Int) -> Int:
-    """Position after the end tag of group `field` whose start tag ends at p; -1 when malformed.
-
-    As upb skips an unknown group: what it holds is skipped field by field, groups
-    nested in it must close in order with their own field number, and nesting
-    beyond `_DEPTH_LIMIT` (`depth`: how deep the group's message already is) is malformed.
-    """
-    if depth + 1 > _DEPTH_LIMIT:
-        return -1
-    open_fields = np.empty(_DEPTH_LIMIT - depth, dtype=np.int64)  # the open groups, innermost last
-    open_fields[0] = field
-    top = 0
-    while p < end:
-        tag, p = _varint(buf, p, end)
-        if p < 0:
-            return -1
-        f = np.int64(tag >> np.uint64(3))
-        w = np.int64(tag & np.uint64(7))
-        if f > _MAX_FIELD:  # (field 0 is refused in a message, but upb lets it pass inside a group)
-            return -1
-        if w == _EGROUP:
-            if f != open_fields[top]:
-                return -1
-            if top == 0:
-                return p
-            top -= 1
-        elif w == _SGROUP:
-            top += 1
-            if top >= open_fields.shape[0]:
-                return -1
-            open_fields[top] = f
-        else:
-            p = _skip_scalar(buf, p, end, w)
-            if p < 0:
-                return -1
-    return -1  # the group never closed
-
-
-@compiled
-def _skip(buf: U8, p: Int, end: Int, wire: Int, field: Int, depth: Int) -> Int:
-    """Position after an unknown field's value (field `field`, `wire` type, in a message `depth`
-    levels deep); -1 when malformed. An end-group tag with no group open is malformed."""
-    if wire == _SGROUP:
-        return _skip_group(buf, p, end, field, depth)
-    return _skip_scalar(buf, p, end, wire)
-
-
-@compiled
-def _utf8_sequence(buf: U8, p: Int, end: Int) -> Int:
-    """Length of the valid multi-byte UTF-8 sequence starting at buf[p]; 0 when it is not one."""
-    b = buf[p]
-    if 0xC2 <= b <= 0xDF:
-        if p + 1 >= end or (buf[p + 1] & 0xC0) != 0x80:
-            return 0
-        return 2
-    if 0xE0 <= b <= 0xEF:
-        if p + 2 >= end or (buf[p + 1] & 0xC0) != 0x80 or (buf[p + 2] & 0xC0) != 0x80:
-            return 0
-        if b == 0xE0 and buf[p + 1] < 0xA0:  # overlong
-            return 0
-        if b == 0xED and buf[p + 1] >= 0xA0:  # surrogates
-            return 0
-        return 3
-    if 0xF0 <= b <= 0xF4:
-        if p + 3 >= end or (buf[p + 1] & 0xC0) != 0x80:
-            return 0
-        if (buf[p + 2] & 0xC0) != 0x80 or (buf[p + 3] & 0xC0) != 0x80:
-            return 0
-        if b == 0xF0 and buf[p + 1] < 0x90:  # overlong
-            return 0
-        if b == 0xF4 and buf[p + 1] >= 0x90:  # above U+10FFFF
-            return 0
-        return 4
-    return 0
-
-
-@compiled
-def _utf8_chars(buf: U8, start: Int, length: Int) -> Int:
-    """Characters in buf[start:start+length], or -1 when it is not valid UTF-8."""
-    p = start
-    end = start + length
-    chars = 0
-    while p < end:
-        if buf[p] < 0x80:
-            p += 1
-        else:
-            size = _utf8_sequence(buf, p, end)
-            if size == 0:
-                return -1
-            p += size
-        chars += 1
-    return chars
 
 
 @compiled
@@ -463,37 +236,37 @@ def count_trades(buf: U8) -> tuple[Int, Int, Int, Int]:
     rid_len: Int = 0
     explain: Int = 0
     while p < end:
-        tag, p = _varint(buf, p, end)
+        tag, p = read_varint(buf, p, end)
         if p < 0:
             return -1, 0, 0, 0
         field = np.int64(tag >> np.uint64(3))
         wire = np.int64(tag & np.uint64(7))
-        if field == 0 or field > _MAX_FIELD:
+        if field == 0 or field > MAX_FIELD:
             return -1, 0, 0, 0
-        if wire == _LEN and (field == 1 or field == 2):
-            length, q = _varint(buf, p, end)
+        if wire == WT_LEN and (field == 1 or field == 2):
+            length, q = read_varint(buf, p, end)
             if q < 0 or length > np.uint64(end - q):
                 return -1, 0, 0, 0
             if field == 1:
                 # seen again: the last value wins, but protobuf checks every one's UTF-8
-                if rid_len and _utf8_chars(buf, rid_start, rid_len) < 0:
+                if rid_len and utf8_chars(buf, rid_start, rid_len) < 0:
                     return -2, 0, 0, 0
                 rid_start = q
                 rid_len = np.int64(length)
             else:
                 n += 1
             p = q + np.int64(length)
-        elif wire == _VARINT and field == 3:
-            flag, p = _varint(buf, p, end)
+        elif wire == WT_VARINT and field == 3:
+            flag, p = read_varint(buf, p, end)
             if p < 0:
                 return -1, 0, 0, 0
             # the last occurrence wins, as in protobuf; any value past the enum's is refused later
             explain = np.int64(flag) if flag < np.uint64(256) else 256
         else:
-            p = _skip(buf, p, end, wire, field, 0)
+            p = skip_field(buf, p, end, wire, field, 0)
             if p < 0:
                 return -1, 0, 0, 0
-    if rid_len and _utf8_chars(buf, rid_start, rid_len) < 0:
+    if rid_len and utf8_chars(buf, rid_start, rid_len) < 0:
         return -2, 0, 0, 0
     return n, rid_start, rid_len, explain
 
@@ -541,22 +314,22 @@ def decode_trades(
             length = np.uint64(buf[p + 1] & 0x7F) | (np.uint64(buf[p + 2]) << np.uint64(7))
             p += 3
         else:
-            tag, p = _varint(buf, p, end)
+            tag, p = read_varint(buf, p, end)
             field = np.int64(tag >> np.uint64(3))
             wire = np.int64(tag & np.uint64(7))
-            if not (wire == _LEN and field == 2):
-                p = _skip(buf, p, end, wire, field, 0)
+            if not (wire == WT_LEN and field == 2):
+                p = skip_field(buf, p, end, wire, field, 0)
                 continue
-            length, p = _varint(buf, p, end)
+            length, p = read_varint(buf, p, end)
         q: Int = p
         stop: Int = p + np.int64(length)
         p = stop
         # defaults: proto3 zero values; optional fields unset (NaN)
         for c in range(x.shape[1]):
             x[i, c] = np.nan
-        for c in _ZERO_X:
+        for c in ZERO_X:
             x[i, c] = 0.0
-        for c in _ZERO_K:
+        for c in ZERO_K:
             k[i, c] = 0
         for t in range(text_start.shape[1]):
             text_start[i, t] = q
@@ -571,23 +344,23 @@ def decode_trades(
                 tag = np.uint64(buf[q] & 0x7F) | (np.uint64(buf[q + 1]) << np.uint64(7))
                 q += 2
             else:
-                tag, q = _varint(buf, q, stop)
+                tag, q = read_varint(buf, q, stop)
             if q < 0:
                 _note(err, E_MALFORMED, 0, i)
                 return
             f = np.int64(tag >> np.uint64(3))
             w = np.int64(tag & np.uint64(7))
-            if f == 0 or f > _MAX_FIELD:
+            if f == 0 or f > MAX_FIELD:
                 _note(err, E_MALFORMED, 0, i)
                 return
             kind = FIELD_KIND[f] if f < FIELD_KIND.shape[0] else KIND_NONE
             column = FIELD_COLUMN[f] if f < FIELD_KIND.shape[0] else -1
-            if kind == KIND_TEXT and w == _LEN:
+            if kind == KIND_TEXT and w == WT_LEN:
                 if q < stop and buf[q] < 0x80:
                     ln = np.uint64(buf[q])
                     r = q + 1
                 else:
-                    ln, r = _varint(buf, q, stop)
+                    ln, r = read_varint(buf, q, stop)
                 if r < 0 or ln > np.uint64(stop - r):
                     _note(err, E_MALFORMED, f, i)
                     return
@@ -595,18 +368,18 @@ def decode_trades(
                 # (_resolve_text checks the last)
                 if (
                     text_len[i, column] > 0
-                    and _utf8_chars(buf, text_start[i, column], text_len[i, column]) < 0
+                    and utf8_chars(buf, text_start[i, column], text_len[i, column]) < 0
                 ):
                     _note(err, E_UTF8, f, i)
                 text_start[i, column] = r
                 text_len[i, column] = np.int64(ln)
                 q = r + np.int64(ln)
-            elif (kind == KIND_ENUM or kind == KIND_UINT32 or kind == KIND_BOOL) and w == _VARINT:
+            elif (kind == KIND_ENUM or kind == KIND_UINT32 or kind == KIND_BOOL) and w == WT_VARINT:
                 if q < stop and buf[q] < 0x80:
                     v = np.uint64(buf[q])
                     q += 1
                 else:
-                    v, q = _varint(buf, q, stop)
+                    v, q = read_varint(buf, q, stop)
                 if q < 0:
                     _note(err, E_MALFORMED, f, i)
                     return
@@ -617,7 +390,7 @@ def decode_trades(
                     x[i, column] = float(low)
                 else:
                     x[i, column] = 1.0 if v != 0 else 0.0
-            elif (kind == KIND_DOUBLE or kind == KIND_OPTIONAL_DOUBLE) and w == _I64:
+            elif (kind == KIND_DOUBLE or kind == KIND_OPTIONAL_DOUBLE) and w == WT_I64:
                 if q + 8 > stop:
                     _note(err, E_MALFORMED, f, i)
                     return
@@ -631,7 +404,7 @@ def decode_trades(
                     _note(err, E_NAN, f, i)
                 x[i, column] = d
             else:
-                q = _skip(buf, q, stop, w, f, 1)
+                q = skip_field(buf, q, stop, w, f, 1)
                 if q < 0 or q > stop:
                     _note(err, E_MALFORMED, f, i)
                     return
@@ -673,7 +446,7 @@ def _resolve_text(
                 if b < 0x80:
                     p += 1
                 else:
-                    size = _utf8_sequence(buf, p, end)
+                    size = utf8_sequence(buf, p, end)
                     if size == 0:
                         chars = -1
                         break
@@ -956,155 +729,3 @@ def decode_request(raw: bytes, tables: WireTables, max_trades: int) -> WireReque
     request = WireRequest(buf, rows, text_start, text_len, (int(rid_start), int(rid_len)), int(explain))
     _decode_errors(request, err)
     return request
-
-
-# -- response ----------------------------------------------------------------------------
-
-
-@compiled
-def _varint_size(v: Int) -> Int:
-    size = 1
-    while v >= 0x80:
-        v >>= 7
-        size += 1
-    return size
-
-
-@compiled
-def _put_varint(out: U8, p: Int, v: Int) -> Int:
-    while v >= 0x80:
-        out[p] = (v & 0x7F) | 0x80
-        v >>= 7
-        p += 1
-    out[p] = v
-    return p + 1
-
-
-@compiled
-def _put_bytes(out: U8, p: Int, field: Int, src: U8, start: Int, length: Int) -> Int:
-    if length == 0:
-        return p
-    out[p] = (field << 3) | _LEN
-    p = _put_varint(out, p + 1, length)
-    out[p : p + length] = src[start : start + length]
-    return p + length
-
-
-@compiled
-def encode_response(
-    buf: U8,
-    rid_start: Int,
-    rid_len: Int,
-    text_start: I64,
-    text_len: I64,
-    probabilities: npt.NDArray[np.float32],
-    band_edges: npt.NDArray[np.float64],
-    name: U8,
-    version: U8,
-) -> U8:
-    """ScoreResponse bytes, laid out as the protobuf runtime serializes them (fields in number order).
-
-    Each trade's risk band is `engine.models.spec.band_of` its probability.
-    """
-    id_start = text_start[:, T_TRADE_ID]
-    id_len = text_len[:, T_TRADE_ID]
-    n = probabilities.shape[0]
-    probs = probabilities.astype(np.float64)
-    bits = probs.view(np.uint64)
-    bands = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        bands[i] = band_of(probs[i], band_edges)
-    size: Int = 0
-    if rid_len:
-        size += 1 + _varint_size(rid_len) + rid_len
-    inner = np.zeros(n, dtype=np.int64)  # each TradeScore's size (zero values are not written)
-    for i in range(n):
-        if id_len[i]:
-            inner[i] += 1 + _varint_size(id_len[i]) + id_len[i]
-        if bits[i] != 0:
-            inner[i] += 9
-        if bands[i] != 0:
-            inner[i] += 1 + _varint_size(bands[i])
-        size += 1 + _varint_size(inner[i]) + inner[i]
-    if name.shape[0]:
-        size += 1 + _varint_size(name.shape[0]) + name.shape[0]
-    if version.shape[0]:
-        size += 1 + _varint_size(version.shape[0]) + version.shape[0]
-    out = np.empty(size, dtype=np.uint8)
-    raw = probs.view(np.uint8)
-    p = _put_bytes(out, 0, 1, buf, rid_start, rid_len)
-    for i in range(n):  # written out: helper calls would pass `out` and `buf` per field
-        out[p] = (2 << 3) | _LEN
-        p += 1
-        v = inner[i]
-        while v >= 0x80:
-            out[p] = (v & 0x7F) | 0x80
-            v >>= 7
-            p += 1
-        out[p] = v
-        p += 1
-        length = id_len[i]
-        if length:
-            out[p] = (1 << 3) | _LEN
-            p += 1
-            v = length
-            while v >= 0x80:
-                out[p] = (v & 0x7F) | 0x80
-                v >>= 7
-                p += 1
-            out[p] = v
-            p += 1
-            s0 = id_start[i]
-            for j in range(length):
-                out[p + j] = buf[s0 + j]
-            p += length
-        if bits[i] != 0:
-            out[p] = (2 << 3) | _I64
-            for j in range(8):
-                out[p + 1 + j] = raw[8 * i + j]
-            p += 9
-        if bands[i] != 0:
-            out[p] = (3 << 3) | _VARINT
-            p += 1
-            v = bands[i]
-            while v >= 0x80:
-                out[p] = (v & 0x7F) | 0x80
-                v >>= 7
-                p += 1
-            out[p] = v
-            p += 1
-    p = _put_bytes(out, p, 3, name, 0, name.shape[0])
-    p = _put_bytes(out, p, 4, version, 0, version.shape[0])
-    return out
-
-
-@functools.lru_cache(maxsize=64)
-def _u8(text: bytes) -> U8:
-    """`text` as a uint8 array (model names and versions: a few per process)."""
-    return np.frombuffer(text, dtype=np.uint8)
-
-
-def response_bytes(
-    request: WireRequest,
-    probabilities: npt.NDArray[np.float32],
-    band_edges: npt.NDArray[np.float64],
-    name: bytes,
-    version: bytes,
-) -> bytes:
-    """The serialized ScoreResponse for `request` (trade ids copied from the request bytes; risk
-    bands from `band_edges`, the model's `RiskBands.edges`)."""
-    if probabilities.dtype != np.float32 or not probabilities.flags.c_contiguous:
-        probabilities = np.ascontiguousarray(probabilities, dtype=np.float32)
-    rid_start, rid_len = request.request_id
-    out = encode_response(
-        request.buf,
-        rid_start,
-        rid_len,
-        request.text_start,
-        request.text_len,
-        probabilities,
-        band_edges,
-        _u8(name),
-        _u8(version),
-    )
-    return out.tobytes()
