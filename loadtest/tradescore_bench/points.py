@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from engine._proto.tradescore.v1 import tradescore_pb2 as pb
-from tradescore_bench.client import LoadSpec, WorkerResult, client_main
+from tradescore_bench.client import LoadSpec, WorkerResult
 from tradescore_bench.server import ServerProcess
-from tradescore_bench.slices import SLICE_TAIL_S, PausedLoad, stop_load
+from tradescore_bench.slices import SLICE_TAIL_S, PausedLoad, start_paused, stop_load
 from tradescore_bench.system import thread_cpu_ns
 from tradescore_bench.trades import RequestSet
 
@@ -156,9 +156,6 @@ def _start_load(
     args: argparse.Namespace, pools: Mapping[str, list[bytes]], c: Contestant, server: ServerProcess
 ) -> PausedLoad:
     """`c`'s client process against `server`, warmed up and paused (SIGSTOP)."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
     rounds = args.point_slices * 12  # every contestant runs once per round
     spec = LoadSpec(
         target=server.target,
@@ -177,20 +174,7 @@ def _start_load(
         parse_responses=args.parse_responses,
         first=0,
     )
-    barrier = ctx.Barrier(2)
-    recv, send = ctx.Pipe(duplex=False)
-    client = ctx.Process(target=client_main, args=(spec, barrier, send), name=f"bench-{c.name}")
-    client.start()
-    send.close()
-    load = PausedLoad(client, recv)
-    try:
-        barrier.wait(args.warmup + 120)
-    except Exception:
-        stop_load(load)
-        raise
-    if client.pid is not None:
-        os.kill(client.pid, signal.SIGSTOP)
-    return load
+    return start_paused(spec, f"bench-{c.name}", args.warmup)
 
 
 def _slice(run: _Running, seconds: float) -> None:

@@ -194,7 +194,6 @@ def paused_load(
 ) -> PausedLoad:
     """A client process running (a) (`single`), (b), or (d) (`stream`) against `server` for as long
     as `--slices` slices can take, warmed up, then paused (SIGSTOP) until `served_slice` lets it run."""
-    ctx = mp.get_context("spawn")
     spec = LoadSpec(
         target=server.target,
         mode="stream" if stream else "closed",
@@ -216,20 +215,7 @@ def paused_load(
         parse_responses=args.parse_responses,
         first=0,
     )
-    barrier = ctx.Barrier(2)
-    recv, send = ctx.Pipe(duplex=False)
-    client: BaseProcess = ctx.Process(target=client_main, args=(spec, barrier, send), name=name)
-    client.start()
-    send.close()
-    load = PausedLoad(client, recv)
-    try:
-        barrier.wait(args.warmup + 120)
-    except Exception:
-        stop_load(load)
-        raise
-    assert client.pid is not None
-    os.kill(client.pid, signal.SIGSTOP)
-    return load
+    return start_paused(spec, name, args.warmup)
 
 
 def served_slice(load: PausedLoad, server: ServerProcess, seconds: float) -> SliceRate:
@@ -306,3 +292,23 @@ def a_interleaved(
             }
         )
     return out
+
+
+def start_paused(spec: LoadSpec, name: str, warmup_s: float) -> PausedLoad:
+    """A client process (`name`) running `spec`, once warmed up paused with SIGSTOP until a slice
+    lets it run (SIGCONT)."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    recv, send = ctx.Pipe(duplex=False)
+    client: BaseProcess = ctx.Process(target=client_main, args=(spec, barrier, send), name=name)
+    client.start()
+    send.close()
+    load = PausedLoad(client, recv)
+    try:
+        barrier.wait(warmup_s + 120)
+    except Exception:
+        stop_load(load)
+        raise
+    assert client.pid is not None
+    os.kill(client.pid, signal.SIGSTOP)
+    return load
